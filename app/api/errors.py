@@ -1,0 +1,75 @@
+"""Domain exceptions -> JSON responses, registered in one place.
+
+Every error body is ``{"detail": ...}`` like FastAPI's own, so clients parse one shape.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
+
+from app.queue import TaskAlreadyFinished, TaskNotFound
+from app.users import UsernameTaken, UserNotFound
+from worker.core.artifacts import ArtifactNotFound
+from worker.core.redis_client import REDIS_ERRORS
+
+logger = logging.getLogger("courier.api")
+
+
+class UnknownTask(LookupError):
+    pass
+
+
+class InvalidOption(ValueError):
+    """A query option that is well-typed but not acceptable (unknown queue, ETA too far)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class PayloadTooLarge(ValueError):
+    pass
+
+
+def _json(status: int, detail: object) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("redis unavailable", extra={"path": request.url.path, "error": str(exc)})
+    response = _json(503, f"Redis is unavailable: {type(exc).__name__}: {exc}")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return _json(404, str(exc))
+
+
+async def _conflict(_: Request, exc: Exception) -> JSONResponse:
+    return _json(409, str(exc))
+
+
+async def _too_large(_: Request, exc: Exception) -> JSONResponse:
+    return _json(413, str(exc))
+
+
+async def _invalid_option(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InvalidOption)
+    detail = [{"type": "value_error", "loc": ["query", exc.field], "msg": str(exc)}]
+    return _json(422, detail)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    for error in (*REDIS_ERRORS, OperationalError):
+        app.add_exception_handler(error, _redis_unavailable)
+    for error in (TaskNotFound, UnknownTask, UserNotFound, ArtifactNotFound):
+        app.add_exception_handler(error, _not_found)
+    for error in (TaskAlreadyFinished, UsernameTaken):
+        app.add_exception_handler(error, _conflict)
+    app.add_exception_handler(InvalidOption, _invalid_option)
+    app.add_exception_handler(PayloadTooLarge, _too_large)

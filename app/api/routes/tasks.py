@@ -1,0 +1,133 @@
+"""/v1/tasks: list tasks, submit (validate -> enqueue -> 202), status, cancel.
+
+One submit route per registered task, each typed with the task's payload model, so FastAPI
+validates the body (422 listing the fields) and the OpenAPI document shows every payload.
+"""
+
+# No ``from __future__ import annotations``: the per-task routes annotate with a runtime model.
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from app.api.deps import QueueDep, SettingsDep
+from app.api.errors import InvalidOption, UnknownTask
+from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
+from app.queue import EnqueueOptions
+from worker.core.settings import Settings
+from worker.registry import TaskSpec
+
+TaskId = Annotated[str, Path(max_length=64, description="Task id returned on submission.")]
+
+
+async def enqueue_options(
+    settings: SettingsDep,
+    countdown: Annotated[float | None, Query(ge=0, description="Delay in seconds.")] = None,
+    eta: Annotated[datetime | None, Query(description="Run at (ISO 8601; UTC if naive).")] = None,
+    priority: Annotated[int | None, Query(ge=0, le=9, description="0 is the highest.")] = None,
+    queue: Annotated[str | None, Query(description="One of the configured queues.")] = None,
+) -> EnqueueOptions:
+    if queue is not None and queue not in settings.queues:
+        raise InvalidOption("queue", f"unknown queue {queue!r}; configured: {settings.queues}")
+    if countdown is not None and eta is not None:
+        raise InvalidOption("eta", "give either countdown or eta, not both")
+    if eta is not None and eta.tzinfo is None:
+        eta = eta.replace(tzinfo=UTC)
+    _check_delay(settings, countdown, eta)
+    return EnqueueOptions(countdown=countdown, eta=eta, priority=priority, queue=queue)
+
+
+def _check_delay(settings: Settings, countdown: float | None, eta: datetime | None) -> None:
+    """A delayed message sits unacknowledged in a worker; past the visibility timeout kombu
+    would redeliver it to a second worker, so such delays are refused rather than duplicated."""
+    limit = timedelta(seconds=settings.broker_visibility_timeout)
+    delay = timedelta(seconds=countdown) if countdown is not None else None
+    if eta is not None:
+        delay = eta - datetime.now(UTC)
+    if delay is not None and delay > limit:
+        field = "countdown" if countdown is not None else "eta"
+        raise InvalidOption(
+            field,
+            f"delay of {delay.total_seconds():.0f} s exceeds the broker visibility timeout "
+            f"({settings.broker_visibility_timeout} s)",
+        )
+
+
+OptionsDep = Annotated[EnqueueOptions, Depends(enqueue_options)]
+
+
+def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
+    model = spec.payload
+    optional = not any(field.is_required() for field in model.model_fields.values())
+    body = Annotated[model | None, Body(description=spec.description)] if optional else Annotated[
+        model, Body(description=spec.description)
+    ]
+
+    async def submit(
+        payload: body,  # type: ignore[valid-type]
+        request: Request,
+        response: Response,
+        queue: QueueDep,
+        options: OptionsDep,
+    ) -> TaskAccepted:
+        data = (payload or model()).model_dump(mode="json")
+        task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
+        url = str(request.url_for("get_task", task_id=task_id))
+        response.headers["Location"] = url
+        return TaskAccepted(id=task_id, name=spec.name, status_url=url)
+
+    submit.__name__ = f"submit_{spec.name}"
+    return submit
+
+
+def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
+    router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+    @router.get("", summary="List the registered tasks and their payload schemas")
+    def list_tasks() -> list[TaskInfo]:
+        return [
+            TaskInfo(
+                name=spec.name,
+                description=spec.description,
+                max_retries=spec.max_retries,
+                payload_schema=spec.payload.model_json_schema(),
+            )
+            for spec in specs.values()
+        ]
+
+    for spec in specs.values():
+        router.add_api_route(
+            f"/{spec.name}",
+            _submit_endpoint(spec),
+            methods=["POST"],
+            status_code=202,
+            summary=f"Submit a {spec.name} task",
+            responses={413: {"description": "Payload too large"}, 503: {"description": "Redis down"}},
+        )
+
+    @router.post("/{name}", status_code=202, include_in_schema=False)
+    def submit_unknown(name: str) -> BaseModel:
+        raise UnknownTask(f"unknown task {name!r}; registered tasks: {sorted(specs)}")
+
+    @router.get("/{task_id}", name="get_task", summary="Status, result or error of a task")
+    def get_task(task_id: TaskId, queue: QueueDep) -> TaskStatusOut:
+        return TaskStatusOut.from_state(queue.state(task_id))
+
+    @router.delete(
+        "/{task_id}",
+        status_code=202,
+        summary="Cancel a queued task, or a running one with terminate=true",
+        responses={409: {"description": "The task already finished"}},
+    )
+    def cancel_task(
+        task_id: TaskId,
+        queue: QueueDep,
+        terminate: Annotated[bool, Query(description="Also kill a running execution.")] = False,
+    ) -> TaskStatusOut:
+        return TaskStatusOut.from_state(queue.cancel(task_id, terminate))
+
+    return router

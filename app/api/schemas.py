@@ -1,0 +1,69 @@
+"""Response bodies of the /v1 API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.queue import TaskState
+from worker.core.status import TaskStatus
+
+
+class TaskInfo(BaseModel):
+    name: str
+    description: str
+    max_retries: int
+    payload_schema: dict[str, Any] = Field(description="JSON schema of the request body.")
+
+
+class TaskAccepted(BaseModel):
+    id: str
+    name: str
+    status: TaskStatus = TaskStatus.QUEUED
+    status_url: str
+
+
+class TaskErrorOut(BaseModel):
+    type: str
+    message: str
+
+
+class TaskStatusOut(BaseModel):
+    id: str
+    name: str
+    queue: str
+    status: TaskStatus
+    result: Any = None
+    error: TaskErrorOut | None = None
+    retries: int
+    worker: str | None = None
+    enqueued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @classmethod
+    def from_state(cls, state: TaskState) -> TaskStatusOut:
+        error = TaskErrorOut(type=state.error.type, message=state.error.message) if state.error else None
+        return cls(
+            id=state.task_id,
+            name=state.name,
+            queue=state.queue,
+            status=state.status,
+            result=state.result,
+            error=error,
+            retries=state.retries,
+            worker=state.worker,
+            enqueued_at=state.enqueued_at,
+            started_at=state.started_at,
+            finished_at=state.finished_at,
+        )
+
+
+class ArtifactOut(BaseModel):
+    id: str
+    filename: str
+    content_type: str
+    bytes: int
+    url: str

@@ -1,0 +1,76 @@
+"""``create_app()``: wiring only — settings, clients, middleware, routers, error handlers.
+
+``uvicorn app.main:app`` serves it for development; gunicorn uses ``app.gunicorn_conf``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import register_error_handlers
+from app.api.routes import artifacts, health, seed, tasks
+from app.body_limit import BodySizeLimitMiddleware
+from app.queue import TaskQueue
+from app.users import UserStore
+from worker.celery_config import create_celery_app
+from worker.core.artifacts import ArtifactStore
+from worker.core.logging import configure_logging
+from worker.core.records import TaskRecords
+from worker.core.redis_client import create_redis
+from worker.core.settings import Settings, get_settings
+from worker.registry import registered_tasks
+
+# Multipart framing around an upload: headers, boundary lines.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    client = create_redis(settings)
+    celery = create_celery_app(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
+        yield
+        client.close()
+        celery.close()
+
+    app = FastAPI(
+        title="Courier",
+        version="0.1.0",
+        description="Background tasks over HTTP: submit, poll, cancel; Celery + Redis underneath.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.redis = client
+    app.state.queue = TaskQueue(
+        celery, TaskRecords(client, settings.result_expires), settings.default_queue
+    )
+    app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
+    app.state.users = UserStore(client)
+
+    def body_limit(path: str) -> int:
+        if path.startswith("/v1/artifacts"):
+            return settings.max_upload_bytes + MULTIPART_OVERHEAD
+        return settings.max_payload_bytes
+
+    app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
+    register_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(tasks.build_router(registered_tasks()))
+    app.include_router(artifacts.router)
+    app.include_router(seed.router)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # ``app.main:app`` for uvicorn, built on first access so importing this module has no effects.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,154 @@
+"""The producer side: enqueue a registered task, look up its status, cancel it.
+
+Enqueue writes the task's record first and publishes second, so a 202 is only returned for a
+task whose message Redis accepted; if the publish fails the record is removed and the caller
+gets the Redis error (mapped to 503).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery, states
+
+from worker.core.records import TaskRecord, TaskRecords
+from worker.core.status import TaskStatus, from_celery_state
+
+
+class TaskNotFound(LookupError):
+    """No task with this id was issued, or its record expired with its result."""
+
+
+class TaskAlreadyFinished(Exception):
+    def __init__(self, state: TaskState) -> None:
+        super().__init__(f"task {state.task_id} already finished with status {state.status}")
+        self.state = state
+
+
+@dataclass(frozen=True)
+class EnqueueOptions:
+    countdown: float | None = None
+    eta: datetime | None = None
+    priority: int | None = None
+    queue: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskError:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskState:
+    task_id: str
+    name: str
+    queue: str
+    status: TaskStatus
+    celery_state: str
+    result: Any
+    error: TaskError | None
+    retries: int
+    worker: str | None
+    enqueued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+def _timestamp(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value else None
+
+
+def _error_of(meta: dict[str, Any]) -> TaskError | None:
+    result = meta.get("result")
+    if meta["status"] not in states.EXCEPTION_STATES or not isinstance(result, dict):
+        return None
+    message = result.get("exc_message", "")
+    if isinstance(message, list | tuple):
+        message = " ".join(str(part) for part in message)
+    return TaskError(type=str(result.get("exc_type", "Error")), message=str(message))
+
+
+class TaskQueue:
+    def __init__(self, celery: Celery, records: TaskRecords, default_queue: str) -> None:
+        self._celery = celery
+        self._records = records
+        self._default_queue = default_queue
+
+    def enqueue(self, name: str, payload: dict[str, Any], options: EnqueueOptions) -> str:
+        task_id = str(uuid.uuid4())
+        queue = options.queue or self._default_queue
+        self._records.create(task_id, name, queue)
+        try:
+            self._celery.send_task(
+                name,
+                kwargs=payload,
+                task_id=task_id,
+                countdown=options.countdown,
+                eta=options.eta,
+                priority=options.priority,
+                queue=queue,
+            )
+        except Exception:
+            self._forget(task_id)
+            raise
+        return task_id
+
+    def _forget(self, task_id: str) -> None:
+        try:
+            self._records.delete(task_id)
+        except Exception:  # noqa: S110 - Redis is already failing; the publish error is what counts
+            pass
+
+    def _result_meta(self, task_id: str) -> dict[str, Any] | None:
+        # Read the raw stored meta: Celery would otherwise re-create exception classes by import.
+        backend = self._celery.backend
+        raw = backend.get(backend.get_key_for_task(task_id))
+        return backend.decode(raw) if raw else None  # type: ignore[no-any-return]
+
+    def state(self, task_id: str) -> TaskState:
+        record = self._records.get(task_id)
+        if record is None:
+            raise TaskNotFound(f"no task with id {task_id!r} (never issued, or expired)")
+        return self._combine(record, self._result_meta(task_id))
+
+    @staticmethod
+    def _combine(record: TaskRecord, meta: dict[str, Any] | None) -> TaskState:
+        celery_state = meta["status"] if meta else states.PENDING
+        status = from_celery_state(celery_state)
+        if record.revoked and status is TaskStatus.QUEUED:
+            status, celery_state = TaskStatus.REVOKED, states.REVOKED
+        meta = meta or {}
+        finished_at = None
+        if status.finished and meta.get("date_done"):
+            finished_at = datetime.fromisoformat(meta["date_done"]).replace(tzinfo=UTC)
+        running = meta.get("result") if celery_state == states.STARTED else None
+        worker = meta.get("worker") or (running.get("hostname") if isinstance(running, dict) else None)
+        return TaskState(
+            task_id=record.task_id,
+            name=record.name,
+            queue=record.queue,
+            status=status,
+            celery_state=celery_state,
+            result=meta.get("result") if status is TaskStatus.SUCCEEDED else None,
+            error=_error_of(meta) if meta else None,
+            retries=int(meta.get("retries") or 0),
+            worker=worker,
+            enqueued_at=_timestamp(record.enqueued_at) or datetime.now(UTC),
+            started_at=_timestamp(record.started_at),
+            finished_at=finished_at,
+        )
+
+    def cancel(self, task_id: str, terminate: bool) -> TaskState:
+        """Revoke a queued or running task; a running one is only stopped when ``terminate``."""
+        current = self.state(task_id)
+        if current.status.finished:
+            raise TaskAlreadyFinished(current)
+        self._records.mark_revoked(task_id)
+        self._celery.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
+        if current.status in (TaskStatus.QUEUED, TaskStatus.RETRYING) or terminate:
+            self._celery.backend.mark_as_revoked(task_id, reason="revoked through the API")
+        return self.state(task_id)

@@ -1,0 +1,92 @@
+"""The Celery app, built from settings (``celery -A worker.celery_app worker``). No task code here.
+
+Why each setting is what it is, in short (the README says more):
+- JSON only: a message is data any producer can write, never code the worker unpickles.
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after the task
+  ran, so a task whose worker dies is redelivered (at-least-once), not silently dropped.
+- ``visibility_timeout``: how long a delivered, unacknowledged message waits before kombu gives it
+  to another worker; the restore sweep is tied to it (kombu's default sweeps every ~100 s).
+- ``task_track_started`` and ``result_extended``: status shows started, worker, retries.
+- ``worker_prefetch_multiplier``: small, so one worker does not hoard a burst others could run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from worker.core.names import CLEANUP_TASK
+from worker.core.settings import Settings
+from worker.registry import registered_tasks
+from worker.runner import WorkerResources, bind_task
+
+# Redis priorities: 0 is the highest; each step is its own list in Redis.
+PRIORITY_STEPS = [0, 3, 6, 9]
+
+
+def restore_interval(visibility_timeout: int) -> int:
+    """Sweep for abandoned messages often enough that one is back within ~1.1 timeouts."""
+    return max(1, min(60, visibility_timeout // 10))
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport_timeouts = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+    }
+    return {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": settings.result_expires,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_interval": restore_interval(settings.broker_visibility_timeout),
+            "unacked_restore_throttle": 1,
+            "priority_steps": PRIORITY_STEPS,
+            "queue_order_strategy": "priority",
+            **transport_timeouts,
+        },
+        "redis_socket_timeout": settings.redis_socket_timeout,
+        "redis_socket_connect_timeout": settings.redis_connect_timeout,
+        "redis_retry_on_timeout": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "broker_connection_timeout": settings.redis_connect_timeout,
+        # A publish to an unreachable Redis gives up within about a second (the API answers 503).
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.3,
+        },
+        "task_default_queue": settings.default_queue,
+        "task_queues": [Queue(name) for name in settings.queues],
+        "task_default_priority": None,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "worker_hijack_root_logger": False,
+        "beat_schedule": {
+            CLEANUP_TASK: {"task": CLEANUP_TASK, "schedule": settings.cleanup_interval_seconds},
+        },
+        "beat_schedule_filename": settings.beat_schedule_file,
+    }
+
+
+def create_celery_app(settings: Settings) -> Celery:
+    app = Celery("courier", broker=settings.redis_url, backend=settings.redis_url,
+                 set_as_current=False)
+    app.conf.update(celery_config(settings))
+    resources = WorkerResources(settings)
+    for spec in registered_tasks().values():
+        bind_task(app, spec, resources)
+    return app
+

@@ -1,0 +1,29 @@
+"""Every shared name in one place: queues, Redis keys and their prefixes."""
+
+from __future__ import annotations
+
+DEFAULT_QUEUE = "default"
+
+KEY_PREFIX = "courier:"
+# Record of an issued task id (hash): lets the API tell "never issued" (404) from "queued".
+TASK_RECORD_KEY = KEY_PREFIX + "task:{task_id}"
+# Binary artifacts (uploaded images, resized images, reports) with their metadata (hash).
+ARTIFACT_KEY = KEY_PREFIX + "artifact:{artifact_id}"
+# Sorted set artifact id -> expiry timestamp, pruned by the periodic cleanup task.
+ARTIFACT_INDEX_KEY = KEY_PREFIX + "artifacts"
+# Users of the seed API (hash user id -> JSON) and the username -> id index (hash).
+USERS_KEY = KEY_PREFIX + "users"
+USERNAMES_KEY = KEY_PREFIX + "usernames"
+USER_ID_SEQ_KEY = KEY_PREFIX + "users:seq"
+# Audit log (capped list of JSON entries).
+AUDIT_LOG_KEY = KEY_PREFIX + "audit"
+AUDIT_LOG_MAX_ENTRIES = 10_000
+# When the periodic cleanup last ran (string, unix time): a beat liveness signal.
+CLEANUP_LAST_RUN_KEY = KEY_PREFIX + "cleanup:last_run"
+
+# Task names.
+NOOP_TASK = "noop"
+SEND_EMAIL_TASK = "send_email"
+PROCESS_IMAGE_TASK = "process_image"
+GENERATE_REPORT_TASK = "generate_report"
+CLEANUP_TASK = "cleanup_artifacts"

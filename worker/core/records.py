@@ -1,0 +1,77 @@
+"""The record of each issued task id, kept as long as its result.
+
+Celery reports PENDING for any id, issued or not; this record is what lets the API answer 404
+for ids it never issued, and it carries the timestamps Celery does not keep (enqueued, started)
+and the cancellation flag a worker started after the revoke broadcast would otherwise miss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from worker.core.names import TASK_RECORD_KEY
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    name: str
+    queue: str
+    enqueued_at: float
+    started_at: float | None
+    revoked: bool
+
+
+_MARK_STARTED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+return redis.call('HGET', KEYS[1], 'revoked')
+"""
+
+
+def _key(task_id: str) -> str:
+    return TASK_RECORD_KEY.format(task_id=task_id)
+
+
+class TaskRecords:
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+        self._mark_started = client.register_script(_MARK_STARTED)
+
+    def create(self, task_id: str, name: str, queue: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(_key(task_id), mapping={"name": name, "queue": queue, "enqueued_at": time.time()})
+        pipe.expire(_key(task_id), self._ttl)
+        pipe.execute()
+
+    def delete(self, task_id: str) -> None:
+        self._redis.delete(_key(task_id))
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        raw = self._redis.hgetall(_key(task_id))
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        started = fields.get("started_at")
+        return TaskRecord(
+            task_id=task_id,
+            name=fields.get("name", ""),
+            queue=fields.get("queue", ""),
+            enqueued_at=float(fields.get("enqueued_at", 0.0)),
+            started_at=float(started) if started else None,
+            revoked=fields.get("revoked") == "1",
+        )
+
+    def mark_started(self, task_id: str) -> bool:
+        """Stamp the start of an attempt; returns True when the task was revoked meanwhile.
+
+        A script keeps it to one round trip and never recreates an expired record without a TTL.
+        """
+        revoked = self._mark_started(keys=[_key(task_id)], args=[time.time()])
+        return bool(revoked == b"1")
+
+    def mark_revoked(self, task_id: str) -> None:
+        self._redis.hset(_key(task_id), "revoked", "1")

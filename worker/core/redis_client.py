@@ -1,0 +1,23 @@
+"""Redis clients with the short timeouts that make an outage a fast, clear error."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.core.settings import Settings
+
+
+def create_redis(settings: Settings) -> redis.Redis:
+    """A pooled client; one retry reconnects a connection that went stale across a Redis restart."""
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)

@@ -1,0 +1,107 @@
+"""One settings object for the API and the worker, read from ``COURIER_*`` variables.
+
+Both processes must agree on Redis keys, expiries and limits, so they share this class.
+``get_settings()`` is cached rather than a module global so tests can build their own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from worker.core.names import DEFAULT_QUEUE
+
+
+class Settings(BaseSettings):
+    """Every knob of Courier; each field is ``COURIER_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="COURIER_", extra="ignore", frozen=True)
+
+    # --- Redis: broker, result backend and Courier's own keys (one instance) ---
+    redis_url: str = Field("redis://localhost:6379/0", pattern=r"^rediss?://")
+    # Short timeouts turn "Redis is away" into a fast 503 instead of a hung request.
+    redis_socket_timeout: float = Field(1.0, gt=0, le=60)
+    redis_connect_timeout: float = Field(0.5, gt=0, le=60)
+    # kombu restores a delivered-but-unacknowledged message after this many seconds.
+    broker_visibility_timeout: int = Field(3600, ge=1)
+    result_expires: int = Field(86400, ge=1)
+
+    # --- queues and workers ---
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_QUEUE])
+    worker_prefetch_multiplier: int = Field(4, ge=1)
+    retry_backoff_seconds: float = Field(1.0, gt=0)
+    retry_backoff_max_seconds: float = Field(600.0, gt=0)
+    task_soft_time_limit: float | None = Field(None, gt=0)
+    task_time_limit: float | None = Field(None, gt=0)
+
+    # --- API server (gunicorn) ---
+    api_bind: str = "0.0.0.0:8000"
+    api_workers: int = Field(2, ge=1, le=64)
+    api_graceful_timeout: int = Field(30, ge=1)
+    api_keepalive: int = Field(5, ge=0)
+
+    # --- API limits ---
+    max_payload_bytes: int = Field(256 * 1024, ge=1)
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    artifact_ttl: int = Field(86400, ge=1)
+
+    # --- beat ---
+    cleanup_interval_seconds: float = Field(3600.0, gt=0)
+    beat_schedule_file: str = "/tmp/courier-celerybeat-schedule"
+
+    # --- email ---
+    email_backend: Literal["console", "smtp"] = "console"
+    email_from: str = "courier@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_tls: Literal["none", "starttls", "ssl"] = "none"
+    smtp_timeout: float = Field(10.0, gt=0)
+
+    # --- logging ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [q.strip() for q in value.split(",") if q.strip()]
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _queues_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one queue name is required")
+        return value
+
+    @property
+    def default_queue(self) -> str:
+        return self.queues[0]
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up so the process exits with a message naming the bad variable."""
+
+
+def load_settings() -> Settings:
+    """Read the environment, turning validation errors into a readable exit."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  COURIER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise SettingsError("invalid Courier settings:\n" + "\n".join(lines)) from None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,40 @@
+"""Image resizing with Pillow: pure functions on bytes, no Celery, no Redis."""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+from PIL import Image, UnidentifiedImageError
+
+from worker.core.errors import PermanentError
+
+ImageFormat = Literal["PNG", "JPEG", "WEBP", "GIF"]
+CONTENT_TYPES: dict[str, str] = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+}
+
+
+def resize_image(
+    data: bytes, width: int, height: int, fmt: ImageFormat | None = None
+) -> tuple[bytes, str]:
+    """Resize to exactly ``width`` x ``height``; returns the encoded bytes and their format.
+
+    The output keeps the source format unless ``fmt`` says otherwise (formats Pillow reads but
+    does not write, such as BMP or TIFF, become PNG).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as source:
+            source.load()
+            target = fmt or (source.format if source.format in CONTENT_TYPES else "PNG")
+            resized = source.resize((width, height), Image.Resampling.LANCZOS)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+        raise PermanentError(f"not a valid image: {type(exc).__name__}: {exc}") from None
+    if target == "JPEG" and resized.mode not in ("RGB", "L"):
+        resized = resized.convert("RGB")
+    out = io.BytesIO()
+    resized.save(out, format=target)
+    return out.getvalue(), target

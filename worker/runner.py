@@ -1,0 +1,86 @@
+"""Turns a registered ``TaskSpec`` into a Celery task, and maps outcomes in one place.
+
+validate payload -> call the plain function -> result; a ``retry_on`` exception is retried with
+exponential backoff, anything else fails the task with its type and message in the status.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from pydantic import ValidationError
+
+from worker.core.artifacts import ArtifactStore
+from worker.core.errors import InvalidPayload
+from worker.core.records import TaskRecords
+from worker.core.redis_client import create_redis
+from worker.core.settings import Settings
+from worker.registry import TaskSpec
+
+
+def backoff_seconds(retries: int, base: float, cap: float) -> float:
+    """``base * 2**retries`` capped, plus up to 10% jitter so retries of a burst spread out."""
+    delay = min(cap, base * (2**retries))
+    return float(delay * (1 + random.random() * 0.1))
+
+
+class WorkerResources:
+    """Per-process clients, created on first use so each prefork child opens its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return create_redis(self.settings)
+
+    @cached_property
+    def records(self) -> TaskRecords:
+        return TaskRecords(self.redis, self.settings.result_expires)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        return ArtifactStore(self.redis, self.settings.artifact_ttl)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    task_id: str
+    retries: int
+    settings: Settings
+    artifacts: ArtifactStore
+
+
+def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task:  # type: ignore[type-arg]
+    settings = resources.settings
+
+    @app.task(name=spec.name, bind=True, max_retries=spec.max_retries)  # type: ignore[untyped-decorator]
+    def run(self: Task, **kwargs: Any) -> Any:  # type: ignore[type-arg]
+        task_id: str = self.request.id
+        if resources.records.mark_started(task_id):
+            # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
+            self.backend.mark_as_revoked(task_id, reason="revoked", request=self.request)
+            raise Ignore()
+        try:
+            payload = spec.payload.model_validate(kwargs)
+        except ValidationError as exc:
+            raise InvalidPayload(f"payload of {spec.name!r} is invalid: {exc}") from None
+        ctx = RunContext(task_id, self.request.retries, settings, resources.artifacts)
+        try:
+            return spec.func(payload, ctx)
+        except spec.retry_on as exc:
+            countdown = backoff_seconds(
+                self.request.retries,
+                settings.retry_backoff_seconds,
+                settings.retry_backoff_max_seconds,
+            )
+            raise self.retry(exc=exc, countdown=countdown) from None
+
+    run.__doc__ = spec.description
+    return run  # type: ignore[no-any-return]
