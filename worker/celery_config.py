@@ -20,7 +20,7 @@ from kombu import Queue
 from worker.core.names import CLEANUP_TASK
 from worker.core.settings import Settings
 from worker.registry import registered_tasks
-from worker.runner import WorkerResources, bind_task
+from worker.runner import WorkerResources, bind_task, connect_start_stamp
 
 # Redis priorities: 0 is the highest; each step is its own list in Redis.
 PRIORITY_STEPS = [0, 3, 6, 9]
@@ -88,5 +88,6 @@ def create_celery_app(settings: Settings) -> Celery:
     resources = WorkerResources(settings)
     for spec in registered_tasks().values():
         bind_task(app, spec, resources)
+    connect_start_stamp(app, resources)
     return app
 

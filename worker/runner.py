@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore
+from celery.signals import task_prerun
 from pydantic import ValidationError
 
 from worker.core.artifacts import ArtifactStore
@@ -57,13 +58,28 @@ class RunContext:
     artifacts: ArtifactStore
 
 
+REVOKED_FLAG = "courier_revoked"
+
+
+def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
+    """Stamp ``started_at`` in ``task_prerun``, which Celery sends *before* it stores STARTED,
+    so a client never sees ``started`` without a start time; the revoked flag read in the same
+    round trip is left on the request for the task body."""
+
+    def stamp(sender: Task, task_id: str, **_: Any) -> None:  # type: ignore[type-arg]
+        if sender.app is app and not sender.name.startswith("celery."):
+            setattr(sender.request, REVOKED_FLAG, resources.records.mark_started(task_id))
+
+    task_prerun.connect(stamp, weak=False)
+
+
 def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task:  # type: ignore[type-arg]
     settings = resources.settings
 
     @app.task(name=spec.name, bind=True, max_retries=spec.max_retries)  # type: ignore[untyped-decorator]
     def run(self: Task, **kwargs: Any) -> Any:  # type: ignore[type-arg]
         task_id: str = self.request.id
-        if resources.records.mark_started(task_id):
+        if getattr(self.request, REVOKED_FLAG, False):
             # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
             self.backend.mark_as_revoked(task_id, reason="revoked", request=self.request)
             raise Ignore()

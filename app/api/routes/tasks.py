@@ -4,8 +4,9 @@ One submit route per registered task, each typed with the task's payload model, 
 validates the body (422 listing the fields) and the OpenAPI document shows every payload.
 """
 
-# No ``from __future__ import annotations``: the per-task routes annotate with a runtime model.
+from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -63,16 +64,13 @@ OptionsDep = Annotated[EnqueueOptions, Depends(enqueue_options)]
 def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
     model = spec.payload
     optional = not any(field.is_required() for field in model.model_fields.values())
-    body = Annotated[model | None, Body(description=spec.description)] if optional else Annotated[
-        model, Body(description=spec.description)
-    ]
 
     async def submit(
-        payload: body,  # type: ignore[valid-type]
         request: Request,
         response: Response,
         queue: QueueDep,
         options: OptionsDep,
+        payload: BaseModel | None = None,
     ) -> TaskAccepted:
         data = (payload or model()).model_dump(mode="json")
         task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
@@ -80,6 +78,17 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
         response.headers["Location"] = url
         return TaskAccepted(id=task_id, name=spec.name, status_url=url)
 
+    # Type the body with this task's model (an empty body is fine when no field is required).
+    signature = inspect.signature(submit)
+    body = inspect.Parameter(
+        "payload",
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=Annotated[model | None if optional else model, Body(description=spec.description)],
+        default=None if optional else inspect.Parameter.empty,
+    )
+    others = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
+              if p.name != "payload"]
+    submit.__signature__ = signature.replace(parameters=[*others, body])  # type: ignore[attr-defined]
     submit.__name__ = f"submit_{spec.name}"
     return submit
 
