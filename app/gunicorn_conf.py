@@ -1,4 +1,7 @@
-"""Gunicorn settings (``gunicorn -c app/gunicorn_conf.py app.main:create_app()``), from COURIER_*."""
+"""Gunicorn settings, read from COURIER_* variables.
+
+``gunicorn -c app/gunicorn_conf.py 'app.main:create_app()'``
+"""
 
 from __future__ import annotations
 

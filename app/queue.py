@@ -7,12 +7,14 @@ gets the Redis error (mapped to 503).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, states
+from celery.backends.base import BaseKeyValueStoreBackend
 
 from worker.core.records import TaskRecord, TaskRecords
 from worker.core.status import TaskStatus, from_celery_state
@@ -98,16 +100,15 @@ class TaskQueue:
         return task_id
 
     def _forget(self, task_id: str) -> None:
-        try:
+        # Redis is already failing; the publish error is the one worth raising.
+        with contextlib.suppress(Exception):
             self._records.delete(task_id)
-        except Exception:  # noqa: S110 - Redis is already failing; the publish error is what counts
-            pass
 
     def _result_meta(self, task_id: str) -> dict[str, Any] | None:
         # Read the raw stored meta: Celery would otherwise re-create exception classes by import.
-        backend = self._celery.backend
+        backend = cast(BaseKeyValueStoreBackend, self._celery.backend)
         raw = backend.get(backend.get_key_for_task(task_id))
-        return backend.decode(raw) if raw else None  # type: ignore[no-any-return]
+        return cast(dict[str, Any], backend.decode(raw)) if raw else None
 
     def state(self, task_id: str) -> TaskState:
         record = self._records.get(task_id)
@@ -126,7 +127,9 @@ class TaskQueue:
         if status.finished and meta.get("date_done"):
             finished_at = datetime.fromisoformat(meta["date_done"]).replace(tzinfo=UTC)
         running = meta.get("result") if celery_state == states.STARTED else None
-        worker = meta.get("worker") or (running.get("hostname") if isinstance(running, dict) else None)
+        worker = meta.get("worker") or (
+            running.get("hostname") if isinstance(running, dict) else None
+        )
         return TaskState(
             task_id=record.task_id,
             name=record.name,

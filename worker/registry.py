@@ -43,7 +43,7 @@ class TaskSpec:
     payload: type[BaseModel]
     description: str
     max_retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = ()
+    retry_on: tuple[type[Exception], ...] = ()
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -54,9 +54,9 @@ def task(
     name: str,
     payload: type[P],
     max_retries: int = 0,
-    retry_on: tuple[type[BaseException], ...] = (),
+    retry_on: tuple[type[Exception], ...] = (),
 ) -> Callable[[Callable[[P, TaskContext], Any]], Callable[[P, TaskContext], Any]]:
-    """Register ``func(payload, ctx)`` as task ``name``; the function itself is returned unchanged."""
+    """Register ``func(payload, ctx)`` as task ``name``; returns the function unchanged."""
 
     def register(func: Callable[[P, TaskContext], Any]) -> Callable[[P, TaskContext], Any]:
         if name in _REGISTRY and _REGISTRY[name].func is not func:

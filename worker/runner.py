@@ -76,9 +76,9 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
 def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task:  # type: ignore[type-arg]
     settings = resources.settings
 
-    @app.task(name=spec.name, bind=True, max_retries=spec.max_retries)  # type: ignore[untyped-decorator]
-    def run(self: Task, **kwargs: Any) -> Any:  # type: ignore[type-arg]
-        task_id: str = self.request.id
+    @app.task(name=spec.name, bind=True, max_retries=spec.max_retries)
+    def run(self: Task, /, **kwargs: Any) -> Any:  # type: ignore[type-arg]
+        task_id = str(self.request.id)
         if getattr(self.request, REVOKED_FLAG, False):
             # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
             self.backend.mark_as_revoked(task_id, reason="revoked", request=self.request)
@@ -99,4 +99,4 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             raise self.retry(exc=exc, countdown=countdown) from None
 
     run.__doc__ = spec.description
-    return run  # type: ignore[no-any-return]
+    return run

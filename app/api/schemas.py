@@ -45,7 +45,11 @@ class TaskStatusOut(BaseModel):
 
     @classmethod
     def from_state(cls, state: TaskState) -> TaskStatusOut:
-        error = TaskErrorOut(type=state.error.type, message=state.error.message) if state.error else None
+        error = (
+            TaskErrorOut(type=state.error.type, message=state.error.message)
+            if state.error
+            else None
+        )
         return cls(
             id=state.task_id,
             name=state.name,

@@ -45,7 +45,9 @@ def test_noop_round_trip_reports_result_and_timestamps(live_api: TestClient) -> 
     assert enqueued <= started <= finished
 
 
-def test_status_shows_started_while_running(live_api: TestClient, submit: Callable[..., str]) -> None:
+def test_status_shows_started_while_running(
+    live_api: TestClient, submit: Callable[..., str]
+) -> None:
     task_id = submit("noop", {"sleep_seconds": 1.5})
     running = wait_for_status(live_api, task_id, {"started"}, timeout=10)
     assert running["started_at"] is not None
@@ -161,7 +163,9 @@ def test_cancelling_a_running_task_with_terminate_stops_it(
     assert wait_for_status(live_api, task_id, timeout=10)["status"] == "revoked"
 
 
-def test_cancelling_a_finished_task_is_409(live_api: TestClient, submit: Callable[..., str]) -> None:
+def test_cancelling_a_finished_task_is_409(
+    live_api: TestClient, submit: Callable[..., str]
+) -> None:
     task_id = submit("noop", {})
     wait_for_status(live_api, task_id)
     response = live_api.delete(f"/v1/tasks/{task_id}")

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+def wait_until(
+    check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -50,8 +52,21 @@ class RedisServer:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--maxmemory-policy", "noeviction"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--maxmemory-policy",
+                "noeviction",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -87,7 +102,11 @@ class Service:
         self.log = log
         self._log_file = log.open("wb")
         self.process = subprocess.Popen(
-            args, cwd=ROOT, env=dict(env), stdout=self._log_file, stderr=subprocess.STDOUT,
+            args,
+            cwd=ROOT,
+            env=dict(env),
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -117,9 +136,20 @@ class Service:
 
 def celery_worker(env: Mapping[str, str], log: Path, name: str, concurrency: int = 2) -> Service:
     return Service(
-        [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=prefork",
-         f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
-         f"--hostname={name}@%h", "--loglevel=INFO"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--pool=prefork",
+            f"--concurrency={concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+            f"--hostname={name}@%h",
+            "--loglevel=INFO",
+        ],
         env,
         log,
     )

@@ -23,7 +23,7 @@ class RecordingHandler:
         self.attempts: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+    async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         local = address.split("@", 1)[0]
@@ -37,7 +37,7 @@ class RecordingHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content)
         with self._lock:
             self.messages.append(message)
@@ -48,8 +48,9 @@ class RecordingHandler:
             return [m for m in self.messages if m["To"] == address]
 
     def wait_for(self, address: str, timeout: float = 15) -> Message:
-        return wait_until(lambda: (self.delivered_to(address) or [None])[0], timeout,
-                          f"an email to {address}")
+        return wait_until(
+            lambda: (self.delivered_to(address) or [None])[0], timeout, f"an email to {address}"
+        )
 
 
 class SmtpServer:

@@ -56,7 +56,9 @@ class SmtpBackend:
         s = self._settings
         if s.smtp_tls == "ssl":
             return smtplib.SMTP_SSL(
-                s.smtp_host, s.smtp_port, timeout=s.smtp_timeout,
+                s.smtp_host,
+                s.smtp_port,
+                timeout=s.smtp_timeout,
                 context=ssl.create_default_context(),
             )
         client = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -49,7 +50,7 @@ class ArtifactStore:
         return artifact_id
 
     def get(self, artifact_id: str) -> Artifact:
-        raw = self._redis.hgetall(_key(artifact_id))
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(_key(artifact_id)))
         if not raw:
             raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or has expired")
         return Artifact(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -51,7 +52,7 @@ class TaskRecords:
         self._redis.delete(_key(task_id))
 
     def get(self, task_id: str) -> TaskRecord | None:
-        raw = self._redis.hgetall(_key(task_id))
+        raw = cast(dict[bytes, bytes], self._redis.hgetall(_key(task_id)))
         if not raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}

@@ -18,8 +18,9 @@ ARTIFACT_ID_PATTERN = r"^[0-9a-f]{32}$"
 class ProcessImagePayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_id: str = Field(..., pattern=ARTIFACT_ID_PATTERN,
-                          description="Artifact id returned by POST /v1/artifacts.")
+    image_id: str = Field(
+        ..., pattern=ARTIFACT_ID_PATTERN, description="Artifact id returned by POST /v1/artifacts."
+    )
     width: int = Field(..., ge=1, le=10_000)
     height: int = Field(..., ge=1, le=10_000)
     format: ImageFormat | None = Field(None, description="Output format; default: the source's.")

@@ -1,4 +1,4 @@
-"""``cleanup_artifacts``: the periodic task celery beat runs (``COURIER_CLEANUP_INTERVAL_SECONDS``)."""
+"""``cleanup_artifacts``: the periodic task beat runs every COURIER_CLEANUP_INTERVAL_SECONDS."""
 
 from __future__ import annotations
 

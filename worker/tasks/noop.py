@@ -1,4 +1,4 @@
-"""``noop``: sleeps, then returns ``echo``. The workhorse of tests, benchmarks and fault injection."""
+"""``noop``: sleeps, then returns ``echo``: the workhorse of tests, benchmarks, fault injection."""
 
 from __future__ import annotations
 

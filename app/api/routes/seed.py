@@ -35,8 +35,12 @@ def register_user(
     user = users.register(username, str(email))
     background.add_task(send_welcome_email, settings, user.username, user.email)
     background.add_task(write_audit_log, client, "user.registered", user_id=user.user_id)
-    return {"message": "User registered", "user_id": user.user_id, "username": user.username,
-            "email": user.email}
+    return {
+        "message": "User registered",
+        "user_id": user.user_id,
+        "username": user.username,
+        "email": user.email,
+    }
 
 
 @router.delete("/users/{user_id}", summary="Delete a user; audit entry in background")

@@ -83,11 +83,16 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
     body = inspect.Parameter(
         "payload",
         inspect.Parameter.KEYWORD_ONLY,
-        annotation=Annotated[model | None if optional else model, Body(description=spec.description)],
+        annotation=Annotated[
+            model | None if optional else model, Body(description=spec.description)
+        ],
         default=None if optional else inspect.Parameter.empty,
     )
-    others = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values()
-              if p.name != "payload"]
+    others = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in signature.parameters.values()
+        if p.name != "payload"
+    ]
     submit.__signature__ = signature.replace(parameters=[*others, body])  # type: ignore[attr-defined]
     submit.__name__ = f"submit_{spec.name}"
     return submit
@@ -115,7 +120,10 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
             methods=["POST"],
             status_code=202,
             summary=f"Submit a {spec.name} task",
-            responses={413: {"description": "Payload too large"}, 503: {"description": "Redis down"}},
+            responses={
+                413: {"description": "Payload too large"},
+                503: {"description": "Redis down"},
+            },
         )
 
     @router.post("/{name}", status_code=202, include_in_schema=False)

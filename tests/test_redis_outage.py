@@ -1,0 +1,71 @@
+"""Redis stopped mid-test: fast 503s with a JSON body, /readyz 503, recovery when it returns."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_from
+from tests.utils.processes import RedisServer
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def api_on_own_redis(own_redis: RedisServer) -> Iterator[TestClient]:
+    with TestClient(create_app(settings_from({"COURIER_REDIS_URL": own_redis.url}))) as client:
+        yield client
+
+
+def timed(call: object) -> tuple[object, float]:
+    start = time.monotonic()
+    result = call() if callable(call) else None
+    return result, time.monotonic() - start
+
+
+def test_redis_down_gives_fast_503s_and_the_api_recovers(
+    api_on_own_redis: TestClient, own_redis: RedisServer
+) -> None:
+    api = api_on_own_redis
+    accepted = api.post("/v1/tasks/noop", json={"echo": 1})
+    assert accepted.status_code == 202
+    task_id = accepted.json()["id"]
+
+    own_redis.stop()
+    requests = {
+        "readyz": lambda: api.get("/readyz"),
+        "submit": lambda: api.post("/v1/tasks/noop", json={"echo": 2}),
+        "status": lambda: api.get(f"/v1/tasks/{task_id}"),
+        "cancel": lambda: api.delete(f"/v1/tasks/{task_id}"),
+        "seed send-email": lambda: api.post(
+            "/send-email", params={"to": "a@example.com", "subject": "s", "body": "b"}
+        ),
+        "seed status": lambda: api.get(f"/tasks/{task_id}"),
+        "register": lambda: api.post(
+            "/users/register", params={"username": "zed", "email": "z@example.com"}
+        ),
+        "upload": lambda: api.post("/v1/artifacts", files={"file": ("a.txt", b"abc")}),
+    }
+    for name, call in requests.items():
+        response, elapsed = timed(call)
+        assert response.status_code == 503, (name, response.text)  # type: ignore[attr-defined]
+        assert "detail" in response.json(), name  # type: ignore[attr-defined]
+        assert elapsed < 2.0, f"{name} took {elapsed:.2f}s"
+    assert api.get("/healthz").status_code == 200
+
+    own_redis.start()
+    assert api.get("/readyz").status_code == 200
+    again = api.post("/v1/tasks/noop", json={"echo": 3})
+    assert again.status_code == 202, again.text
+    assert api.get(f"/v1/tasks/{again.json()['id']}").json()["status"] == "queued"

@@ -1,0 +1,70 @@
+"""Settings: defaults, parsing, and start-up failures that name the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.utils.processes import ROOT, courier_env
+from worker.core.settings import Settings, SettingsError, load_settings
+
+
+def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(__import__("os").environ):
+        if name.startswith("COURIER_"):
+            monkeypatch.delenv(name)
+    settings = load_settings()
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.result_expires == 86400
+    assert settings.max_upload_bytes == 10 * 1024 * 1024
+    assert settings.email_backend == "console"
+    assert settings.queues == ["default"]
+
+
+def test_queues_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURIER_QUEUES", "high, default ,low")
+    settings = load_settings()
+    assert settings.queues == ["high", "default", "low"]
+    assert settings.default_queue == "high"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("COURIER_REDIS_URL", "http://nope"),
+        ("COURIER_RESULT_EXPIRES", "-5"),
+        ("COURIER_EMAIL_BACKEND", "pigeon"),
+        ("COURIER_BROKER_VISIBILITY_TIMEOUT", "soon"),
+    ],
+)
+def test_an_invalid_variable_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=variable):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "program",
+    ["import worker.celery_app", "from app.main import create_app; create_app()"],
+)
+def test_worker_and_api_refuse_to_start_with_invalid_settings(program: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        env=courier_env({"COURIER_SMTP_PORT": "99999"}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "COURIER_SMTP_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_settings_are_immutable() -> None:
+    with pytest.raises(ValueError, match="frozen"):
+        Settings().redis_url = "redis://elsewhere"  # type: ignore[misc]

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from worker.core.errors import PermanentError
+from worker.handlers.images import resize_image
+
+
+def png_bytes(size: tuple[int, int], mode: str = "RGBA") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, (10, 20, 30, 255)[: len(mode)]).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_resize_keeps_the_source_format_by_default() -> None:
+    data, fmt = resize_image(png_bytes((64, 48)), 16, 12)
+    assert fmt == "PNG"
+    with Image.open(io.BytesIO(data)) as image:
+        assert (image.format, image.size) == ("PNG", (16, 12))
+
+
+def test_resize_to_jpeg_drops_the_alpha_channel() -> None:
+    data, fmt = resize_image(png_bytes((20, 20)), 10, 5, "JPEG")
+    with Image.open(io.BytesIO(data)) as image:
+        assert (fmt, image.format, image.mode, image.size) == ("JPEG", "JPEG", "RGB", (10, 5))
+
+
+def test_garbage_bytes_are_a_permanent_error() -> None:
+    with pytest.raises(PermanentError, match="not a valid image"):
+        resize_image(b"definitely not an image", 10, 10)
+
+
+def test_truncated_image_is_a_permanent_error() -> None:
+    with pytest.raises(PermanentError, match="not a valid image"):
+        resize_image(png_bytes((200, 200))[:60], 10, 10)
