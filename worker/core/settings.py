@@ -31,7 +31,7 @@ class Settings(BaseSettings):
 
     # --- queues and workers ---
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_QUEUE])
-    worker_prefetch_multiplier: int = Field(4, ge=1)
+    worker_prefetch_multiplier: int = Field(1, ge=1)
     retry_backoff_seconds: float = Field(1.0, gt=0)
     retry_backoff_max_seconds: float = Field(600.0, gt=0)
     task_soft_time_limit: float | None = Field(None, gt=0)
