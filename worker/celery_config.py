@@ -73,6 +73,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_priority": None,
         "task_soft_time_limit": settings.task_soft_time_limit,
         "task_time_limit": settings.task_time_limit,
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
             CLEANUP_TASK: {"task": CLEANUP_TASK, "schedule": settings.cleanup_interval_seconds},

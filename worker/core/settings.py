@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(600.0, gt=0)
     task_soft_time_limit: float | None = Field(None, gt=0)
     task_time_limit: float | None = Field(None, gt=0)
+    # Task events feed Flower (and event-based exporters); each costs a publish per state change.
+    task_events: bool = True
 
     # --- API server (gunicorn) ---
     api_bind: str = "0.0.0.0:8000"
