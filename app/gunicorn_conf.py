@@ -1,7 +1,4 @@
-"""Gunicorn settings, read from COURIER_* variables.
-
-``gunicorn -c app/gunicorn_conf.py 'app.main:create_app()'``
-"""
+"""Gunicorn settings, read from COURIER_* variables: ``gunicorn -c python:app.gunicorn_conf``."""
 
 from __future__ import annotations
 
@@ -9,6 +6,7 @@ from worker.core.settings import get_settings
 
 _settings = get_settings()
 
+wsgi_app = "app.main:create_app()"
 bind = _settings.api_bind
 workers = _settings.api_workers
 worker_class = "uvicorn_worker.UvicornWorker"

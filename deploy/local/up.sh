@@ -48,7 +48,7 @@ if ! redis_answers; then
     for _ in $(seq 50); do redis_answers && break; sleep 0.1; done
 fi
 
-"$BIN/gunicorn" -c app/gunicorn_conf.py 'app.main:create_app()' & pids+=($!)
+"$BIN/gunicorn" -c python:app.gunicorn_conf & pids+=($!)
 "$BIN/celery" -A worker.celery_app worker --loglevel=INFO & pids+=($!)
 "$BIN/celery" -A worker.celery_app beat --loglevel=INFO & pids+=($!)
 "$BIN/celery" -A worker.celery_app flower --port="$FLOWER_PORT" --address=0.0.0.0 & pids+=($!)

@@ -165,7 +165,7 @@ def celery_beat(env: Mapping[str, str], log: Path) -> Service:
 
 def gunicorn(env: Mapping[str, str], log: Path) -> Service:
     return Service(
-        [sys.executable, "-m", "gunicorn", "-c", "app/gunicorn_conf.py", "app.main:create_app()"],
+        [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"],
         env,
         log,
     )
