@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from worker.core.settings import get_settings
+from typing import Any
+
+from worker.core.multiproc import ensure_multiproc_dir
+
+# Before prometheus_client is imported anywhere: every worker process writes to one directory.
+ensure_multiproc_dir("courier-api-metrics-")
+
+from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir  # noqa: E402
+from worker.core.settings import get_settings  # noqa: E402
 
 _settings = get_settings()
 
@@ -36,3 +44,26 @@ logconfig_dict = {
         "gunicorn.error": {"handlers": ["stderr"], "level": loglevel.upper(), "propagate": False},
     },
 }
+
+
+def on_starting(server: Any) -> None:
+    wipe_multiproc_dir()
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    # The tracing SDK's exporter thread does not survive fork: start it in each worker.
+    from app.main import API_SERVICE_NAME
+    from worker.core.telemetry import init_tracing
+
+    init_tracing(API_SERVICE_NAME)
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    from worker.core.telemetry import flush_tracing
+
+    flush_tracing()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    # Live gauges (requests in progress) of a dead worker must stop counting.
+    mark_process_dead(worker.pid)

@@ -14,18 +14,23 @@ from fastapi import FastAPI
 from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, health, seed, tasks
 from app.body_limit import BodySizeLimitMiddleware
+from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
 from app.queue import TaskQueue
 from app.users import UserStore
 from worker.celery_config import create_celery_app
 from worker.core.artifacts import ArtifactStore
 from worker.core.logging import configure_logging
+from worker.core.names import SEND_EMAIL_TASK
 from worker.core.records import TaskRecords
 from worker.core.redis_client import create_redis
 from worker.core.settings import Settings, get_settings
+from worker.core.telemetry import init_tracing, instrument_fastapi
 from worker.registry import registered_tasks
+from worker.signals import connect_publisher_signals
 
 # Multipart framing around an upload: headers, boundary lines.
 MULTIPART_OVERHEAD = 64 * 1024
+API_SERVICE_NAME = "courier-api"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -60,12 +65,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return settings.max_upload_bytes + MULTIPART_OVERHEAD
         return settings.max_payload_bytes
 
+    specs = registered_tasks()
     app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
     register_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(tasks.build_router(registered_tasks()))
+    app.include_router(tasks.build_router(specs))
     app.include_router(artifacts.router)
     app.include_router(seed.router)
+    if settings.metrics_enabled:
+        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+    # Outermost, so 413s and errors are counted too.
+    app.add_middleware(
+        MetricsMiddleware,
+        templates=lambda: [*app.openapi()["paths"], "/metrics"],
+        enqueue_paths=submit_paths(specs, {"/send-email": SEND_EMAIL_TASK}),
+    )
+    connect_publisher_signals()
+    init_tracing(API_SERVICE_NAME)
+    instrument_fastapi(app)
     return app
 
 

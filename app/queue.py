@@ -8,6 +8,7 @@ gets the Redis error (mapped to 503).
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,9 @@ from celery.backends.base import BaseKeyValueStoreBackend
 
 from worker.core.records import TaskRecord, TaskRecords
 from worker.core.status import TaskStatus, from_celery_state
+from worker.core.telemetry import current_trace_ids
+
+logger = logging.getLogger("courier.queue")
 
 
 class TaskNotFound(LookupError):
@@ -58,6 +62,7 @@ class TaskState:
     enqueued_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    trace_id: str | None = None
 
 
 def _timestamp(value: float | None) -> datetime | None:
@@ -83,7 +88,8 @@ class TaskQueue:
     def enqueue(self, name: str, payload: dict[str, Any], options: EnqueueOptions) -> str:
         task_id = str(uuid.uuid4())
         queue = options.queue or self._default_queue
-        self._records.create(task_id, name, queue)
+        ids = current_trace_ids()
+        self._records.create(task_id, name, queue, ids[0] if ids else None)
         try:
             self._celery.send_task(
                 name,
@@ -97,6 +103,7 @@ class TaskQueue:
         except Exception:
             self._forget(task_id)
             raise
+        logger.info("task enqueued", extra={"task_id": task_id, "task": name, "queue": queue})
         return task_id
 
     def _forget(self, task_id: str) -> None:
@@ -143,6 +150,7 @@ class TaskQueue:
             enqueued_at=_timestamp(record.enqueued_at) or datetime.now(UTC),
             started_at=_timestamp(record.started_at),
             finished_at=finished_at,
+            trace_id=record.trace_id,
         )
 
     def cancel(self, task_id: str, terminate: bool) -> TaskState:

@@ -1,13 +1,18 @@
-"""The worker's Celery app: ``celery -A worker.celery_app worker|beat``.
+"""The worker's Celery app: ``celery -A worker.celery_app worker|beat|flower``.
 
 Built from the environment at import; the settings and their reasons are in ``celery_config``.
 """
 
 from __future__ import annotations
 
-from worker.celery_config import create_celery_app
-from worker.core.settings import get_settings
-from worker.signals import connect_signals
+from worker.core.multiproc import ensure_multiproc_dir
+
+# Before anything imports prometheus_client: pool children must share one metrics directory.
+ensure_multiproc_dir("courier-worker-metrics-")
+
+from worker.celery_config import create_celery_app  # noqa: E402
+from worker.core.settings import get_settings  # noqa: E402
+from worker.signals import connect_signals  # noqa: E402
 
 celery_app = create_celery_app(get_settings())
-connect_signals()
+connect_signals(celery_app)

@@ -84,9 +84,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    app = Celery(
-        "courier", broker=settings.redis_url, backend=settings.redis_url, set_as_current=False
-    )
+    app = Celery("courier", broker=settings.redis_url, backend=settings.redis_url)
     app.conf.update(celery_config(settings))
     resources = WorkerResources(settings)
     for spec in registered_tasks().values():

@@ -15,6 +15,8 @@ import redis
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.signals import task_prerun
+from opentelemetry import trace
+from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import ValidationError
 
 from worker.core.artifacts import ArtifactStore
@@ -59,6 +61,9 @@ class RunContext:
 
 
 REVOKED_FLAG = "courier_revoked"
+QUEUE_WAIT = "courier_queue_wait"  # set by signals._task_started
+# Seconds between enqueue (or ETA) and start, on the execution span.
+QUEUE_WAIT_ATTRIBUTE = "courier.queue_wait_seconds"
 
 
 def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
@@ -68,7 +73,10 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
 
     def stamp(sender: Task, task_id: str, **_: Any) -> None:  # type: ignore[type-arg]
         if sender.app is app and not sender.name.startswith("celery."):
-            setattr(sender.request, REVOKED_FLAG, resources.records.mark_started(task_id))
+            # Before the execution span opens: a Redis span here would start a trace of its own.
+            with suppress_instrumentation():
+                revoked = resources.records.mark_started(task_id)
+            setattr(sender.request, REVOKED_FLAG, revoked)
 
     task_prerun.connect(stamp, weak=False)
 
@@ -87,6 +95,9 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             payload = spec.payload.model_validate(kwargs)
         except ValidationError as exc:
             raise InvalidPayload(f"payload of {spec.name!r} is invalid: {exc}") from None
+        wait = getattr(self.request, QUEUE_WAIT, None)
+        if wait is not None:
+            trace.get_current_span().set_attribute(QUEUE_WAIT_ATTRIBUTE, wait)
         ctx = RunContext(task_id, self.request.retries, settings, resources.artifacts)
         try:
             return spec.func(payload, ctx)

@@ -1,13 +1,70 @@
-"""Celery signal handlers: logging set-up for worker and beat processes."""
+"""Celery signal handlers: logging, metrics and tracing, for every process of a worker.
+
+Where each signal fires matters under the prefork pool:
+- main process: ``celeryd_init`` (before the pool forks), ``worker_init``, ``worker_ready``,
+  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``;
+- pool children: ``worker_process_init``/``_shutdown`` and ``task_prerun``/``postrun``/
+  ``success``/``failure``/``retry``;
+- any publisher (API, worker retrying, beat): ``before_task_publish``/``after_task_publish``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
 from typing import Any
 
-from celery.signals import setup_logging
+from celery import Celery, Task
+from celery.signals import (
+    after_task_publish,
+    before_task_publish,
+    celeryd_init,
+    setup_logging,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    task_received,
+    task_rejected,
+    task_retry,
+    task_revoked,
+    task_success,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 
+from worker.celery_config import PRIORITY_STEPS
+from worker.core import metrics
 from worker.core.logging import configure_logging
+from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
+from worker.core.names import ENQUEUED_AT_HEADER
+from worker.core.queue_stats import QueueInspector, deregister_worker, due_time, register_worker
+from worker.core.redis_client import REDIS_ERRORS, create_redis
 from worker.core.settings import get_settings
+from worker.core.telemetry import flush_tracing, init_tracing
+from worker.metrics_server import MetricsServer, QueueCollector
+from worker.runner import QUEUE_WAIT
+
+logger = logging.getLogger(__name__)
+WORKER_SERVICE_NAME = "courier-worker"
+_STARTED_AT = "courier_started_at"
+
+
+class _MainProcess:
+    """State of the worker's main process: metrics server and registry heartbeat."""
+
+    server: MetricsServer | None = None
+    stop = threading.Event()
+    hostname = ""
+
+
+# --- logging -----------------------------------------------------------------------------
 
 
 def _setup_logging(**_: Any) -> None:
@@ -15,5 +72,180 @@ def _setup_logging(**_: Any) -> None:
     configure_logging(get_settings().log_level)
 
 
-def connect_signals() -> None:
-    setup_logging.connect(_setup_logging, weak=False)
+# --- publishing (API, retries, beat) -------------------------------------------------------
+
+
+def _stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # Kept on retries: a retry's wait is measured from its ETA (see _queue_wait).
+    if headers is not None:
+        headers.setdefault(ENQUEUED_AT_HEADER, time.time())
+
+
+def _count_sent(sender: str, routing_key: str = "", **_: Any) -> None:
+    metrics.TASK_SENT.labels(sender, socket.gethostname(), routing_key).inc()
+
+
+# --- main process --------------------------------------------------------------------------
+
+
+def _prepare_metrics_dir(**_: Any) -> None:
+    wipe_multiproc_dir()
+
+
+def _start_metrics_server(sender: Any, **_: Any) -> None:
+    settings = get_settings()
+    if not settings.worker_metrics_port:
+        return
+    inspector = QueueInspector(create_redis(settings), settings.queues, PRIORITY_STEPS)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    collector = QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds)
+    _MainProcess.server = MetricsServer(settings.worker_metrics_port, collector)
+    _MainProcess.server.start()
+    logger.info("worker metrics server listening", extra={"port": _MainProcess.server.port})
+
+
+def _heartbeat(hostname: str, queues: list[str], concurrency: int) -> None:
+    settings = get_settings()
+    client = create_redis(settings)
+    interval = settings.worker_heartbeat_seconds
+    while not _MainProcess.stop.is_set():
+        try:
+            register_worker(client, hostname, queues, concurrency, ttl=3 * interval)
+        except REDIS_ERRORS as exc:
+            logger.warning("worker heartbeat failed", extra={"error": str(exc)})
+        _MainProcess.stop.wait(interval)
+    with contextlib.suppress(*REDIS_ERRORS):  # its entry expires by itself
+        deregister_worker(client, hostname)
+    client.close()
+
+
+def _worker_ready(sender: Any, **_: Any) -> None:
+    hostname: str = sender.hostname
+    _MainProcess.hostname = hostname
+    metrics.WORKER_UP.labels(hostname).set(1)
+    metrics.WORKER_TASKS_ACTIVE.labels(hostname).set(0)
+    queues = sorted(sender.app.amqp.queues.consume_from)
+    concurrency = int(getattr(sender.controller, "concurrency", 1) or 1)
+    threading.Thread(
+        target=_heartbeat, args=(hostname, queues, concurrency), daemon=True, name="heartbeat"
+    ).start()
+    if _MainProcess.server:
+        _MainProcess.server.ready.set()
+    if sender.controller.pool_cls.__module__.endswith("solo"):
+        init_tracing(WORKER_SERVICE_NAME)  # no fork: this process executes the tasks
+
+
+def _worker_shutdown(**_: Any) -> None:
+    _MainProcess.stop.set()
+    if _MainProcess.hostname:
+        metrics.WORKER_UP.labels(_MainProcess.hostname).set(0)
+    flush_tracing()
+
+
+def _request_labels(request: Any) -> tuple[str, str, str]:
+    delivery = getattr(request, "delivery_info", None) or {}
+    return request.name or "", request.hostname or "", delivery.get("routing_key") or ""
+
+
+def _count_received(request: Any, **_: Any) -> None:
+    metrics.TASK_RECEIVED.labels(*_request_labels(request)).inc()
+
+
+def _count_revoked(request: Any, **_: Any) -> None:
+    metrics.TASK_REVOKED.labels(*_request_labels(request)).inc()
+
+
+def _count_rejected(message: Any, **_: Any) -> None:
+    headers = getattr(message, "headers", None) or {}
+    delivery = getattr(message, "delivery_info", None) or {}
+    metrics.TASK_REJECTED.labels(
+        "unknown" if "task" not in headers else str(headers["task"])[:64],
+        _MainProcess.hostname,
+        delivery.get("routing_key") or "",
+    ).inc()
+
+
+# --- pool children -------------------------------------------------------------------------
+
+
+def _child_started(**_: Any) -> None:
+    init_tracing(WORKER_SERVICE_NAME)
+
+
+def _child_stopping(**_: Any) -> None:
+    flush_tracing()
+    mark_process_dead(os.getpid())
+
+
+def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
+    request = task.request
+    delivery = request.delivery_info or {}
+    return task.name, request.hostname or "", delivery.get("routing_key") or ""
+
+
+def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
+    now = time.time()
+    name, hostname, queue = _task_labels(sender)
+    request = sender.request
+    setattr(request, _STARTED_AT, time.perf_counter())
+    metrics.TASK_STARTED.labels(name, hostname, queue).inc()
+    metrics.WORKER_TASKS_ACTIVE.labels(hostname).inc()
+    due = due_time(getattr(request, ENQUEUED_AT_HEADER, None), request.eta)
+    if due is not None:
+        wait = max(0.0, now - due)
+        setattr(request, QUEUE_WAIT, wait)
+        metrics.COURIER_QUEUE_WAIT.labels(name, queue).observe(wait)
+        metrics.TASK_QUEUE_WAIT_TIME.labels(name, hostname, queue).observe(wait)
+
+
+def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
+    metrics.WORKER_TASKS_ACTIVE.labels(sender.request.hostname or "").dec()
+
+
+def _task_succeeded(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
+    labels = _task_labels(sender)
+    metrics.TASK_SUCCEEDED.labels(*labels).inc()
+    started = getattr(sender.request, _STARTED_AT, None)
+    if started is not None:
+        metrics.TASK_RUNTIME.labels(*labels).observe(time.perf_counter() - started)
+
+
+def _task_failed(sender: Task, exception: BaseException | None = None, **_: Any) -> None:  # type: ignore[type-arg]
+    metrics.TASK_FAILED.labels(*_task_labels(sender), type(exception).__name__).inc()
+
+
+def _task_retried(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
+    metrics.TASK_RETRIED.labels(*_task_labels(sender)).inc()
+
+
+def connect_signals(app: Celery) -> None:
+    """Connect every handler once (``dispatch_uid``), whichever process imports the app."""
+    del app  # handlers are process-wide; the argument documents which app they serve
+    for signal, handler in (
+        (setup_logging, _setup_logging),
+        (before_task_publish, _stamp_enqueue_time),
+        (after_task_publish, _count_sent),
+        (celeryd_init, _prepare_metrics_dir),
+        (worker_init, _start_metrics_server),
+        (worker_ready, _worker_ready),
+        (worker_shutdown, _worker_shutdown),
+        (task_received, _count_received),
+        (task_revoked, _count_revoked),
+        (task_rejected, _count_rejected),
+        (worker_process_init, _child_started),
+        (worker_process_shutdown, _child_stopping),
+        (task_prerun, _task_started),
+        (task_postrun, _task_finished),
+        (task_success, _task_succeeded),
+        (task_failure, _task_failed),
+        (task_retry, _task_retried),
+    ):
+        signal.connect(handler, weak=False, dispatch_uid=f"courier.{handler.__name__}")
+
+
+def connect_publisher_signals() -> None:
+    """For processes that only publish (the API): enqueue timestamp and sent counter."""
+    before_task_publish.connect(
+        _stamp_enqueue_time, weak=False, dispatch_uid="courier._stamp_enqueue_time"
+    )
+    after_task_publish.connect(_count_sent, weak=False, dispatch_uid="courier._count_sent")

@@ -23,6 +23,7 @@ class TaskAccepted(BaseModel):
     name: str
     status: TaskStatus = TaskStatus.QUEUED
     status_url: str
+    trace_id: str | None = Field(None, description="Trace of this request (tracing on).")
 
 
 class TaskErrorOut(BaseModel):
@@ -42,6 +43,7 @@ class TaskStatusOut(BaseModel):
     enqueued_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    trace_id: str | None = Field(None, description="Trace of the submitting request (tracing on).")
 
     @classmethod
     def from_state(cls, state: TaskState) -> TaskStatusOut:
@@ -62,6 +64,7 @@ class TaskStatusOut(BaseModel):
             enqueued_at=state.enqueued_at,
             started_at=state.started_at,
             finished_at=state.finished_at,
+            trace_id=state.trace_id,
         )
 
 

@@ -134,25 +134,18 @@ class Service:
         self._log_file.close()
 
 
-def celery_worker(env: Mapping[str, str], log: Path, name: str, concurrency: int = 2) -> Service:
-    return Service(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
-            "--pool=prefork",
-            f"--concurrency={concurrency}",
-            "--without-gossip",
-            "--without-mingle",
-            f"--hostname={name}@%h",
-            "--loglevel=INFO",
-        ],
-        env,
-        log,
-    )
+def celery_worker(
+    env: Mapping[str, str],
+    log: Path,
+    name: str,
+    concurrency: int = 2,
+    extra_args: tuple[str, ...] = (),
+) -> Service:
+    """A prefork worker; its metrics port is a free one unless ``env`` names it."""
+    args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+    args += ["--pool=prefork", f"--concurrency={concurrency}", "--without-gossip"]
+    args += ["--without-mingle", f"--hostname={name}@%h", "--loglevel=INFO", *extra_args]
+    return Service(args, {"COURIER_WORKER_METRICS_PORT": str(free_port()), **env}, log)
 
 
 def celery_beat(env: Mapping[str, str], log: Path) -> Service:

@@ -27,3 +27,17 @@ SEND_EMAIL_TASK = "send_email"
 PROCESS_IMAGE_TASK = "process_image"
 GENERATE_REPORT_TASK = "generate_report"
 CLEANUP_TASK = "cleanup_artifacts"
+
+# Queue metrics: the lease that elects the one worker exporting cluster-wide queue gauges, and
+# the registry of live workers (sorted set hostname -> expiry; hash per worker).
+QUEUE_METRICS_LEASE_KEY = KEY_PREFIX + "metrics:queue_leader"
+WORKERS_KEY = KEY_PREFIX + "workers"
+WORKER_KEY = KEY_PREFIX + "worker:{hostname}"
+
+# kombu's Redis transport: unacknowledged (delivered, reserved or running) messages and the
+# separator of priority sub-queues (``<queue>\x06\x16<priority>``).
+KOMBU_UNACKED_KEY = "unacked"
+KOMBU_PRIORITY_SEP = "\x06\x16"
+
+# The message header carrying the producer's clock at publish time (seconds since the epoch).
+ENQUEUED_AT_HEADER = "courier_enqueued_at"

@@ -24,6 +24,7 @@ class TaskRecord:
     enqueued_at: float
     started_at: float | None
     revoked: bool
+    trace_id: str | None = None
 
 
 _MARK_STARTED = """
@@ -42,9 +43,12 @@ class TaskRecords:
         self._ttl = ttl
         self._mark_started = client.register_script(_MARK_STARTED)
 
-    def create(self, task_id: str, name: str, queue: str) -> None:
+    def create(self, task_id: str, name: str, queue: str, trace_id: str | None = None) -> None:
+        fields: dict[str, str | float] = {"name": name, "queue": queue, "enqueued_at": time.time()}
+        if trace_id:
+            fields["trace_id"] = trace_id
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(_key(task_id), mapping={"name": name, "queue": queue, "enqueued_at": time.time()})
+        pipe.hset(_key(task_id), mapping=fields)  # type: ignore[arg-type]
         pipe.expire(_key(task_id), self._ttl)
         pipe.execute()
 
@@ -64,6 +68,7 @@ class TaskRecords:
             enqueued_at=float(fields.get("enqueued_at", 0.0)),
             started_at=float(started) if started else None,
             revoked=fields.get("revoked") == "1",
+            trace_id=fields.get("trace_id"),
         )
 
     def mark_started(self, task_id: str) -> bool:

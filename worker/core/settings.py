@@ -39,6 +39,16 @@ class Settings(BaseSettings):
     # Task events feed Flower (and event-based exporters); each costs a publish per state change.
     task_events: bool = True
 
+    # --- metrics ---
+    # The worker's /metrics and /healthz port (0 turns the server off).
+    worker_metrics_port: int = Field(9808, ge=0, le=65535)
+    # How often a worker renews its entry in the live-worker registry (expires after 3x).
+    worker_heartbeat_seconds: float = Field(5.0, gt=0)
+    # Lease of the one worker exporting queue gauges; above the scrape interval.
+    queue_metrics_lease_seconds: float = Field(60.0, gt=0)
+    # Serve /metrics on the API port (internal: expose it to the monitoring namespace only).
+    metrics_enabled: bool = True
+
     # --- API server (gunicorn) ---
     api_bind: str = "0.0.0.0:8000"
     api_workers: int = Field(2, ge=1, le=64)

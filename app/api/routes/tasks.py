@@ -19,6 +19,7 @@ from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import InvalidOption, UnknownTask
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
 from app.queue import EnqueueOptions
+from app.tracing import set_trace_headers
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
 
@@ -76,7 +77,8 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
         task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
         url = str(request.url_for("get_task", task_id=task_id))
         response.headers["Location"] = url
-        return TaskAccepted(id=task_id, name=spec.name, status_url=url)
+        trace_id = set_trace_headers(response)
+        return TaskAccepted(id=task_id, name=spec.name, status_url=url, trace_id=trace_id)
 
     # Type the body with this task's model (an empty body is fine when no field is required).
     signature = inspect.signature(submit)

@@ -1,0 +1,140 @@
+"""The worker's /metrics: lifecycle counters summed over prefork children, queue depth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_from, wait_for_status
+from tests.utils.processes import (
+    RedisServer,
+    Service,
+    celery_worker,
+    courier_env,
+    free_port,
+    wait_until,
+)
+from tests.utils.prom import scrape, total
+from tests.utils.smtp import SmtpServer
+
+
+class Stack:
+    def __init__(self, api: TestClient, worker: Service, port: int) -> None:
+        self.api = api
+        self.worker = worker
+        self.url = f"http://127.0.0.1:{port}"
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return scrape(f"{self.url}/metrics")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("worker-metrics")
+    server = RedisServer(tmp / "redis")
+    server.start()
+    port = free_port()
+    env = {
+        "COURIER_REDIS_URL": server.url,
+        "COURIER_WORKER_METRICS_PORT": str(port),
+        "COURIER_EMAIL_BACKEND": "smtp",
+        "COURIER_SMTP_HOST": "127.0.0.1",
+        "COURIER_SMTP_PORT": str(smtp_server.port),
+        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
+        "COURIER_QUEUE_METRICS_LEASE_SECONDS": "5",
+    }
+    worker = celery_worker(courier_env(env), Path(tmp / "worker.log"), "metrics", concurrency=2)
+    try:
+        with TestClient(create_app(settings_from(env))) as api:
+            stack = Stack(api, worker, port)
+            wait_until(lambda: _ready(stack.url), 60, "the worker's /readyz")
+            yield stack
+    finally:
+        worker.stop()
+        server.stop()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run_all(api: TestClient, payloads: list[tuple[str, dict[str, object]]]) -> list[str]:
+    ids = [api.post(f"/v1/tasks/{name}", json=body).json()["id"] for name, body in payloads]
+    for task_id in ids:
+        wait_for_status(api, task_id, timeout=30)
+    return ids
+
+
+def test_health_answers_without_the_broker(stack: Stack) -> None:
+    response = httpx.get(f"{stack.url}/healthz", timeout=2)
+    assert response.status_code == 200
+
+
+def test_lifecycle_counters_sum_every_pool_child(stack: Stack) -> None:
+    # Sleeping tasks overlap, so both prefork children execute some of them.
+    run_all(stack.api, [("noop", {"sleep_seconds": 0.3})] * 6)
+    samples = stack.metrics()
+    assert total(samples, "celery_task_succeeded_total", name="noop") >= 6
+    assert total(samples, "celery_task_started_total", name="noop") >= 6
+    assert total(samples, "celery_task_received_total", name="noop", queue_name="default") >= 6
+    assert total(samples, "celery_task_runtime_count", name="noop") >= 6
+    assert total(samples, "celery_task_runtime_sum", name="noop") >= 6 * 0.3
+    assert total(samples, "courier_task_queue_wait_seconds_count", name="noop") >= 6
+    assert total(samples, "celery_task_queue_wait_time_count", name="noop") >= 6
+    hostname_up = [ls for (n, ls), v in samples.items() if n == "celery_worker_up" and v == 1]
+    assert hostname_up and dict(hostname_up[0])["hostname"].startswith("metrics@")
+    assert total(samples, "celery_worker_tasks_active") == 0
+
+
+def test_failures_carry_the_exception_and_retries_are_counted(stack: Stack) -> None:
+    run_all(stack.api, [("send_email", {"to": "busy-metrics@example.com", "subject": "s"})])
+    run_all(stack.api, [("process_image", {"image_id": "0" * 32, "width": 1, "height": 1})])
+    samples = stack.metrics()
+    assert total(samples, "celery_task_retried_total", name="send_email") == 3
+    assert (
+        total(samples, "celery_task_failed_total", name="send_email", exception="TransientError")
+        == 1
+    )
+    assert (
+        total(samples, "celery_task_failed_total", name="process_image", exception="PermanentError")
+        == 1
+    )
+
+
+def test_backlog_counts_waiting_and_reserved_messages(stack: Stack) -> None:
+    # A countdown task is fetched at once and held by the worker until its ETA: delayed.
+    delayed = stack.api.post("/v1/tasks/noop", json={}, params={"countdown": 30}).json()["id"]
+    wait_until(
+        lambda: total(stack.metrics(), "courier_queue_delayed", queue_name="default") == 1,
+        10,
+        "the delayed task to be held by the worker",
+    )
+    # Four long tasks on two children: two run (unacknowledged), two wait in the list.
+    ids = [
+        stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 3}).json()["id"] for _ in range(4)
+    ]
+    wait_until(
+        lambda: sum(stack.api.get(f"/v1/tasks/{i}").json()["status"] == "started" for i in ids)
+        == 2,
+        20,
+        "two tasks running",
+    )
+    samples = stack.metrics()
+    assert total(samples, "celery_queue_length", queue_name="default") == 2
+    assert total(samples, "courier_queue_reserved", queue_name="default") == 2
+    assert total(samples, "courier_queue_backlog", queue_name="default") == 4
+    assert total(samples, "courier_queue_delayed", queue_name="default") == 1
+    assert total(samples, "courier_queue_oldest_age_seconds", queue_name="default") > 0
+    assert total(samples, "celery_active_worker_count", queue_name="default") == 1
+    assert total(samples, "celery_active_process_count", queue_name="default") == 2
+    assert stack.api.delete(f"/v1/tasks/{delayed}").status_code == 202
+    for task_id in ids:
+        wait_for_status(stack.api, task_id, timeout=30)

@@ -1,0 +1,125 @@
+"""Every Prometheus metric, defined once, for the API and the worker.
+
+Names and labels follow celery-exporter where a metric exists there (its community dashboards
+and alerts work unchanged); ``courier_*`` metrics are what no exporter gives. No label carries a
+task id, a raw URL or user input: task names come from the registry, routes are templates.
+
+Processes that fork (gunicorn, Celery prefork) run prometheus-client in multiprocess mode
+(``PROMETHEUS_MULTIPROC_DIR``); each gauge says how values of several processes combine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from worker.core.queue_stats import QueueStats, QueueWorkers
+
+# Task runtimes: from sub-millisecond no-ops to long jobs.
+RUNTIME_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+# Queue waits: milliseconds when idle, minutes under a backlog.
+WAIT_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+)  # fmt: skip
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+TASK_LABELS = ("name", "hostname", "queue_name")
+
+# --- task lifecycle (celery-exporter names) ---
+TASK_SENT = Counter("celery_task_sent", "Task messages published.", TASK_LABELS)
+TASK_RECEIVED = Counter("celery_task_received", "Tasks received by a worker.", TASK_LABELS)
+TASK_STARTED = Counter("celery_task_started", "Tasks a worker started executing.", TASK_LABELS)
+TASK_SUCCEEDED = Counter("celery_task_succeeded", "Tasks that succeeded.", TASK_LABELS)
+TASK_FAILED = Counter(
+    "celery_task_failed", "Tasks that failed for good.", (*TASK_LABELS, "exception")
+)
+TASK_RETRIED = Counter("celery_task_retried", "Failed attempts that will be retried.", TASK_LABELS)
+TASK_REJECTED = Counter(
+    "celery_task_rejected", "Messages a worker rejected (requeued or dropped).", TASK_LABELS
+)
+TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
+TASK_RUNTIME = Histogram(
+    "celery_task_runtime",
+    "Runtime of successful tasks, seconds.",
+    TASK_LABELS,
+    buckets=RUNTIME_BUCKETS,
+)
+TASK_QUEUE_WAIT_TIME = Histogram(
+    "celery_task_queue_wait_time",
+    "Seconds from publish (or ETA) to start; celery-exporter's name.",
+    TASK_LABELS,
+    buckets=WAIT_BUCKETS,
+)
+COURIER_QUEUE_WAIT = Histogram(
+    "courier_task_queue_wait_seconds",
+    "Seconds from enqueue (or ETA, when later) to start, from the producer's header timestamp.",
+    ("name", "queue_name"),
+    buckets=WAIT_BUCKETS,
+)
+
+# --- workers (each worker exports its own hostname) ---
+WORKER_UP = Gauge(
+    "celery_worker_up", "1 while the worker serves.", ("hostname",), multiprocess_mode="max"
+)
+WORKER_TASKS_ACTIVE = Gauge(
+    "celery_worker_tasks_active",
+    "Tasks the worker is executing now.",
+    ("hostname",),
+    multiprocess_mode="livesum",
+)
+
+# --- API ---
+HTTP_REQUESTS = Counter(
+    "courier_http_requests", "HTTP requests by route template.", ("method", "route", "status")
+)
+HTTP_DURATION = Histogram(
+    "courier_http_request_duration_seconds",
+    "HTTP request latency by route template, seconds.",
+    ("method", "route"),
+    buckets=HTTP_BUCKETS,
+)
+# By method only: the route template is known only once routing ran.
+HTTP_IN_PROGRESS = Gauge(
+    "courier_http_requests_in_progress",
+    "HTTP requests being served.",
+    ("method",),
+    multiprocess_mode="livesum",
+)
+TASKS_ENQUEUED = Counter(
+    "courier_tasks_enqueued",
+    "Task submissions by outcome: accepted (202), rejected (4xx), failed (5xx).",
+    ("name", "outcome"),
+)
+
+
+def queue_families(
+    stats: Sequence[QueueStats], workers: Mapping[str, QueueWorkers]
+) -> list[GaugeMetricFamily]:
+    """Cluster-wide queue gauges, exported by exactly one worker at a time (see QueueCollector)."""
+    families = {
+        "celery_queue_length": "Messages waiting in the broker queue (all priorities).",
+        "courier_queue_backlog": "Waiting plus reserved-but-unacknowledged messages due now.",
+        "courier_queue_reserved": "Messages delivered to workers, not yet acknowledged, due now.",
+        "courier_queue_delayed": "Messages held by workers until a future ETA (countdown).",
+        "courier_queue_oldest_age_seconds": "Age of the oldest waiting message (0 when empty).",
+        "celery_active_worker_count": "Live workers consuming the queue.",
+        "celery_active_process_count": "Pool processes of the live workers consuming the queue.",
+    }
+    gauges = {name: GaugeMetricFamily(name, doc, labels=["queue_name"]) for name, doc in
+              families.items()}  # fmt: skip
+    for s in stats:
+        gauges["celery_queue_length"].add_metric([s.queue], s.waiting)
+        gauges["courier_queue_backlog"].add_metric([s.queue], s.backlog)
+        gauges["courier_queue_reserved"].add_metric([s.queue], s.reserved)
+        gauges["courier_queue_delayed"].add_metric([s.queue], s.delayed)
+        gauges["courier_queue_oldest_age_seconds"].add_metric([s.queue], s.oldest_age_seconds)
+        consumers = workers.get(s.queue, QueueWorkers(0, 0))
+        gauges["celery_active_worker_count"].add_metric([s.queue], consumers.workers)
+        gauges["celery_active_process_count"].add_metric([s.queue], consumers.processes)
+    return list(gauges.values())

@@ -1,0 +1,193 @@
+"""Queue depth read straight from Redis: what is waiting, what workers hold, how old it is.
+
+``LLEN`` alone under-counts: with late acks, messages a worker reserved (prefetched) or holds
+for an ETA sit in kombu's ``unacked`` hash, invisible to a list length. The backlog an
+autoscaler needs is waiting + reserved; delayed (future-ETA) messages are reported apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import redis
+
+from worker.core.names import (
+    ENQUEUED_AT_HEADER,
+    KOMBU_PRIORITY_SEP,
+    KOMBU_UNACKED_KEY,
+    WORKER_KEY,
+    WORKERS_KEY,
+)
+
+# Counts unacknowledged messages per routing key, split by whether their ETA is still ahead.
+# Runs inside Redis so message bodies never cross the network.
+_UNACKED_BY_QUEUE = """
+local now = ARGV[1]
+local reserved, delayed = {}, {}
+for _, raw in ipairs(redis.call('HVALS', KEYS[1])) do
+  local ok, entry = pcall(cjson.decode, raw)
+  if ok and type(entry) == 'table' and type(entry[3]) == 'string' then
+    local rk = entry[3]
+    local eta = nil
+    if type(entry[1]) == 'table' and type(entry[1]['headers']) == 'table' then
+      eta = entry[1]['headers']['eta']
+    end
+    if type(eta) == 'string' and eta > now then
+      delayed[rk] = (delayed[rk] or 0) + 1
+    else
+      reserved[rk] = (reserved[rk] or 0) + 1
+    end
+  end
+end
+local out = {}
+for rk, n in pairs(reserved) do
+  table.insert(out, rk); table.insert(out, 'r'); table.insert(out, n)
+end
+for rk, n in pairs(delayed) do
+  table.insert(out, rk); table.insert(out, 'd'); table.insert(out, n)
+end
+return out
+"""
+
+# Take or renew the lease when free or already ours; 1 when we hold it.
+_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queue: str
+    waiting: int  # in the queue's lists, all priorities
+    reserved: int  # delivered to a worker, not acknowledged, due now
+    delayed: int  # held by a worker until a future ETA
+    oldest_age_seconds: float  # age of the oldest waiting message (0 when empty)
+
+    @property
+    def backlog(self) -> int:
+        return self.waiting + self.reserved
+
+
+@dataclass(frozen=True)
+class QueueWorkers:
+    workers: int
+    processes: int
+
+
+def priority_lists(queue: str, steps: Sequence[int]) -> list[str]:
+    """kombu's list names for one queue: the bare name for priority 0, a suffix for others."""
+    return [queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEP}{step}" for step in steps]
+
+
+def due_time(enqueued_at: object, eta: object) -> float | None:
+    """When a message became runnable: its enqueue time, or its ETA when that is later."""
+    if not isinstance(enqueued_at, int | float):
+        return None
+    due = float(enqueued_at)
+    if isinstance(eta, str):
+        with contextlib.suppress(ValueError):
+            due = max(due, datetime.fromisoformat(eta).timestamp())
+    return due
+
+
+def _message_due_time(raw: bytes | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        headers: dict[str, Any] = json.loads(raw).get("headers") or {}
+    except (ValueError, AttributeError):
+        return None
+    return due_time(headers.get(ENQUEUED_AT_HEADER), headers.get("eta"))
+
+
+class QueueInspector:
+    def __init__(self, client: redis.Redis, queues: Sequence[str], steps: Sequence[int]) -> None:
+        self._redis = client
+        self._queues = list(queues)
+        self._steps = list(steps)
+        self._unacked = client.register_script(_UNACKED_BY_QUEUE)
+        self._lease = client.register_script(_LEASE)
+
+    def stats(self) -> list[QueueStats]:
+        pipe = self._redis.pipeline(transaction=False)
+        for queue in self._queues:
+            for name in priority_lists(queue, self._steps):
+                pipe.llen(name)
+                pipe.lindex(name, -1)  # kombu pushes left, pops right: the tail is the oldest
+        replies = pipe.execute()
+        now_iso = datetime.now(UTC).isoformat()
+        flat = cast(list[Any], self._unacked(keys=[KOMBU_UNACKED_KEY], args=[now_iso]))
+        held: dict[tuple[str, str], int] = {}
+        for i in range(0, len(flat), 3):
+            held[(flat[i].decode(), flat[i + 1].decode())] = int(flat[i + 2])
+        now = time.time()
+        result: list[QueueStats] = []
+        per_queue = 2 * len(self._steps)
+        for index, queue in enumerate(self._queues):
+            chunk = replies[index * per_queue : (index + 1) * per_queue]
+            lengths, tails = chunk[0::2], chunk[1::2]
+            due = [t for t in (_message_due_time(raw) for raw in tails) if t is not None]
+            oldest = max(0.0, now - min(due)) if due else 0.0
+            result.append(
+                QueueStats(
+                    queue=queue,
+                    waiting=sum(int(n) for n in lengths),
+                    reserved=held.get((queue, "r"), 0),
+                    delayed=held.get((queue, "d"), 0),
+                    oldest_age_seconds=oldest,
+                )
+            )
+        return result
+
+    def hold_lease(self, key: str, holder: str, ttl_seconds: float) -> bool:
+        return bool(self._lease(keys=[key], args=[holder, int(ttl_seconds * 1000)]))
+
+    def workers_per_queue(self) -> dict[str, QueueWorkers]:
+        """Live workers and pool processes consuming each queue, from the worker registry."""
+        now = time.time()
+        self._redis.zremrangebyscore(WORKERS_KEY, "-inf", now)
+        hostnames = [h.decode() for h in cast(list[bytes], self._redis.zrange(WORKERS_KEY, 0, -1))]
+        pipe = self._redis.pipeline(transaction=False)
+        for hostname in hostnames:
+            pipe.hgetall(WORKER_KEY.format(hostname=hostname))
+        counts: dict[str, list[int]] = {queue: [0, 0] for queue in self._queues}
+        for info in pipe.execute():
+            if not info:
+                continue
+            concurrency = int(info.get(b"concurrency", 0))
+            for queue in info.get(b"queues", b"").decode().split(","):
+                if queue:
+                    slot = counts.setdefault(queue, [0, 0])
+                    slot[0] += 1
+                    slot[1] += concurrency
+        return {queue: QueueWorkers(w, p) for queue, (w, p) in counts.items()}
+
+
+def register_worker(
+    client: redis.Redis, hostname: str, queues: Sequence[str], concurrency: int, ttl: float
+) -> None:
+    """Announce a live worker until ``ttl`` seconds from now (the heartbeat renews it)."""
+    pipe = client.pipeline(transaction=True)
+    key = WORKER_KEY.format(hostname=hostname)
+    pipe.hset(key, mapping={"queues": ",".join(queues), "concurrency": concurrency})
+    pipe.expire(key, max(1, int(ttl)))
+    pipe.zadd(WORKERS_KEY, {hostname: time.time() + ttl})
+    pipe.execute()
+
+
+def deregister_worker(client: redis.Redis, hostname: str) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(WORKER_KEY.format(hostname=hostname))
+    pipe.zrem(WORKERS_KEY, hostname)
+    pipe.execute()
