@@ -7,8 +7,8 @@ registry, anything else is ``unknown``. Under gunicorn the exposition sums every
 
 from __future__ import annotations
 
-import time
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -40,8 +40,7 @@ def template_matcher(templates: Iterable[str]) -> Callable[[str], str]:
     """Path -> route template, literal templates first (``/v1/tasks/noop`` before ``{id}``)."""
     ordered = sorted(templates, key=lambda t: (t.count("{"), t))
     patterns = [
-        (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(t)) + "$"), t)
-        for t in ordered
+        (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(t)) + "$"), t) for t in ordered
     ]
 
     def match(path: str) -> str:
