@@ -26,13 +26,13 @@ def api_samples(api: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]],
 
 
 def test_requests_are_counted_by_route_template_never_by_raw_path(api: TestClient) -> None:
-    before = total(api_samples(api), "courier_http_requests_total", route="/v1/tasks/{task_id}")
+    before = total(
+        api_samples(api), "courier_http_requests_total", route="/v1/tasks/{task_id}", status="404"
+    )
     api.get(f"/v1/tasks/{TASK_ID}")
     api.get("/v1/tasks/another-unknown-id")
     samples = api_samples(api)
-    after = total(
-        samples, "courier_http_requests_total", route="/v1/tasks/{task_id}", status="404"
-    )
+    after = total(samples, "courier_http_requests_total", route="/v1/tasks/{task_id}", status="404")
     assert after - before == 2
     routes = label_values(samples, "courier_http_requests_total", "route")
     assert not any(TASK_ID in route or "another-unknown-id" in route for route in routes)

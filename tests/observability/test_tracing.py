@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -90,8 +89,10 @@ def submit(stack: TracedStack, name: str, payload: dict[str, object]) -> tuple[s
     assert response.json()["trace_id"] == trace_id
     task_id = response.json()["id"]
     wait_until(
-        lambda: httpx.get(f"{stack.url}/v1/tasks/{task_id}", timeout=5).json()["status"]
-        in ("succeeded", "failed"),
+        lambda: (
+            httpx.get(f"{stack.url}/v1/tasks/{task_id}", timeout=5).json()["status"]
+            in ("succeeded", "failed")
+        ),
         30,
         f"task {task_id} to finish",
     )

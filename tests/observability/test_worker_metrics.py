@@ -122,8 +122,9 @@ def test_backlog_counts_waiting_and_reserved_messages(stack: Stack) -> None:
         stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 3}).json()["id"] for _ in range(4)
     ]
     wait_until(
-        lambda: sum(stack.api.get(f"/v1/tasks/{i}").json()["status"] == "started" for i in ids)
-        == 2,
+        lambda: (
+            sum(stack.api.get(f"/v1/tasks/{i}").json()["status"] == "started" for i in ids) == 2
+        ),
         20,
         "two tasks running",
     )

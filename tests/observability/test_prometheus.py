@@ -1,0 +1,218 @@
+"""Rules and dashboards against the real thing: promtool, and a live Prometheus that scrapes the
+real API (gunicorn) and worker while tasks run, then evaluates every dashboard query and every
+rule expression. A query that is invalid, or that finds no series, fails the test."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.utils.processes import (
+    ROOT,
+    RedisServer,
+    Service,
+    celery_worker,
+    courier_env,
+    free_port,
+    gunicorn,
+    wait_until,
+)
+from tests.utils.smtp import SmtpServer
+
+MONITORING = ROOT / "deploy" / "monitoring"
+RULES = MONITORING / "rules" / "courier.rules.yaml"
+DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
+# What Grafana substitutes before it sends a query.
+GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$queue": ".*", "${datasource}": ""}
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (Debian package 'prometheus'; .ci/run installs it)")
+    return path
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    queries = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"]
+                for variable, value in GRAFANA_VARIABLES.items():
+                    expr = expr.replace(variable, value)
+                queries.append((f"{path.stem}: {panel['title']} [{target['refId']}]", expr))
+    return queries
+
+
+def rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_rules_are_valid_and_their_unit_tests_pass() -> None:
+    check = subprocess.run(
+        [tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = subprocess.run(
+        [tool("promtool"), "test", "rules", "courier.rules.test.yaml"],
+        cwd=MONITORING / "tests",
+        capture_output=True,
+        text=True,
+    )
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    tested = set(re.findall(r"alertname: (\w+)", (MONITORING / "tests" / "courier.rules.test.yaml")
+                            .read_text()))  # fmt: skip
+    alerts = {rule["alert"] for rule in rules() if "alert" in rule}
+    assert alerts <= tested, alerts - tested
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
+def test_dashboards_are_well_formed(path: Path) -> None:
+    dashboard = json.loads(path.read_text())
+    assert dashboard["uid"].startswith("courier-") and dashboard["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(grid) and grid["x"] + grid["w"] <= 24
+        assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"])
+        assert panel["datasource"]["uid"] == "${datasource}"
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("prometheus")
+    redis_server = RedisServer(tmp / "redis")
+    redis_server.start()
+    api_port, worker_port, prom_port = free_port(), free_port(), free_port()
+    env = {
+        "COURIER_REDIS_URL": redis_server.url,
+        "COURIER_EMAIL_BACKEND": "smtp",
+        "COURIER_SMTP_HOST": "127.0.0.1",
+        "COURIER_SMTP_PORT": str(smtp_server.port),
+        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
+        "COURIER_API_BIND": f"127.0.0.1:{api_port}",
+        "COURIER_WORKER_METRICS_PORT": str(worker_port),
+    }
+    api = gunicorn(courier_env(env), tmp / "api.log")
+    worker = celery_worker(courier_env(env), tmp / "worker.log", "prom")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": "courier-api", "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]},
+            {
+                "job_name": "courier-worker",
+                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
+            },
+        ],
+    }
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    server = Service(
+        [tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+        {},
+        tmp / "prometheus.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{prom_port}"
+    api_url = f"http://127.0.0.1:{api_port}"
+    try:
+        wait_until(lambda: _ok(f"{api_url}/readyz"), 30, "the API")
+        wait_until(lambda: _ok(f"http://127.0.0.1:{worker_port}/readyz"), 60, "the worker")
+        _drive_traffic(api_url)
+        wait_until(lambda: _ok(f"{url}/-/ready"), 30, "prometheus")
+        wait_until(
+            lambda: (
+                _has_series(url, "celery_task_failed_total")
+                and _has_series(url, "rate(celery_task_succeeded_total[30s])")
+                and _has_series(url, "courier:task_failure_ratio:rate10m")
+            ),
+            60,
+            "scraped task metrics",
+        )
+        yield url
+    finally:
+        server.stop()
+        worker.stop()
+        api.stop()
+        redis_server.stop()
+
+
+def _ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _drive_traffic(api: str) -> None:
+    """Successes, a failure, a retry, bad input: every panel then has something to show."""
+    submissions = [("noop", {"sleep_seconds": 0.05})] * 10 + [
+        ("process_image", {"image_id": "0" * 32, "width": 1, "height": 1}),
+        ("send_email", {"to": "flaky-prom@example.com", "subject": "s"}),
+    ]
+    ids = [
+        httpx.post(f"{api}/v1/tasks/{name}", json=body).json()["id"] for name, body in submissions
+    ]
+    httpx.post(f"{api}/v1/tasks/noop", json={"sleep_seconds": -1})
+    httpx.post(f"{api}/v1/tasks/noop", params={"countdown": 30}, json={})
+    for task_id in ids:
+        wait_until(
+            lambda t=task_id: (
+                httpx.get(f"{api}/v1/tasks/{t}").json()["status"] in ("succeeded", "failed")
+            ),
+            30,
+            f"task {task_id}",
+        )
+
+
+def _query(url: str, expr: str) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.get(
+        f"{url}/api/v1/query", params={"query": expr}, timeout=10
+    ).json()
+    return body
+
+
+def _has_series(url: str, expr: str) -> bool:
+    body = _query(url, expr)
+    return body.get("status") == "success" and bool(body["data"]["result"])
+
+
+def test_every_dashboard_query_finds_series(prometheus: str) -> None:
+    empty, invalid = [], []
+    for name, expr in dashboard_queries():
+        body = _query(prometheus, expr)
+        if body.get("status") != "success":
+            invalid.append((name, body.get("error")))
+        elif not body["data"]["result"]:
+            empty.append(name)
+    assert not invalid, invalid
+    assert not empty, empty
+
+
+def test_every_rule_expression_is_valid_and_every_signal_has_series(prometheus: str) -> None:
+    for rule in rules():
+        body = _query(prometheus, rule["expr"])
+        assert body.get("status") == "success", (rule, body.get("error"))
+        if "record" in rule:
+            # Signals must have data; an alert's comparison is rightly empty while all is well.
+            assert body["data"]["result"], f"recording rule {rule['record']} finds no series"
+    loaded = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+    assert {r["name"] for g in loaded for r in g["rules"]} == {
+        rule.get("alert") or rule["record"] for rule in rules()
+    }
+    assert all(r["health"] == "ok" for g in loaded for r in g["rules"])
