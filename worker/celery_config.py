@@ -18,6 +18,7 @@ from celery import Celery
 from kombu import Queue
 
 from worker.core.names import CLEANUP_TASK
+from worker.core.result_backend import backend_url
 from worker.core.settings import Settings
 from worker.registry import registered_tasks
 from worker.runner import WorkerResources, bind_task, connect_start_stamp
@@ -84,7 +85,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    app = Celery("courier", broker=settings.redis_url, backend=settings.redis_url)
+    app = Celery("courier", broker=settings.redis_url, backend=backend_url(settings.redis_url))
     app.conf.update(celery_config(settings))
     resources = WorkerResources(settings)
     for spec in registered_tasks().values():

@@ -6,6 +6,7 @@ exponential backoff, anything else fails the task with its type and message in t
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,10 +22,12 @@ from pydantic import ValidationError
 
 from worker.core.artifacts import ArtifactStore
 from worker.core.errors import InvalidPayload
-from worker.core.records import TaskRecords
+from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import create_redis
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
+
+logger = logging.getLogger(__name__)
 
 
 def backoff_seconds(retries: int, base: float, cap: float) -> float:
@@ -60,7 +63,7 @@ class RunContext:
     artifacts: ArtifactStore
 
 
-REVOKED_FLAG = "courier_revoked"
+START_CHECK = "courier_start_check"
 QUEUE_WAIT = "courier_queue_wait"  # set by signals._task_started
 # Seconds between enqueue (or ETA) and start, on the execution span.
 QUEUE_WAIT_ATTRIBUTE = "courier.queue_wait_seconds"
@@ -75,8 +78,8 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
         if sender.app is app and not sender.name.startswith("celery."):
             # Before the execution span opens: a Redis span here would start a trace of its own.
             with suppress_instrumentation():
-                revoked = resources.records.mark_started(task_id)
-            setattr(sender.request, REVOKED_FLAG, revoked)
+                check = resources.records.mark_started(task_id)
+            setattr(sender.request, START_CHECK, check)
 
     task_prerun.connect(stamp, weak=False)
 
@@ -87,7 +90,12 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
     @app.task(name=spec.name, bind=True, max_retries=spec.max_retries)
     def run(self: Task, /, **kwargs: Any) -> Any:  # type: ignore[type-arg]
         task_id = str(self.request.id)
-        if getattr(self.request, REVOKED_FLAG, False):
+        check: StartCheck | None = getattr(self.request, START_CHECK, None)
+        if check is not None and check.finished:
+            # A redelivered duplicate (its worker died before acknowledging): already done.
+            logger.info("duplicate delivery of a finished task skipped", extra={"task_id": task_id})
+            raise Ignore()
+        if check is not None and check.revoked:
             # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
             self.backend.mark_as_revoked(task_id, reason="revoked", request=self.request)
             raise Ignore()

@@ -36,7 +36,7 @@ def ensure_multiproc_dir(prefix: str) -> Path:
     if values is not None:
         # Imported already (Celery's CLI loads Flower's plugin, which imports it): switch the
         # value class now; labelled metrics create their values lazily, with the new class.
-        values.ValueClass = values.get_value_class()
+        values.ValueClass = values.get_value_class()  # type: ignore[attr-defined]
     return path_obj
 
 

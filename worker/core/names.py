@@ -7,6 +7,8 @@ DEFAULT_QUEUE = "default"
 KEY_PREFIX = "courier:"
 # Record of an issued task id (hash): lets the API tell "never issued" (404) from "queued".
 TASK_RECORD_KEY = KEY_PREFIX + "task:{task_id}"
+# Celery's own result key (its Redis backend's ``task_keyprefix``).
+CELERY_RESULT_KEY = "celery-task-meta-{task_id}"
 # Binary artifacts (uploaded images, resized images, reports) with their metadata (hash).
 ARTIFACT_KEY = KEY_PREFIX + "artifact:{artifact_id}"
 # Sorted set artifact id -> expiry timestamp, pruned by the periodic cleanup task.

@@ -13,7 +13,7 @@ from typing import cast
 
 import redis
 
-from worker.core.names import TASK_RECORD_KEY
+from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,28 @@ class TaskRecord:
     trace_id: str | None = None
 
 
+# KEYS: the record, Celery's result. Returns {revoked flag, 1 when the task already finished}.
 _MARK_STARTED = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
-return redis.call('HGET', KEYS[1], 'revoked')
+local finished = 0
+local result = redis.call('GET', KEYS[2])
+if result then
+  local ok, meta = pcall(cjson.decode, result)
+  if ok and type(meta) == 'table' and (meta['status'] == 'SUCCESS'
+      or meta['status'] == 'FAILURE' or meta['status'] == 'REVOKED') then
+    finished = 1
+  end
+end
+if finished == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
+end
+return {redis.call('HGET', KEYS[1], 'revoked') or '', finished}
 """
+
+
+@dataclass(frozen=True)
+class StartCheck:
+    revoked: bool  # cancelled through the API while it waited
+    finished: bool  # a redelivered duplicate of a task that already finished
 
 
 def _key(task_id: str) -> str:
@@ -71,13 +89,14 @@ class TaskRecords:
             trace_id=fields.get("trace_id"),
         )
 
-    def mark_started(self, task_id: str) -> bool:
-        """Stamp the start of an attempt; returns True when the task was revoked meanwhile.
+    def mark_started(self, task_id: str) -> StartCheck:
+        """Stamp the start of an attempt, and say whether it should run at all.
 
         A script keeps it to one round trip and never recreates an expired record without a TTL.
         """
-        revoked = self._mark_started(keys=[_key(task_id)], args=[time.time()])
-        return bool(revoked == b"1")
+        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
+        revoked, finished = self._mark_started(keys=keys, args=[time.time()])
+        return StartCheck(revoked=revoked == b"1", finished=bool(finished))
 
     def mark_revoked(self, task_id: str) -> None:
         self._redis.hset(_key(task_id), "revoked", "1")

@@ -1,0 +1,54 @@
+"""Celery's Redis result backend, with one rule added: a finished status is never overwritten.
+
+At-least-once delivery means a message can come back after its task finished (its worker died
+before acknowledging). Celery would then store STARTED over SUCCESS; this backend refuses any
+write over SUCCESS, FAILURE or REVOKED, atomically, so a status never goes backwards. The first
+terminal state wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+
+# Terminal Celery states; the Lua below lists the same three.
+TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+
+_SET_UNLESS_FINISHED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and (meta['status'] == 'SUCCESS'
+      or meta['status'] == 'FAILURE' or meta['status'] == 'REVOKED') then
+    return 0
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class CourierRedisBackend(RedisBackend):
+    """Selected by the result backend URL ``worker.core.result_backend:CourierRedisBackend+redis://``."""
+
+    _guarded_set: Any = None
+
+    def _set(self, key: str | bytes, value: str | bytes, expires: int | None = None) -> None:
+        if self._guarded_set is None:
+            self._guarded_set = self.client.register_script(_SET_UNLESS_FINISHED)
+        ttl = getattr(self, "expires", None) if expires is None else expires
+        self._guarded_set(keys=[key], args=[value, int(ttl or 0)])
+
+
+BACKEND_PATH = f"{__name__}:CourierRedisBackend"
+
+
+def backend_url(redis_url: str) -> str:
+    return f"{BACKEND_PATH}+{redis_url}"
