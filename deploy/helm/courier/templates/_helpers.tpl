@@ -1,0 +1,239 @@
+{{/* Names, labels and the pieces every pod shares. */}}
+
+{{- define "courier.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* <release>-<chart>, or the release name alone when it already contains the chart name. */}}
+{{- define "courier.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A component's object name: <fullname>-<component>; call with (list $ "api"). */}}
+{{- define "courier.componentName" -}}
+{{- $root := index . 0 }}
+{{- printf "%s-%s" (include "courier.fullname" $root) (index . 1) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "courier.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object; call with (list $ "component"). */}}
+{{- define "courier.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ include "courier.chart" $root }}
+{{ include "courier.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: courier
+{{- with $root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The immutable subset used in selectors; call with (list $ "component"). */}}
+{{- define "courier.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "courier.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Labels shared by every pod of the release (NetworkPolicy selectors). */}}
+{{- define "courier.instanceLabels" -}}
+app.kubernetes.io/name: {{ include "courier.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "courier.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "courier.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "courier.apiImage" -}}
+{{- printf "%s:%s" .Values.api.image.repository (default .Chart.AppVersion .Values.api.image.tag) }}
+{{- end }}
+
+{{- define "courier.workerImage" -}}
+{{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) }}
+{{- end }}
+
+{{/* ---- Secrets: names, and values generated once then kept on upgrade ---- */}}
+
+{{- define "courier.apiKeysSecretName" -}}
+{{- default (include "courier.componentName" (list . "api-keys")) .Values.api.auth.existingSecret }}
+{{- end }}
+
+{{- define "courier.redisSecretName" -}}
+{{- default (include "courier.componentName" (list . "redis")) .Values.redis.auth.existingSecret }}
+{{- end }}
+
+{{- define "courier.externalRedisSecretName" -}}
+{{- default (include "courier.componentName" (list . "external-redis")) .Values.externalRedis.existingSecret }}
+{{- end }}
+
+{{- define "courier.flowerSecretName" -}}
+{{- default (include "courier.componentName" (list . "flower")) .Values.flower.auth.existingSecret }}
+{{- end }}
+
+{{/*
+The value under `key` of the Secret `name` as it is in the cluster (so `helm upgrade` keeps a
+generated password), or "" on first install and wherever `lookup` sees no cluster (template,
+dry runs). Call with (list $ name key).
+*/}}
+{{- define "courier.existingSecretValue" -}}
+{{- $root := index . 0 }}
+{{- $secret := lookup "v1" "Secret" $root.Release.Namespace (index . 1) | default dict }}
+{{- dig "data" (index . 2) "" $secret | b64dec }}
+{{- end }}
+
+{{/* ---- Pod pieces ---- */}}
+
+{{/* Topology spread for a component; call with (list $ "component" .Values.<component>). */}}
+{{- define "courier.topologySpread" -}}
+{{- $root := index . 0 }}
+{{- $own := (index . 2).topologySpreadConstraints | default list }}
+{{- if $own -}}
+topologySpreadConstraints:
+  {{- toYaml $own | nindent 2 }}
+{{- else if $root.Values.topologySpread.enabled -}}
+topologySpreadConstraints:
+{{- range $root.Values.topologySpread.topologyKeys }}
+  - maxSkew: {{ $root.Values.topologySpread.maxSkew }}
+    topologyKey: {{ . }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "courier.selectorLabels" (list $root (index $ 1)) | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling fields of a pod spec from a component's values. */}}
+{{- define "courier.scheduling" -}}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Pod spec fields every Courier pod shares. */}}
+{{- define "courier.podCommon" -}}
+serviceAccountName: {{ include "courier.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment of the API, worker, beat and Flower containers: the ConfigMap, then the secrets.
+COURIER_REDIS_URL uses Kubernetes' dependent variable expansion: $(REDIS_PASSWORD) is defined
+just before it.
+*/}}
+{{- define "courier.envFrom" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "courier.componentName" (list . "config") }}
+{{- end }}
+
+{{- define "courier.redisEnv" -}}
+{{- if .Values.redis.enabled -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "courier.redisSecretName" . }}
+      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+- name: COURIER_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "courier.componentName" (list . "redis")) | quote }}
+{{- else -}}
+- name: COURIER_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "courier.externalRedisSecretName" . }}
+      key: {{ .Values.externalRedis.existingSecretUrlKey }}
+{{- end }}
+{{- with .Values.config.email.smtp.existingSecret }}
+- name: COURIER_SMTP_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.config.email.smtp.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/* emptyDir volumes that make a read-only root filesystem work. */}}
+{{- define "courier.tmpVolumes" -}}
+- name: tmp
+  emptyDir:
+    sizeLimit: 256Mi
+{{- if .metrics }}
+- name: metrics
+  emptyDir:
+    sizeLimit: 64Mi
+{{- end }}
+{{- end }}
+
+{{- define "courier.tmpVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+{{- if .metrics }}
+- name: metrics
+  mountPath: /run/metrics
+{{- end }}
+{{- end }}
+
+{{/* Checksum of the ConfigMap, so a config change rolls the pods that read it. */}}
+{{- define "courier.configChecksum" -}}
+checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- end }}
+
+{{/* Seconds the worker may take to stop: above the longest task. */}}
+{{- define "courier.workerGracePeriod" -}}
+{{- $limit := int .Values.config.taskTimeLimit }}
+{{- $grace := .Values.worker.terminationGracePeriodSeconds | default (add $limit 30) | int }}
+{{- if le $grace $limit }}
+{{- fail (printf "worker.terminationGracePeriodSeconds (%d) must exceed config.taskTimeLimit (%d) so running tasks finish on scale-down" $grace $limit) }}
+{{- end }}
+{{- $grace }}
+{{- end }}
+
+{{/* Seconds the API may take to stop: above preStop sleep + gunicorn's graceful timeout. */}}
+{{- define "courier.apiGracePeriod" -}}
+{{- $floor := add .Values.api.preStopSleepSeconds .Values.api.gracefulTimeout | int }}
+{{- $grace := .Values.api.terminationGracePeriodSeconds | default (add $floor 10) | int }}
+{{- if le $grace $floor }}
+{{- fail (printf "api.terminationGracePeriodSeconds (%d) must exceed api.preStopSleepSeconds + api.gracefulTimeout (%d)" $grace $floor) }}
+{{- end }}
+{{- $grace }}
+{{- end }}
+
+{{/* The backlog query KEDA evaluates: each pod exports the same gauge, hence max by queue_name. */}}
+{{- define "courier.backlogQuery" -}}
+{{- printf "sum(max by (queue_name) (courier_queue_backlog{namespace=%q, queue_name=~%q}))" .Release.Namespace (join "|" .Values.config.queues) }}
+{{- end }}

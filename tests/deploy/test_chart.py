@@ -1,0 +1,508 @@
+"""The Helm chart: lint, schema, and what the rendered objects promise an operator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import pytest
+import yaml
+
+from tests.deploy.conftest import (
+    CHART,
+    VALUE_MATRIX,
+    Manifest,
+    Render,
+    find,
+    one,
+    pod_spec,
+    render_templates,
+    secret_value,
+    workloads,
+)
+
+MONITORING = CHART.parent.parent / "monitoring"
+
+
+def containers(workload: Manifest) -> list[dict[str, Any]]:
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+@pytest.mark.parametrize("kube_version", ["v1.29.0", "v1.33.0"])
+def test_chart_lints_without_warnings_in_strict_mode(kube_version: str) -> None:
+    result = helm_python.lint(CHART, strict=True, kube_version=kube_version)
+    assert result["errors"] == []
+    # Severity 1 is informational (e.g. "icon is recommended"); 2 warning, 3 error.
+    assert [m for m in result["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_MATRIX))
+def test_chart_renders_and_lints_every_value_set(name: str, render: Render) -> None:
+    manifests = render(VALUE_MATRIX[name])
+    assert find(manifests, "Deployment", "courier-api")
+    result = helm_python.lint(CHART, values=VALUE_MATRIX[name], strict=True)
+    assert result["errors"] == [], result
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicas": 3}, "additional properties 'replicas' not allowed"),
+        ({"api": {"replicaCount": "two"}}, "/api/replicaCount"),
+        ({"worker": {"autoscaling": {"mode": "fast"}}}, "/worker/autoscaling/mode"),
+        ({"worker": {"autoscaling": {"targetBacklogPerReplica": "10"}}}, "targetBacklog"),
+        ({"redis": {"appendfsync": "no"}}, "/redis/appendfsync"),
+        ({"config": {"queues": []}}, "/config/queues"),
+        # null deletes a default in Helm: a container without limits is refused.
+        ({"api": {"resources": {"limits": None}}}, "limits"),
+        ({"worker": {"resources": {"limits": {"cpu": True}}}}, "/worker/resources/limits/cpu"),
+        ({"flower": {"ingress": {"enabled": "yes"}}}, "/flower/ingress/enabled"),
+        ({"api": {"ingress": {"hosts": ["x"]}}}, "additional properties 'hosts'"),
+    ],
+)
+def test_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm_python.HelmValuesError) as raised:
+        render_templates(values)
+    assert complaint in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"config": {"taskTimeLimit": 4000}}, "brokerVisibilityTimeout must exceed"),
+        ({"config": {"taskSoftTimeLimit": 300}}, "taskSoftTimeLimit must be below"),
+        ({"worker": {"terminationGracePeriodSeconds": 100}}, "must exceed config.taskTimeLimit"),
+        ({"api": {"terminationGracePeriodSeconds": 20}}, "must exceed api.preStopSleepSeconds"),
+        ({"redis": {"enabled": False}}, "externalRedis.url or externalRedis.existingSecret"),
+    ],
+)
+def test_inconsistent_values_fail_with_a_message(values: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(helm_python.HelmRenderError, match=complaint):
+        render_templates(values)
+
+
+def undocumented_values(lines: list[str]) -> list[str]:
+    """Leaf keys of a values file without a helm-docs `# --` comment.
+
+    A key documented by `# --` covers everything nested under it (a block value such as a
+    securityContext); a mapping whose children are documented needs no comment of its own.
+    """
+    missing = []
+    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        comments = []
+        above = number - 1
+        while above >= 0 and lines[above].strip().startswith("#"):
+            comments.append(lines[above].strip())
+            above -= 1
+        documented = any(c.startswith("# --") for c in comments) or any(d for _, d in stack)
+        key, _, rest = stripped.partition(":")
+        following = next((n for n in lines[number + 1 :] if n.strip()), "")
+        is_parent = (
+            not rest.strip()
+            and len(following) - len(following.lstrip()) > indent
+            and not following.strip().startswith("-")
+        )
+        if not is_parent and not documented:
+            missing.append(key)
+        stack.append((indent, documented))
+    return missing
+
+
+def test_every_value_is_documented_for_helm_docs() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    assert undocumented_values(lines) == []
+    # The checker itself notices a missing comment.
+    assert undocumented_values(["a:", "  # -- fine", "  b: 1", "  c: 2"]) == ["c"]
+
+
+def test_schema_closes_every_top_level_key_and_matches_values() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert schema["additionalProperties"] is False
+    assert set(schema["properties"]) == set(values)
+
+
+def test_api_and_worker_are_separate_deployments_with_their_own_images(
+    default_manifests: list[Manifest],
+) -> None:
+    api = one(default_manifests, "Deployment", "courier-api")
+    worker = one(default_manifests, "Deployment", "courier-worker")
+    api_image = containers(api)[0]["image"]
+    worker_image = containers(worker)[0]["image"]
+    assert api_image != worker_image
+    assert api_image.startswith("localhost/courier-api:")
+    assert worker_image.startswith("localhost/courier-worker:")
+    assert containers(api)[0]["command"] == ["gunicorn"]
+    assert containers(worker)[0]["command"] == ["celery"]
+
+
+def test_api_probes_and_graceful_shutdown(default_manifests: list[Manifest]) -> None:
+    api = one(default_manifests, "Deployment", "courier-api")
+    (container,) = containers(api)
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    sleep = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    graceful = int(env_of(container)["COURIER_API_GRACEFUL_TIMEOUT"]["value"])
+    assert pod_spec(api)["terminationGracePeriodSeconds"] > int(sleep[1]) + graceful
+
+
+def test_worker_grace_period_outlasts_the_longest_task(default_manifests: list[Manifest]) -> None:
+    config = one(default_manifests, "ConfigMap", "courier-config")["data"]
+    worker = one(default_manifests, "Deployment", "courier-worker")
+    limit = int(config["COURIER_TASK_TIME_LIMIT"])
+    assert pod_spec(worker)["terminationGracePeriodSeconds"] > limit
+    assert int(config["COURIER_BROKER_VISIBILITY_TIMEOUT"]) > limit
+    probe = containers(worker)[0]["livenessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert containers(worker)[0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    ports = {p["name"]: p["containerPort"] for p in containers(worker)[0]["ports"]}
+    assert ports["metrics"] == int(config["COURIER_WORKER_METRICS_PORT"]) == 9808
+
+
+def test_hpa_scales_the_worker_on_queue_backlog_per_replica(
+    default_manifests: list[Manifest],
+) -> None:
+    hpa = one(default_manifests, "HorizontalPodAutoscaler", "courier-worker")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "courier-worker",
+    }
+    external = [m["external"] for m in hpa["spec"]["metrics"] if m["type"] == "External"]
+    assert len(external) == 1
+    assert external[0]["metric"]["name"] == "courier_queue_backlog"
+    assert external[0]["target"]["type"] == "AverageValue"
+    assert external[0]["metric"]["selector"]["matchExpressions"][0]["values"] == ["default"]
+    assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    # The autoscaler owns the count: a replicas field would be reset by every `helm upgrade`.
+    assert "replicas" not in one(default_manifests, "Deployment", "courier-worker")["spec"]
+
+
+def test_prometheus_adapter_rule_serves_max_by_queue_name(
+    default_manifests: list[Manifest],
+) -> None:
+    config = one(default_manifests, "ConfigMap", "courier-prometheus-adapter-rule")
+    (rule,) = yaml.safe_load(config["data"]["external-rules.yaml"])["externalRules"]
+    assert rule["name"]["as"] == "courier_queue_backlog"
+    assert rule["metricsQuery"].startswith("max by (queue_name) (")
+    assert "courier_queue_backlog" in rule["seriesQuery"]
+
+
+def test_keda_mode_emits_a_scaled_object_and_no_hpa(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["keda"])
+    assert find(manifests, "HorizontalPodAutoscaler") == []
+    assert find(manifests, "ConfigMap", "courier-prometheus-adapter-rule") == []
+    scaled = one(manifests, "ScaledObject", "courier-worker")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "courier-worker"
+    prometheus = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
+    assert "max by (queue_name) (courier_queue_backlog{" in prometheus["metadata"]["query"]
+    assert prometheus["metricType"] == "AverageValue"
+    assert "replicas" not in one(manifests, "Deployment", "courier-worker")["spec"]
+
+
+def test_mode_none_sets_the_replica_count_and_no_autoscaler(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["no-autoscaling"])
+    assert find(manifests, "HorizontalPodAutoscaler") == []
+    assert find(manifests, "ScaledObject") == []
+    assert one(manifests, "Deployment", "courier-worker")["spec"]["replicas"] == 3
+
+
+def test_beat_runs_exactly_one_replica_with_recreate(default_manifests: list[Manifest]) -> None:
+    beat = one(default_manifests, "Deployment", "courier-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    assert containers(beat)[0]["args"][:3] == ["-A", "worker.celery_app", "beat"]
+
+
+def test_redis_is_a_durable_statefulset_with_a_pvc(default_manifests: list[Manifest]) -> None:
+    redis = one(default_manifests, "StatefulSet", "courier-redis")
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    assert redis["spec"]["serviceName"] == "courier-redis-headless"
+    headless = one(default_manifests, "Service", "courier-redis-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    one(default_manifests, "Service", "courier-redis")
+    conf = one(default_manifests, "ConfigMap", "courier-redis")["data"]["redis.conf"]
+    assert "appendonly yes" in conf
+    assert "appendfsync everysec" in conf
+    assert "maxmemory-policy noeviction" in conf
+    (container,) = containers(redis)
+    assert container["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert "readinessProbe" in container and "livenessProbe" in container
+
+
+def test_redis_fsync_and_exporter_are_switchable(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["everything-on"])
+    conf = one(manifests, "ConfigMap", "courier-redis")["data"]["redis.conf"]
+    assert "appendfsync always" in conf
+    assert "maxmemory 400mb" in conf
+    names = [c["name"] for c in containers(one(manifests, "StatefulSet", "courier-redis"))]
+    assert names == ["redis", "redis-exporter"]
+    one(manifests, "PodMonitor", "courier-redis")
+
+
+def test_redis_url_carries_the_generated_password(default_manifests: list[Manifest]) -> None:
+    password = secret_value(default_manifests, "courier-redis", "redis-password")
+    assert len(password) >= 32
+    for name in ("courier-api", "courier-worker", "courier-beat", "courier-flower"):
+        env = env_of(containers(one(default_manifests, "Deployment", name))[0])
+        names = list(env)
+        assert names.index("REDIS_PASSWORD") < names.index("COURIER_REDIS_URL")
+        assert (
+            env["COURIER_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@courier-redis:6379/0"
+        )
+
+
+@pytest.mark.parametrize("name", ["external-redis-url", "external-redis-secret"])
+def test_external_redis_replaces_the_statefulset(name: str, render: Render) -> None:
+    manifests = render(VALUE_MATRIX[name])
+    assert find(manifests, "StatefulSet") == []
+    assert find(manifests, "NetworkPolicy", "courier-redis") == []
+    env = env_of(containers(one(manifests, "Deployment", "courier-worker"))[0])
+    ref = env["COURIER_REDIS_URL"]["valueFrom"]["secretKeyRef"]
+    if name == "external-redis-url":
+        assert secret_value(manifests, ref["name"], ref["key"]).startswith("rediss://")
+    else:
+        assert ref == {"name": "my-redis-url", "key": "redis-url"}
+        assert find(manifests, "Secret", "courier-external-redis") == []
+
+
+def test_existing_secrets_are_used_and_none_generated(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["existing-secrets"])
+    assert find(manifests, "Secret") == []
+    api_env = env_of(containers(one(manifests, "Deployment", "courier-api"))[0])
+    assert api_env["COURIER_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "my-api-keys"
+    assert api_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "my-redis"
+    flower_ingress = one(manifests, "Ingress", "courier-flower")
+    assert flower_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/auth-secret"] == (
+        "my-flower"
+    )
+
+
+def test_generated_secrets_exist_and_are_kept_across_uninstall(
+    default_manifests: list[Manifest],
+) -> None:
+    assert len(secret_value(default_manifests, "courier-api-keys", "api-keys")) >= 32
+    user, _, password = secret_value(default_manifests, "courier-flower", "basic-auth").partition(
+        ":"
+    )
+    assert user == "admin" and len(password) >= 24
+    assert secret_value(default_manifests, "courier-flower", "auth").startswith("admin:$2")
+    for name in ("courier-api-keys", "courier-redis"):
+        annotations = one(default_manifests, "Secret", name)["metadata"]["annotations"]
+        assert annotations["helm.sh/resource-policy"] == "keep"
+
+
+def test_flower_ingress_requires_auth_at_its_url_prefix(default_manifests: list[Manifest]) -> None:
+    ingress = one(default_manifests, "Ingress", "courier-flower")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert annotations["nginx.ingress.kubernetes.io/auth-secret"] == "courier-flower"
+    path = ingress["spec"]["rules"][0]["http"]["paths"][0]["path"]
+    flower = containers(one(default_manifests, "Deployment", "courier-flower"))[0]
+    assert f"--url_prefix={path.strip('/')}" in flower["args"]
+    assert any(arg.startswith("--purge_offline_workers=") for arg in flower["args"])
+    assert any(arg.startswith("--max_tasks=") for arg in flower["args"])
+    auth = env_of(flower)["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
+    assert auth == {"name": "courier-flower", "key": "basic-auth"}
+    assert flower["livenessProbe"]["httpGet"]["path"] == f"{path}/healthcheck"
+
+
+def test_flower_without_ingress_has_no_external_route(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["ingress-off"])
+    assert find(manifests, "Ingress") == []
+    assert one(manifests, "Service", "courier-flower")["spec"]["type"] == "ClusterIP"
+    policy = one(manifests, "NetworkPolicy", "courier-flower")
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert len(sources) == 1  # only the monitoring namespace, no ingress controller
+
+
+def test_every_container_is_locked_down_with_resources(render: Render) -> None:
+    for name, values in VALUE_MATRIX.items():
+        for workload in workloads(render(values)):
+            where = f"{name}: {workload['kind']} {workload['metadata']['name']}"
+            spec = pod_spec(workload)
+            pod = spec["securityContext"]
+            assert pod["runAsNonRoot"] is True, where
+            assert pod["runAsUser"] == pod["runAsGroup"] == 10001, where
+            assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, where
+            assert spec["automountServiceAccountToken"] is False, where
+            if workload["kind"] != "Pod" and name != "minimal":
+                assert spec["topologySpreadConstraints"], where
+            for container in containers(workload):
+                ctx = container["securityContext"]
+                assert ctx["readOnlyRootFilesystem"] is True, where
+                assert ctx["allowPrivilegeEscalation"] is False, where
+                assert ctx["runAsNonRoot"] is True, where
+                assert ctx["capabilities"] == {"drop": ["ALL"]}, where
+                assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}, where
+                for kind in ("requests", "limits"):
+                    assert {"cpu", "memory"} <= set(container["resources"][kind]), where
+
+
+def test_network_policies_fence_redis_and_metrics(default_manifests: list[Manifest]) -> None:
+    deny = one(default_manifests, "NetworkPolicy", "courier-default-deny")
+    assert "ingress" not in deny["spec"] and deny["spec"]["policyTypes"] == ["Ingress"]
+    redis = one(default_manifests, "NetworkPolicy", "courier-redis")
+    (rule,) = redis["spec"]["ingress"]
+    selector = rule["from"][0]["podSelector"]
+    assert selector["matchLabels"]["app.kubernetes.io/instance"] == "courier"
+    assert set(selector["matchExpressions"][0]["values"]) == {"api", "worker", "beat", "flower"}
+    worker = one(default_manifests, "NetworkPolicy", "courier-worker")
+    (rule,) = worker["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert rule["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+
+
+def test_monitoring_objects_target_the_metrics_ports(default_manifests: list[Manifest]) -> None:
+    monitor = one(default_manifests, "ServiceMonitor", "courier-api")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    pods = one(default_manifests, "PodMonitor", "courier-worker")
+    assert pods["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_monitoring_off_renders_no_monitoring_objects(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["monitoring-off"])
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        assert find(manifests, kind) == []
+    assert [m for m in find(manifests, "ConfigMap") if "dashboard" in m["metadata"]["name"]] == []
+
+
+def test_rules_and_dashboards_come_from_deploy_monitoring(
+    default_manifests: list[Manifest],
+) -> None:
+    """When deploy/monitoring has rule files and dashboards, the chart ships exactly those."""
+    rule_files = sorted((MONITORING / "rules").glob("*.yaml"))
+    groups = [
+        group
+        for path in rule_files
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])
+    ]
+    rules = find(default_manifests, "PrometheusRule")
+    if groups:
+        assert len(rules) == 1
+        assert rules[0]["spec"]["groups"] == groups
+    else:
+        assert rules == []
+    dashboards = sorted((MONITORING / "dashboards").glob("*.json"))
+    maps = [
+        m
+        for m in find(default_manifests, "ConfigMap")
+        if "grafana_dashboard" in m["metadata"]["labels"]
+    ]
+    assert len(maps) == len(dashboards)
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((file_name, text),) = config_map["data"].items()
+        assert json.loads(text) == json.loads((MONITORING / "dashboards" / file_name).read_text())
+
+
+def test_chart_reads_monitoring_files_through_its_symlink(tmp_path: Path) -> None:
+    """helm_python's loader follows the chart's `monitoring` symlink to deploy/monitoring."""
+    assert (CHART / "monitoring").is_symlink()
+    assert Path.readlink(CHART / "monitoring") == Path("../../monitoring")
+    chart = tmp_path / "helm" / "courier"
+    shutil.copytree(CHART, chart, symlinks=True)
+    rules = tmp_path / "monitoring" / "rules"
+    dashboards = tmp_path / "monitoring" / "dashboards"
+    rules.mkdir(parents=True)
+    dashboards.mkdir()
+    rules.joinpath("queues.yaml").write_text(
+        "groups:\n  - name: courier.test\n    rules:\n"
+        "      - alert: Backlog\n        expr: max by (queue_name) (courier_queue_backlog) > 1\n"
+        "        annotations:\n          summary: '{{ $labels.queue_name }} is behind'\n"
+    )
+    dashboards.joinpath("Courier_Overview.json").write_text('{"title": "Courier", "panels": []}')
+    texts = helm_python.Chart.load(chart).render({}, name="courier", namespace="courier")
+    from tests.deploy.conftest import parse_manifests
+
+    manifests = parse_manifests(texts.items())
+    (rule,) = find(manifests, "PrometheusRule")
+    alert = rule["spec"]["groups"][0]["rules"][0]
+    # Prometheus' own template syntax survives Helm untouched.
+    assert alert["annotations"]["summary"] == "{{ $labels.queue_name }} is behind"
+    dashboard = one(manifests, "ConfigMap", "courier-dashboard-courier-overview")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["Courier_Overview.json"])["title"] == "Courier"
+
+
+def test_helm_test_pod_submits_a_noop_task_with_the_api_key(
+    default_manifests: list[Manifest],
+) -> None:
+    (pod,) = find(default_manifests, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = containers(pod)
+    assert (
+        container["image"]
+        == containers(one(default_manifests, "Deployment", "courier-api"))[0]["image"]
+    )
+    env = env_of(container)
+    assert env["API_URL"]["value"] == "http://courier-api:80"
+    assert env["API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "courier-api-keys"
+    assert "/v1/tasks/noop" in container["args"][0]
+
+
+def test_notes_tell_how_to_reach_api_flower_and_secrets() -> None:
+    notes = render_templates()["courier/templates/NOTES.txt"]
+    assert "port-forward svc/courier-api" in notes
+    assert "get secret courier-api-keys" in notes
+    assert "get secret courier-flower" in notes
+    assert "get secret courier-redis" in notes
+    assert "http://courier.example.com/flower" in notes
+    off = render_templates(VALUE_MATRIX["ingress-off"])["courier/templates/NOTES.txt"]
+    assert "no external route" in off
+
+
+def test_readme_values_table_names_every_documented_value() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    readme = (CHART.parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Deploy on Kubernetes") :]
+    documented = []
+    stack: list[tuple[int, str]] = []
+    for number, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = stripped.partition(":")[0]
+        stack.append((indent, key))
+        if number and lines[number - 1].strip().startswith("#"):
+            above = number - 1
+            while above > 0 and lines[above - 1].strip().startswith("#"):
+                above -= 1
+            if lines[above].strip().startswith("# --"):
+                documented.append(".".join(k for _, k in stack))
+    assert len(documented) > 100
+    assert [key for key in documented if f"| `{key}` |" not in section] == []
+
+
+def test_client_side_install_accepts_the_chart() -> None:
+    """A full `helm install --dry-run=client` (kubeVersion constraint, hooks, NOTES) succeeds."""
+    config = helm_python.Config(storage_driver="memory")
+    release = config.install(CHART, "courier", {}, namespace="courier", dry_run="client")
+    assert release["chart_name"] == "courier"
+    assert "kind: StatefulSet" in release["manifest"]
+    assert "helm test courier" in release["notes"]
