@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, health, seed, tasks
+from app.api.security import RateLimiter
 from app.body_limit import BodySizeLimitMiddleware
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
 from app.queue import TaskQueue
@@ -59,6 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)
+    app.state.api_keys = settings.api_key_list()
+    app.state.rate_limiter = RateLimiter(
+        client, settings.rate_limit_per_second, settings.rate_limit_burst
+    )
+    if not app.state.api_keys:
+        logging.getLogger("courier.api").warning(
+            "NO API KEY CONFIGURED: every endpoint is open to anyone who can reach it; "
+            "set COURIER_API_KEYS"
+        )
 
     def body_limit(path: str) -> int:
         if path.startswith("/v1/artifacts"):

@@ -63,6 +63,7 @@ def courier_vars(redis_server: RedisServer, smtp_server: SmtpServer) -> dict[str
         "COURIER_RETRY_BACKOFF_SECONDS": "0.1",
         "COURIER_BROKER_VISIBILITY_TIMEOUT": "60",
         "COURIER_MAX_PAYLOAD_BYTES": "4096",
+        "COURIER_MAX_RESULT_BYTES": "2048",
         "COURIER_MAX_UPLOAD_BYTES": str(256 * 1024),
         "COURIER_QUEUES": "default,reports",
     }

@@ -6,6 +6,7 @@ exponential backoff, anything else fails the task with its type and message in t
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import ValidationError
 
 from worker.core.artifacts import ArtifactStore
-from worker.core.errors import InvalidPayload
+from worker.core.errors import InvalidPayload, PermanentError
 from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import create_redis
 from worker.core.settings import Settings
@@ -64,6 +65,17 @@ class RunContext:
 
 
 START_CHECK = "courier_start_check"
+
+
+def check_result_size(result: Any, limit: int) -> None:
+    """Results live in Redis next to the queue: an oversized one fails its task instead."""
+    size = len(json.dumps(result, default=str))
+    if size > limit:
+        raise PermanentError(
+            f"result of {size} bytes exceeds COURIER_MAX_RESULT_BYTES ({limit} bytes)"
+        )
+
+
 QUEUE_WAIT = "courier_queue_wait"  # set by signals._task_started
 # Seconds between enqueue (or ETA) and start, on the execution span.
 QUEUE_WAIT_ATTRIBUTE = "courier.queue_wait_seconds"
@@ -108,7 +120,7 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             trace.get_current_span().set_attribute(QUEUE_WAIT_ATTRIBUTE, wait)
         ctx = RunContext(task_id, self.request.retries, settings, resources.artifacts)
         try:
-            return spec.func(payload, ctx)
+            result = spec.func(payload, ctx)
         except spec.retry_on as exc:
             countdown = backoff_seconds(
                 self.request.retries,
@@ -116,6 +128,8 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
                 settings.retry_backoff_max_seconds,
             )
             raise self.retry(exc=exc, countdown=countdown) from None
+        check_result_size(result, settings.max_result_bytes)
+        return result
 
     run.__doc__ = spec.description
     return run

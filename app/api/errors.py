@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
+from app.api.security import Forbidden, RateLimited, Unauthenticated
 from app.queue import TaskAlreadyFinished, TaskNotFound
 from app.users import UsernameTaken, UserNotFound
 from worker.core.artifacts import ArtifactNotFound
@@ -35,6 +36,10 @@ class PayloadTooLarge(ValueError):
     pass
 
 
+class PayloadTooDeep(ValueError):
+    pass
+
+
 def _json(status: int, detail: object) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
@@ -54,8 +59,29 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
     return _json(409, str(exc))
 
 
+async def _unauthenticated(_: Request, exc: Exception) -> JSONResponse:
+    response = _json(401, str(exc))
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _forbidden(_: Request, exc: Exception) -> JSONResponse:
+    return _json(403, str(exc))
+
+
+async def _rate_limited(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimited)
+    response = _json(429, str(exc))
+    response.headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.5)))
+    return response
+
+
 async def _too_large(_: Request, exc: Exception) -> JSONResponse:
     return _json(413, str(exc))
+
+
+async def _too_deep(_: Request, exc: Exception) -> JSONResponse:
+    return _json(422, [{"type": "value_error", "loc": ["body"], "msg": str(exc)}])
 
 
 async def _invalid_option(_: Request, exc: Exception) -> JSONResponse:
@@ -73,3 +99,7 @@ def register_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, _conflict)
     app.add_exception_handler(InvalidOption, _invalid_option)
     app.add_exception_handler(PayloadTooLarge, _too_large)
+    app.add_exception_handler(PayloadTooDeep, _too_deep)
+    app.add_exception_handler(Unauthenticated, _unauthenticated)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(RateLimited, _rate_limited)

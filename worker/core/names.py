@@ -17,6 +17,8 @@ ARTIFACT_INDEX_KEY = KEY_PREFIX + "artifacts"
 USERS_KEY = KEY_PREFIX + "users"
 USERNAMES_KEY = KEY_PREFIX + "usernames"
 USER_ID_SEQ_KEY = KEY_PREFIX + "users:seq"
+# Token bucket of the submit rate limit, per client (API key fingerprint or address).
+RATE_LIMIT_KEY = KEY_PREFIX + "ratelimit:{client}"
 # Audit log (capped list of JSON entries).
 AUDIT_LOG_KEY = KEY_PREFIX + "audit"
 AUDIT_LOG_MAX_ENTRIES = 10_000

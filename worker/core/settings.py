@@ -7,6 +7,7 @@ Both processes must agree on Redis keys, expiries and limits, so they share this
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -55,9 +56,19 @@ class Settings(BaseSettings):
     api_graceful_timeout: int = Field(30, ge=1)
     api_keepalive: int = Field(5, ge=0)
 
+    # --- API security ---
+    # Comma-separated keys, or the path of a file holding them (a mounted Secret); unset = open.
+    api_keys: SecretStr | None = None
+    # Submissions per second per client (API key, or address without keys); 0 = unlimited.
+    rate_limit_per_second: float = Field(0.0, ge=0)
+    rate_limit_burst: int = Field(100, ge=1)
+
     # --- API limits ---
     max_payload_bytes: int = Field(256 * 1024, ge=1)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    max_payload_depth: int = Field(32, ge=1, le=1000)
+    # A task result larger than this fails the task (results live in Redis).
+    max_result_bytes: int = Field(1024 * 1024, ge=1)
     artifact_ttl: int = Field(86400, ge=1)
 
     # --- beat ---
@@ -94,6 +105,15 @@ class Settings(BaseSettings):
     @property
     def default_queue(self) -> str:
         return self.queues[0]
+
+    def api_key_list(self) -> list[str]:
+        """The configured keys; a value naming an existing file is read (comma or line per key)."""
+        if self.api_keys is None:
+            return []
+        raw = self.api_keys.get_secret_value().strip()
+        if raw.startswith("/") and Path(raw).is_file():
+            raw = Path(raw).read_text()
+        return [key.strip() for key in raw.replace("\n", ",").split(",") if key.strip()]
 
 
 class SettingsError(SystemExit):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Path, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Path, Request, Response, UploadFile
 
 from app.api.deps import ArtifactsDep, SettingsDep
 from app.api.errors import PayloadTooLarge
 from app.api.schemas import ArtifactOut
+from app.api.security import client_identity
 
-router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
+router = APIRouter(
+    prefix="/v1/artifacts", tags=["artifacts"], dependencies=[Depends(client_identity)]
+)
 
 ArtifactId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 

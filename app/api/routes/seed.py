@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Path, Query
+from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
 from pydantic import EmailStr
 
 from app.api.deps import QueueDep, RedisDep, SettingsDep, UsersDep
+from app.api.security import SubmitterDep, client_identity
 from app.background import send_welcome_email, write_audit_log
 from app.queue import EnqueueOptions
 from worker.core.names import SEND_EMAIL_TASK
 from worker.core.status import TaskStatus
 from worker.tasks.email import SendEmailPayload
 
-router = APIRouter(tags=["seed"])
+router = APIRouter(tags=["seed"], dependencies=[Depends(client_identity)])
 
 Username = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
@@ -61,6 +62,7 @@ def send_email(
     subject: Annotated[str, Query(min_length=1, max_length=998)],
     body: Annotated[str, Query(max_length=100_000)],
     queue: QueueDep,
+    _: SubmitterDep,
 ) -> dict[str, str]:
     payload = SendEmailPayload(to=to, subject=subject, body=body).model_dump(mode="json")
     task_id = queue.enqueue(SEND_EMAIL_TASK, payload, EnqueueOptions())

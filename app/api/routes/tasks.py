@@ -16,8 +16,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from app.api.deps import QueueDep, SettingsDep
-from app.api.errors import InvalidOption, UnknownTask
+from app.api.errors import InvalidOption, PayloadTooDeep, UnknownTask
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
+from app.api.security import SubmitterDep, client_identity
 from app.queue import EnqueueOptions
 from app.tracing import set_trace_headers
 from worker.core.settings import Settings
@@ -62,6 +63,25 @@ def _check_delay(settings: Settings, countdown: float | None, eta: datetime | No
 OptionsDep = Annotated[EnqueueOptions, Depends(enqueue_options)]
 
 
+def json_depth(value: object) -> int:
+    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def check_depth(payload: dict[str, Any], limit: int) -> None:
+    depth = json_depth(payload)
+    if depth > limit:
+        raise PayloadTooDeep(f"payload nests {depth} levels deep; the limit is {limit}")
+
+
 def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
     model = spec.payload
     optional = not any(field.is_required() for field in model.model_fields.values())
@@ -71,9 +91,12 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
         response: Response,
         queue: QueueDep,
         options: OptionsDep,
+        settings: SettingsDep,
+        _: SubmitterDep,
         payload: BaseModel | None = None,
     ) -> TaskAccepted:
         data = (payload or model()).model_dump(mode="json")
+        check_depth(data, settings.max_payload_depth)
         task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
         url = str(request.url_for("get_task", task_id=task_id))
         response.headers["Location"] = url
@@ -101,7 +124,7 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
 
 
 def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
-    router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+    router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(client_identity)])
 
     @router.get("", summary="List the registered tasks and their payload schemas")
     def list_tasks() -> list[TaskInfo]:

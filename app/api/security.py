@@ -1,0 +1,116 @@
+"""API keys and the per-client submit rate limit.
+
+Keys are compared in constant time against every configured key, so timing reveals neither a
+key nor which one matched. The rate limit is a token bucket kept in Redis, shared by every API
+process and pod; it only guards submissions, the one thing that costs workers time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from worker.core.names import RATE_LIMIT_KEY
+
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="The API key")
+
+
+class Unauthenticated(Exception):
+    """No key presented (401)."""
+
+
+class Forbidden(Exception):
+    """A key was presented, and it is not one of ours (403)."""
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"submit rate limit exceeded; retry after {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+def key_matches(presented: str, keys: list[str]) -> bool:
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented.encode(), key.encode())
+    return matched
+
+
+async def client_identity(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    header_key: Annotated[str | None, Security(api_key_header)],
+) -> str:
+    """Authenticate; returns who the client is (a key fingerprint, or its address)."""
+    keys: list[str] = request.app.state.api_keys
+    presented = credentials.credentials if credentials else header_key
+    if not keys:
+        return f"addr:{request.client.host if request.client else 'unknown'}"
+    if not presented:
+        raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key'")
+    if not key_matches(presented, keys):
+        raise Forbidden("invalid API key")
+    return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+
+
+ClientDep = Annotated[str, Depends(client_identity)]
+
+# Token bucket: KEYS[1] the bucket; ARGV rate/s, burst, now. Returns {allowed, retry_after_ms}.
+_TAKE_TOKEN = """
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) / rate * 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, wait}
+"""
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, per_second: float, burst: int) -> None:
+        self._per_second = per_second
+        self._burst = burst
+        self._take = client.register_script(_TAKE_TOKEN)
+
+    @property
+    def enabled(self) -> bool:
+        return self._per_second > 0
+
+    def check(self, identity: str) -> None:
+        if not self.enabled:
+            return
+        allowed, wait_ms = self._take(
+            keys=[RATE_LIMIT_KEY.format(client=identity)],
+            args=[self._per_second, self._burst, time.time()],
+        )
+        if not allowed:
+            raise RateLimited(math.ceil(int(wait_ms) / 100) / 10)
+
+
+async def rate_limited_client(request: Request, client: ClientDep) -> str:
+    limiter: RateLimiter = request.app.state.rate_limiter
+    if limiter.enabled:  # no thread hop when the limit is off
+        await run_in_threadpool(limiter.check, client)
+    return client
+
+
+SubmitterDep = Annotated[str, Depends(rate_limited_client)]

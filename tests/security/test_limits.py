@@ -1,0 +1,67 @@
+"""Limits: submit rate (429 + Retry-After), payload depth, result size."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_from, wait_for_status
+
+
+def test_submissions_over_the_rate_get_429_with_retry_after(courier_vars: dict[str, str]) -> None:
+    settings = settings_from(
+        {
+            **courier_vars,
+            "COURIER_API_KEYS": "limited-key,other-key",
+            "COURIER_RATE_LIMIT_PER_SECOND": "2",
+            "COURIER_RATE_LIMIT_BURST": "3",
+        }
+    )
+    with TestClient(create_app(settings)) as client:
+        limited = {"X-API-Key": "limited-key"}
+        codes = [client.post("/v1/tasks/noop", json={}, headers=limited).status_code
+                 for _ in range(5)]  # fmt: skip
+        assert codes[:3] == [202, 202, 202]
+        assert codes[3:] == [429, 429]
+        refused = client.post("/v1/tasks/noop", json={}, headers=limited)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert "rate limit" in refused.json()["detail"]
+        # Another client has its own bucket; reads are never limited.
+        other = {"X-API-Key": "other-key"}
+        assert client.post("/v1/tasks/noop", json={}, headers=other).status_code == 202
+        assert client.get("/v1/tasks", headers=limited).status_code == 200
+        time.sleep(0.6)  # two tokens per second: one is back
+        assert client.post("/v1/tasks/noop", json={}, headers=limited).status_code == 202
+
+
+def test_a_payload_nested_too_deep_is_422(api: TestClient) -> None:
+    echo: object = "bottom"
+    for _ in range(40):
+        echo = [echo]
+    response = api.post("/v1/tasks/noop", json={"echo": echo})
+    assert response.status_code == 422
+    assert "levels deep" in response.json()["detail"][0]["msg"]
+    assert api.post("/v1/tasks/noop", json={"echo": [[["fine"]]]}).status_code == 202
+
+
+def test_pathologically_deep_json_is_a_4xx_not_a_crash(api: TestClient) -> None:
+    body = b'{"echo": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    response = api.post(
+        "/v1/tasks/noop", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert 400 <= response.status_code < 500
+
+
+def test_an_oversized_result_fails_the_task_and_the_worker_keeps_serving(
+    live_api: TestClient, submit: Callable[..., str]
+) -> None:
+    # The session worker runs with COURIER_MAX_RESULT_BYTES=2048.
+    done = wait_for_status(live_api, submit("noop", {"echo": "y" * 3000}))
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "PermanentError"
+    assert "exceeds COURIER_MAX_RESULT_BYTES" in done["error"]["message"]
+    assert wait_for_status(live_api, submit("noop", {"echo": "small"}))["result"] == "small"
