@@ -15,6 +15,7 @@ from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, health, seed, tasks
 from app.api.security import RateLimiter
 from app.body_limit import BodySizeLimitMiddleware
+from app.idempotency import IdempotentSubmitter
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
 from app.queue import TaskQueue
 from app.users import UserStore
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)
+    app.state.idempotency = IdempotentSubmitter(client)
     app.state.api_keys = settings.api_key_list()
     app.state.rate_limiter = RateLimiter(
         client, settings.rate_limit_per_second, settings.rate_limit_burst

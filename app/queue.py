@@ -85,8 +85,14 @@ class TaskQueue:
         self._records = records
         self._default_queue = default_queue
 
-    def enqueue(self, name: str, payload: dict[str, Any], options: EnqueueOptions) -> str:
-        task_id = str(uuid.uuid4())
+    def enqueue(
+        self,
+        name: str,
+        payload: dict[str, Any],
+        options: EnqueueOptions,
+        task_id: str | None = None,
+    ) -> str:
+        task_id = task_id or str(uuid.uuid4())
         queue = options.queue or self._default_queue
         ids = current_trace_ids()
         self._records.create(task_id, name, queue, ids[0] if ids else None)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
 
 from app.api.security import Forbidden, RateLimited, Unauthenticated
+from app.idempotency import IdempotencyConflict, IdempotencyKeyInvalid
 from app.queue import TaskAlreadyFinished, TaskNotFound
 from app.users import UsernameTaken, UserNotFound
 from worker.core.artifacts import ArtifactNotFound
@@ -80,6 +81,10 @@ async def _too_large(_: Request, exc: Exception) -> JSONResponse:
     return _json(413, str(exc))
 
 
+async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
+    return _json(400, str(exc))
+
+
 async def _too_deep(_: Request, exc: Exception) -> JSONResponse:
     return _json(422, [{"type": "value_error", "loc": ["body"], "msg": str(exc)}])
 
@@ -95,11 +100,12 @@ def register_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error, _redis_unavailable)
     for error in (TaskNotFound, UnknownTask, UserNotFound, ArtifactNotFound):
         app.add_exception_handler(error, _not_found)
-    for error in (TaskAlreadyFinished, UsernameTaken):
+    for error in (TaskAlreadyFinished, UsernameTaken, IdempotencyConflict):
         app.add_exception_handler(error, _conflict)
     app.add_exception_handler(InvalidOption, _invalid_option)
     app.add_exception_handler(PayloadTooLarge, _too_large)
     app.add_exception_handler(PayloadTooDeep, _too_deep)
+    app.add_exception_handler(IdempotencyKeyInvalid, _bad_request)
     app.add_exception_handler(Unauthenticated, _unauthenticated)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(RateLimited, _rate_limited)

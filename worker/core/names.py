@@ -19,6 +19,8 @@ USERNAMES_KEY = KEY_PREFIX + "usernames"
 USER_ID_SEQ_KEY = KEY_PREFIX + "users:seq"
 # Token bucket of the submit rate limit, per client (API key fingerprint or address).
 RATE_LIMIT_KEY = KEY_PREFIX + "ratelimit:{client}"
+# Idempotency-Key claims, per client and key digest (24 h).
+IDEMPOTENCY_KEY = KEY_PREFIX + "idempotency:{client}:{key}"
 # Audit log (capped list of JSON entries).
 AUDIT_LOG_KEY = KEY_PREFIX + "audit"
 AUDIT_LOG_MAX_ENTRIES = 10_000

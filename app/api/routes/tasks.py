@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
@@ -19,6 +20,7 @@ from app.api.deps import QueueDep, SettingsDep
 from app.api.errors import InvalidOption, PayloadTooDeep, UnknownTask
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
 from app.api.security import SubmitterDep, client_identity
+from app.idempotency import MAX_KEY_LENGTH, request_fingerprint
 from app.queue import EnqueueOptions
 from app.tracing import set_trace_headers
 from worker.core.settings import Settings
@@ -61,6 +63,14 @@ def _check_delay(settings: Settings, countdown: float | None, eta: datetime | No
 
 
 OptionsDep = Annotated[EnqueueOptions, Depends(enqueue_options)]
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_KEY_LENGTH,
+        description="Same key and body within 24 h: the original task id, nothing enqueued.",
+    ),
+]
 
 
 def json_depth(value: object) -> int:
@@ -92,12 +102,26 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
         queue: QueueDep,
         options: OptionsDep,
         settings: SettingsDep,
-        _: SubmitterDep,
+        client: SubmitterDep,
+        idempotency_key: IdempotencyKeyHeader = None,
         payload: BaseModel | None = None,
     ) -> TaskAccepted:
         data = (payload or model()).model_dump(mode="json")
         check_depth(data, settings.max_payload_depth)
-        task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
+        if idempotency_key is None:
+            task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
+        else:
+            fingerprint = request_fingerprint(spec.name, data, asdict(options))
+            submission = await run_in_threadpool(
+                request.app.state.idempotency.submit,
+                client,
+                idempotency_key,
+                fingerprint,
+                lambda task_id: queue.enqueue(spec.name, data, options, task_id),
+            )
+            task_id = submission.task_id
+            if submission.replayed:
+                response.headers["Idempotent-Replayed"] = "true"
         url = str(request.url_for("get_task", task_id=task_id))
         response.headers["Location"] = url
         trace_id = set_trace_headers(response)
@@ -146,8 +170,10 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
             status_code=202,
             summary=f"Submit a {spec.name} task",
             responses={
+                409: {"description": "Idempotency-Key reused with another body"},
                 413: {"description": "Payload too large"},
-                503: {"description": "Redis down"},
+                429: {"description": "Submit rate limit exceeded"},
+                503: {"description": "Redis unavailable"},
             },
         )
 
