@@ -68,3 +68,24 @@ def test_worker_and_api_refuse_to_start_with_invalid_settings(program: str) -> N
 def test_settings_are_immutable() -> None:
     with pytest.raises(ValueError, match="frozen"):
         Settings().redis_url = "redis://elsewhere"  # type: ignore[misc]
+
+
+def test_time_limits_for_an_unknown_task_stop_the_worker() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import worker.celery_app"],
+        env=courier_env({"COURIER_TASK_TIME_LIMITS": '{"nope": {"hard": 1}}'}),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "COURIER_TASK_TIME_LIMITS" in result.stderr and "nope" in result.stderr
+
+
+def test_per_task_limits_override_the_global_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COURIER_TASK_TIME_LIMIT", "100")
+    monkeypatch.setenv("COURIER_TASK_TIME_LIMITS", '{"process_image": {"soft": 50, "hard": 60}}')
+    settings = load_settings()
+    assert settings.time_limits_for("process_image").model_dump() == {"soft": 50, "hard": 60}
+    assert settings.time_limits_for("noop").model_dump() == {"soft": None, "hard": 100}

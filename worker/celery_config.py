@@ -19,7 +19,7 @@ from kombu import Queue
 
 from worker.core.names import CLEANUP_TASK
 from worker.core.result_backend import backend_url
-from worker.core.settings import Settings
+from worker.core.settings import Settings, SettingsError
 from worker.registry import registered_tasks
 from worker.runner import WorkerResources, bind_task, connect_start_stamp
 
@@ -88,7 +88,13 @@ def create_celery_app(settings: Settings) -> Celery:
     app = Celery("courier", broker=settings.redis_url, backend=backend_url(settings.redis_url))
     app.conf.update(celery_config(settings))
     resources = WorkerResources(settings)
-    for spec in registered_tasks().values():
+    specs = registered_tasks()
+    unknown = sorted(set(settings.task_time_limits) - set(specs))
+    if unknown:
+        raise SettingsError(
+            f"invalid Courier settings:\n  COURIER_TASK_TIME_LIMITS: unknown task(s) {unknown}"
+        )
+    for spec in specs.values():
         bind_task(app, spec, resources)
     connect_start_stamp(app, resources)
     return app

@@ -99,7 +99,15 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
 def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task:  # type: ignore[type-arg]
     settings = resources.settings
 
-    @app.task(name=spec.name, bind=True, max_retries=spec.max_retries)
+    limits = settings.time_limits_for(spec.name)
+
+    @app.task(  # type: ignore[call-overload,untyped-decorator]  # stubs want int limits
+        name=spec.name,
+        bind=True,
+        max_retries=spec.max_retries,
+        soft_time_limit=limits.soft,
+        time_limit=limits.hard,
+    )
     def run(self: Task, /, **kwargs: Any) -> Any:  # type: ignore[type-arg]
         task_id = str(self.request.id)
         check: StartCheck | None = getattr(self.request, START_CHECK, None)
@@ -132,4 +140,4 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
         return result
 
     run.__doc__ = spec.description
-    return run
+    return run  # type: ignore[no-any-return]

@@ -6,14 +6,24 @@ Both processes must agree on Redis keys, expiries and limits, so they share this
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.core.names import DEFAULT_QUEUE
+
+
+class TimeLimits(BaseModel):
+    """Soft: SoftTimeLimitExceeded is raised in the task. Hard: its process is killed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    soft: float | None = Field(None, gt=0)
+    hard: float | None = Field(None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -37,6 +47,8 @@ class Settings(BaseSettings):
     retry_backoff_max_seconds: float = Field(600.0, gt=0)
     task_soft_time_limit: float | None = Field(None, gt=0)
     task_time_limit: float | None = Field(None, gt=0)
+    # Per task, over the two above: '{"process_image": {"soft": 50, "hard": 60}}'.
+    task_time_limits: dict[str, TimeLimits] = Field(default_factory=dict)
     # Task events feed Flower (and event-based exporters); each costs a publish per state change.
     task_events: bool = True
 
@@ -95,6 +107,11 @@ class Settings(BaseSettings):
             value = [q.strip() for q in value.split(",") if q.strip()]
         return value
 
+    @field_validator("task_time_limits", mode="before")
+    @classmethod
+    def _decode_limits(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
     @field_validator("queues")
     @classmethod
     def _queues_not_empty(cls, value: list[str]) -> list[str]:
@@ -105,6 +122,13 @@ class Settings(BaseSettings):
     @property
     def default_queue(self) -> str:
         return self.queues[0]
+
+    def time_limits_for(self, task: str) -> TimeLimits:
+        specific = self.task_time_limits.get(task, TimeLimits())
+        return TimeLimits(
+            soft=specific.soft or self.task_soft_time_limit,
+            hard=specific.hard or self.task_time_limit,
+        )
 
     def api_key_list(self) -> list[str]:
         """The configured keys; a value naming an existing file is read (comma or line per key)."""

@@ -1,0 +1,113 @@
+"""Poison messages never block the queue: undecodable, unknown, invalid, over the time limit."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_from, wait_for_status
+from tests.utils.processes import RedisServer, Service, celery_worker, courier_env, wait_until
+from tests.utils.prom import scrape, total
+from worker.celery_config import create_celery_app
+
+
+@dataclass
+class PoisonStack:
+    api: TestClient
+    celery: Celery
+    redis: redis.Redis
+    worker: Service
+    metrics_url: str
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoisonStack]:
+    tmp = tmp_path_factory.mktemp("poison")
+    server = RedisServer(tmp / "redis")
+    server.start()
+    port = str(__import__("tests.utils.processes", fromlist=["free_port"]).free_port())
+    env = {
+        "COURIER_REDIS_URL": server.url,
+        "COURIER_TASK_TIME_LIMITS": json.dumps({"noop": {"hard": 1.5}}),
+        "COURIER_WORKER_METRICS_PORT": port,
+    }
+    worker = celery_worker(courier_env(env), Path(tmp / "worker.log"), "poison", concurrency=1)
+    settings = settings_from(env)
+    try:
+        with TestClient(create_app(settings)) as api:
+            warm = api.post("/v1/tasks/noop", json={}).json()["id"]
+            wait_for_status(api, warm, timeout=60)
+            yield PoisonStack(
+                api, create_celery_app(settings), redis.Redis.from_url(server.url), worker,
+                f"http://127.0.0.1:{port}/metrics",
+            )  # fmt: skip
+    finally:
+        worker.stop()
+        server.stop()
+
+
+def queue_is_drained(client: redis.Redis) -> bool:
+    return client.llen("default") == 0 and client.hlen("unacked") == 0
+
+
+def test_an_undecodable_message_is_dropped_logged_and_does_not_block(stack: PoisonStack) -> None:
+    with stack.celery.connection_for_write() as connection:
+        connection.default_channel.basic_publish(
+            connection.default_channel.prepare_message(
+                "{this is not json",
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"task": "noop", "id": str(uuid.uuid4()), "lang": "py"},
+            ),
+            exchange="default",
+            routing_key="default",
+        )
+    after = stack.api.post("/v1/tasks/noop", json={"echo": "after poison"}).json()["id"]
+    assert wait_for_status(stack.api, after)["result"] == "after poison"
+    wait_until(lambda: queue_is_drained(stack.redis), 10, "the poison message to be gone")
+    assert "decode" in stack.worker.output().lower()
+
+
+def test_an_unknown_task_is_rejected_and_counted(stack: PoisonStack) -> None:
+    stack.celery.send_task("no.such.task", kwargs={}, queue="default")
+    after = stack.api.post("/v1/tasks/noop", json={"echo": "after unknown"}).json()["id"]
+    assert wait_for_status(stack.api, after)["result"] == "after unknown"
+    wait_until(lambda: queue_is_drained(stack.redis), 10, "the unknown task to be gone")
+    assert "no.such.task" in stack.worker.output()
+
+
+def test_a_payload_the_worker_cannot_validate_fails_without_retry(stack: PoisonStack) -> None:
+    # Bypass the API's validation: a producer that sends whatever it likes.
+    task_id = str(uuid.uuid4())
+    from worker.core.records import TaskRecords
+
+    TaskRecords(stack.redis, 60).create(task_id, "noop", "default")
+    stack.celery.send_task("noop", kwargs={"sleep_seconds": "soon"}, task_id=task_id)
+    done = wait_for_status(stack.api, task_id)
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "InvalidPayload"
+    assert "sleep_seconds" in done["error"]["message"]
+    assert done["retries"] == 0
+
+
+def test_a_task_over_its_hard_time_limit_is_killed_reported_failed_and_the_worker_serves_on(
+    stack: PoisonStack,
+) -> None:
+    slow = stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 10}).json()["id"]
+    done = wait_for_status(stack.api, slow, timeout=20)
+    assert done["status"] == "failed"
+    assert done["error"]["type"] == "TimeLimitExceeded"
+    after = stack.api.post("/v1/tasks/noop", json={"echo": "still here"}).json()["id"]
+    assert wait_for_status(stack.api, after)["result"] == "still here"
+    wait_until(lambda: queue_is_drained(stack.redis), 10, "nothing redelivered")
+    samples = scrape(stack.metrics_url)
+    assert total(samples, "celery_task_failed_total", name="noop") >= 1
