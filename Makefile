@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint format typecheck clean manifests images
+.PHONY: install up test lint format typecheck clean manifests images bench autoscale-sim chaos
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,28 @@ manifests: install
 # needed; cached under /var/cache/courier-images. See README "Container images".
 images:
 	bash deploy/images/build.sh api worker
+
+# Benchmarks (not tests): `make bench BENCH_ARGS="--quick"` or `--only execution`; see
+# README "Performance". wrk (Debian) drives the HTTP load; installed here when missing.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	@command -v wrk >/dev/null || apt-get install -y -q wrk || \
+		{ apt-get update -q && apt-get install -y -q wrk; } || \
+		{ echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
+
+autoscale-sim: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.autoscale_sim $(BENCH_ARGS)
+
+# The fault-injection suite at the issue's scale, with its table of figures (several minutes).
+chaos: install
+	$(BIN)/python -m tests.reliability.chaos
 
 format: install
 	$(BIN)/ruff format .

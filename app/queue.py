@@ -63,6 +63,7 @@ class TaskState:
     started_at: datetime | None
     finished_at: datetime | None
     trace_id: str | None = None
+    executions: int = 0
 
 
 def _timestamp(value: float | None) -> datetime | None:
@@ -157,6 +158,7 @@ class TaskQueue:
             started_at=_timestamp(record.started_at),
             finished_at=finished_at,
             trace_id=record.trace_id,
+            executions=record.executions,
         )
 
     def cancel(self, task_id: str, terminate: bool) -> TaskState:

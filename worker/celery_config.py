@@ -60,6 +60,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redis_socket_connect_timeout": settings.redis_connect_timeout,
         "redis_retry_on_timeout": True,
         "broker_connection_retry_on_startup": True,
+        # Tasks running when the broker connection drops complete; if their acknowledgement is
+        # lost with the old connection, the message returns after the visibility timeout and
+        # the runner skips it as a finished duplicate.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_max_retries": None,
         "broker_connection_timeout": settings.redis_connect_timeout,
         # A publish to an unreachable Redis gives up within about a second (the API answers 503).

@@ -39,6 +39,10 @@ class TaskStatusOut(BaseModel):
     result: Any = None
     error: TaskErrorOut | None = None
     retries: int
+    executions: int = Field(
+        0,
+        description="Attempts started: retries + 1, more if a lost worker's task was redelivered.",
+    )
     worker: str | None = None
     enqueued_at: datetime
     started_at: datetime | None = None
@@ -60,6 +64,7 @@ class TaskStatusOut(BaseModel):
             result=state.result,
             error=error,
             retries=state.retries,
+            executions=state.executions,
             worker=state.worker,
             enqueued_at=state.enqueued_at,
             started_at=state.started_at,

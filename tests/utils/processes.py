@@ -40,9 +40,12 @@ def wait_until(
 class RedisServer:
     """A redis-server of our own on a free port, which a test may stop and start again."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -66,6 +69,7 @@ class RedisServer:
                 str(self.workdir),
                 "--maxmemory-policy",
                 "noeviction",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -80,12 +84,32 @@ class RedisServer:
             self.process.wait(10)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: no chance to fsync or rewrite anything."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
 
 def _pings(client: redis.Redis) -> bool:
     try:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (a worker's pool processes), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
 
 
 def courier_env(overrides: Mapping[str, str]) -> dict[str, str]:
@@ -122,6 +146,7 @@ class Service:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        self._log_file.close()
 
     def stop(self, timeout: float = 15) -> None:
         if self.process.poll() is None:

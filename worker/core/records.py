@@ -25,6 +25,7 @@ class TaskRecord:
     started_at: float | None
     revoked: bool
     trace_id: str | None = None
+    executions: int = 0  # attempts started, retries and at-least-once redeliveries included
 
 
 # KEYS: the record, Celery's result. Returns {revoked flag, 1 when the task already finished}.
@@ -40,6 +41,7 @@ if result then
 end
 if finished == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'executions', 1)
 end
 return {redis.call('HGET', KEYS[1], 'revoked') or '', finished}
 """
@@ -87,6 +89,7 @@ class TaskRecords:
             started_at=float(started) if started else None,
             revoked=fields.get("revoked") == "1",
             trace_id=fields.get("trace_id"),
+            executions=int(fields.get("executions", 0)),
         )
 
     def mark_started(self, task_id: str) -> StartCheck:
