@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint format typecheck clean manifests images bench autoscale-sim chaos
+.PHONY: install up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(BENCH_STAMP)
 
 autoscale-sim: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.autoscale_sim $(BENCH_ARGS)
+
+# schemathesis at 10,000 examples per operation over the served OpenAPI document (long).
+fuzz: install
+	COURIER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/fuzz
 
 # The fault-injection suite at the issue's scale, with its table of figures (several minutes).
 chaos: install

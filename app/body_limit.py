@@ -1,6 +1,7 @@
-"""Pure ASGI middleware that refuses request bodies over a size limit with 413.
+"""Pure ASGI middleware that refuses oversized requests: headers with 431, bodies with 413.
 
 It runs before FastAPI reads the body, so an oversized payload costs neither memory nor a parse.
+The header limit is ours because uvicorn's httptools parser sets none.
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, limit_for_path: Callable[[str], int]) -> None:
+    def __init__(
+        self, app: ASGIApp, limit_for_path: Callable[[str], int], max_header_bytes: int
+    ) -> None:
         self.app = app
         self.limit_for_path = limit_for_path
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            message = f"request headers exceed the limit of {self.max_header_bytes} bytes"
+            await _send_error(send, 431, message)
             return
         limit = self.limit_for_path(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
@@ -49,11 +58,15 @@ class BodySizeLimitMiddleware:
 
 
 async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body exceeds the limit of {limit} bytes"}).encode()
+    await _send_error(send, 413, f"request body exceeds the limit of {limit} bytes")
+
+
+async def _send_error(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

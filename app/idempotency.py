@@ -41,7 +41,9 @@ class Submission:
 
 
 def request_fingerprint(name: str, payload: dict[str, Any], options: dict[str, Any]) -> str:
-    canonical = json.dumps([name, payload, options], sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(
+        [name, payload, options], sort_keys=True, separators=(",", ":"), default=str
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

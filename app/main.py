@@ -78,7 +78,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return settings.max_payload_bytes
 
     specs = registered_tasks()
-    app.add_middleware(BodySizeLimitMiddleware, limit_for_path=body_limit)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        limit_for_path=body_limit,
+        max_header_bytes=settings.max_header_bytes,
+    )
     register_error_handlers(app)
     app.include_router(health.router)
     app.include_router(tasks.build_router(specs))

@@ -6,10 +6,12 @@ Every error body is ``{"detail": ...}`` like FastAPI's own, so clients parse one
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError
+from pydantic import BaseModel
 
 from app.api.security import Forbidden, RateLimited, Unauthenticated
 from app.idempotency import IdempotencyConflict, IdempotencyKeyInvalid
@@ -19,6 +21,30 @@ from worker.core.artifacts import ArtifactNotFound
 from worker.core.redis_client import REDIS_ERRORS
 
 logger = logging.getLogger("courier.api")
+
+
+class ErrorOut(BaseModel):
+    """Every error body: a message, or a list of field errors like FastAPI's 422."""
+
+    detail: str | list[dict[str, Any]]
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a router or route can answer."""
+    return {code: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+
+
+ERROR_DESCRIPTIONS = {
+    401: "No API key",
+    403: "Wrong API key",
+    404: "Not found (never issued, or expired)",
+    409: "Conflict with the current state",
+    413: "Body over the configured limit",
+    429: "Submit rate limit exceeded (see Retry-After)",
+    503: "Redis unavailable (see Retry-After)",
+}
+# Every protected router can answer these.
+PROTECTED_ERRORS = error_responses(401, 403, 503)
 
 
 class UnknownTask(LookupError):
@@ -81,8 +107,9 @@ async def _too_large(_: Request, exc: Exception) -> JSONResponse:
     return _json(413, str(exc))
 
 
-async def _bad_request(_: Request, exc: Exception) -> JSONResponse:
-    return _json(400, str(exc))
+async def _bad_idempotency_key(_: Request, exc: Exception) -> JSONResponse:
+    detail = [{"type": "value_error", "loc": ["header", "Idempotency-Key"], "msg": str(exc)}]
+    return _json(422, detail)
 
 
 async def _too_deep(_: Request, exc: Exception) -> JSONResponse:
@@ -105,7 +132,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidOption, _invalid_option)
     app.add_exception_handler(PayloadTooLarge, _too_large)
     app.add_exception_handler(PayloadTooDeep, _too_deep)
-    app.add_exception_handler(IdempotencyKeyInvalid, _bad_request)
+    app.add_exception_handler(IdempotencyKeyInvalid, _bad_idempotency_key)
     app.add_exception_handler(Unauthenticated, _unauthenticated)
     app.add_exception_handler(Forbidden, _forbidden)
     app.add_exception_handler(RateLimited, _rate_limited)

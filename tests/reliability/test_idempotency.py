@@ -45,9 +45,10 @@ def test_keys_are_scoped_to_their_task(api: TestClient) -> None:
     assert other.status_code == 409  # same key, different request
 
 
-def test_an_unusable_key_is_400(api: TestClient) -> None:
+def test_an_unusable_key_is_422(api: TestClient) -> None:
     response = api.post("/v1/tasks/noop", json={}, headers={"Idempotency-Key": "a\tb"})
-    assert response.status_code == 400
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
     too_long = api.post("/v1/tasks/noop", json={}, headers={"Idempotency-Key": "k" * 300})
     assert too_long.status_code == 422
 

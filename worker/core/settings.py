@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(256 * 1024, ge=1)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
     max_payload_depth: int = Field(32, ge=1, le=1000)
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
     # A task result larger than this fails the task (results live in Redis).
     max_result_bytes: int = Field(1024 * 1024, ge=1)
     artifact_ttl: int = Field(86400, ge=1)

@@ -7,12 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Path, Request, Response, UploadFile
 
 from app.api.deps import ArtifactsDep, SettingsDep
-from app.api.errors import PayloadTooLarge
+from app.api.errors import PROTECTED_ERRORS, PayloadTooLarge, error_responses
 from app.api.schemas import ArtifactOut
 from app.api.security import client_identity
 
 router = APIRouter(
-    prefix="/v1/artifacts", tags=["artifacts"], dependencies=[Depends(client_identity)]
+    prefix="/v1/artifacts",
+    tags=["artifacts"],
+    dependencies=[Depends(client_identity)],
+    responses=PROTECTED_ERRORS,
 )
 
 ArtifactId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
@@ -22,7 +25,7 @@ ArtifactId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
     "",
     status_code=201,
     summary="Upload a file (multipart field 'file'); it is kept for COURIER_ARTIFACT_TTL seconds",
-    responses={413: {"description": "File over COURIER_MAX_UPLOAD_BYTES"}},
+    responses=error_responses(413),
 )
 def upload_artifact(
     file: Annotated[UploadFile, File(description="The file to store.")],
@@ -49,7 +52,7 @@ def upload_artifact(
     name="download_artifact",
     summary="Download an artifact (an upload, a resized image, a report)",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, 404: {}},
+    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404)},
 )
 def download_artifact(artifact_id: ArtifactId, artifacts: ArtifactsDep) -> Response:
     artifact = artifacts.get(artifact_id)

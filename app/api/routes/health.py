@@ -16,7 +16,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Redis is reachable", responses={503: {}})
+@router.get(
+    "/readyz",
+    summary="Readiness: Redis is reachable",
+    responses={503: {"description": "Redis unreachable"}},
+)
 def readyz(client: RedisDep) -> JSONResponse:
     try:
         client.ping()

@@ -12,6 +12,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query
 from pydantic import EmailStr
 
 from app.api.deps import QueueDep, RedisDep, SettingsDep, UsersDep
+from app.api.errors import PROTECTED_ERRORS, error_responses
 from app.api.security import SubmitterDep, client_identity
 from app.background import send_welcome_email, write_audit_log
 from app.queue import EnqueueOptions
@@ -19,12 +20,18 @@ from worker.core.names import SEND_EMAIL_TASK
 from worker.core.status import TaskStatus
 from worker.tasks.email import SendEmailPayload
 
-router = APIRouter(tags=["seed"], dependencies=[Depends(client_identity)])
+router = APIRouter(
+    tags=["seed"], dependencies=[Depends(client_identity)], responses=PROTECTED_ERRORS
+)
 
 Username = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
-@router.post("/users/register", summary="Register a user; welcome email and audit in background")
+@router.post(
+    "/users/register",
+    summary="Register a user; welcome email and audit in background",
+    responses=error_responses(409),
+)
 def register_user(
     username: Username,
     email: Annotated[EmailStr, Query()],
@@ -44,7 +51,11 @@ def register_user(
     }
 
 
-@router.delete("/users/{user_id}", summary="Delete a user; audit entry in background")
+@router.delete(
+    "/users/{user_id}",
+    summary="Delete a user; audit entry in background",
+    responses=error_responses(404),
+)
 def delete_user(
     user_id: Annotated[int, Path(ge=1)],
     background: BackgroundTasks,
@@ -56,7 +67,11 @@ def delete_user(
     return {"message": "User deleted", "user_id": user.user_id}
 
 
-@router.post("/send-email", summary="Queue an email (seed form of POST /v1/tasks/send_email)")
+@router.post(
+    "/send-email",
+    summary="Queue an email (seed form of POST /v1/tasks/send_email)",
+    responses=error_responses(429),
+)
 def send_email(
     to: Annotated[EmailStr, Query()],
     subject: Annotated[str, Query(min_length=1, max_length=998)],
@@ -69,7 +84,11 @@ def send_email(
     return {"task_id": task_id, "status": TaskStatus.QUEUED.value}
 
 
-@router.get("/tasks/{task_id}", summary="Seed status: Celery state names, result when ready")
+@router.get(
+    "/tasks/{task_id}",
+    summary="Seed status: Celery state names, result when ready",
+    responses=error_responses(404),
+)
 def task_status(task_id: Annotated[str, Path(max_length=64)], queue: QueueDep) -> dict[str, Any]:
     state = queue.state(task_id)
     result: Any = state.result

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
@@ -17,7 +17,13 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from app.api.deps import QueueDep, SettingsDep
-from app.api.errors import InvalidOption, PayloadTooDeep, UnknownTask
+from app.api.errors import (
+    PROTECTED_ERRORS,
+    InvalidOption,
+    PayloadTooDeep,
+    UnknownTask,
+    error_responses,
+)
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
 from app.api.security import SubmitterDep, client_identity
 from app.idempotency import MAX_KEY_LENGTH, request_fingerprint
@@ -31,7 +37,9 @@ TaskId = Annotated[str, Path(max_length=64, description="Task id returned on sub
 
 async def enqueue_options(
     settings: SettingsDep,
-    countdown: Annotated[float | None, Query(ge=0, description="Delay in seconds.")] = None,
+    countdown: Annotated[
+        float | None, Query(ge=0, allow_inf_nan=False, description="Delay in seconds.")
+    ] = None,
     eta: Annotated[datetime | None, Query(description="Run at (ISO 8601; UTC if naive).")] = None,
     priority: Annotated[int | None, Query(ge=0, le=9, description="0 is the highest.")] = None,
     queue: Annotated[str | None, Query(description="One of the configured queues.")] = None,
@@ -49,15 +57,14 @@ async def enqueue_options(
 def _check_delay(settings: Settings, countdown: float | None, eta: datetime | None) -> None:
     """A delayed message sits unacknowledged in a worker; past the visibility timeout kombu
     would redeliver it to a second worker, so such delays are refused rather than duplicated."""
-    limit = timedelta(seconds=settings.broker_visibility_timeout)
-    delay = timedelta(seconds=countdown) if countdown is not None else None
+    delay = countdown  # seconds, compared as floats: a timedelta overflows on huge values
     if eta is not None:
-        delay = eta - datetime.now(UTC)
-    if delay is not None and delay > limit:
+        delay = (eta - datetime.now(UTC)).total_seconds()
+    if delay is not None and delay > settings.broker_visibility_timeout:
         field = "countdown" if countdown is not None else "eta"
         raise InvalidOption(
             field,
-            f"delay of {delay.total_seconds():.0f} s exceeds the broker visibility timeout "
+            f"delay of {delay:.0f} s exceeds the broker visibility timeout "
             f"({settings.broker_visibility_timeout} s)",
         )
 
@@ -148,7 +155,12 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
 
 
 def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
-    router = APIRouter(prefix="/v1/tasks", tags=["tasks"], dependencies=[Depends(client_identity)])
+    router = APIRouter(
+        prefix="/v1/tasks",
+        tags=["tasks"],
+        dependencies=[Depends(client_identity)],
+        responses=PROTECTED_ERRORS,
+    )
 
     @router.get("", summary="List the registered tasks and their payload schemas")
     def list_tasks() -> list[TaskInfo]:
@@ -169,19 +181,19 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
             methods=["POST"],
             status_code=202,
             summary=f"Submit a {spec.name} task",
-            responses={
-                409: {"description": "Idempotency-Key reused with another body"},
-                413: {"description": "Payload too large"},
-                429: {"description": "Submit rate limit exceeded"},
-                503: {"description": "Redis unavailable"},
-            },
+            responses=error_responses(409, 413, 429),
         )
 
     @router.post("/{name}", status_code=202, include_in_schema=False)
     def submit_unknown(name: str) -> BaseModel:
         raise UnknownTask(f"unknown task {name!r}; registered tasks: {sorted(specs)}")
 
-    @router.get("/{task_id}", name="get_task", summary="Status, result or error of a task")
+    @router.get(
+        "/{task_id}",
+        name="get_task",
+        summary="Status, result or error of a task",
+        responses=error_responses(404),
+    )
     def get_task(task_id: TaskId, queue: QueueDep) -> TaskStatusOut:
         return TaskStatusOut.from_state(queue.state(task_id))
 
@@ -189,7 +201,7 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
         "/{task_id}",
         status_code=202,
         summary="Cancel a queued task, or a running one with terminate=true",
-        responses={409: {"description": "The task already finished"}},
+        responses=error_responses(404, 409),
     )
     def cancel_task(
         task_id: TaskId,
