@@ -46,6 +46,8 @@ class RedisServer:
         self.port = port or free_port()
         self.workdir = workdir
         self.extra_args = extra_args
+        args = list(extra_args)
+        self.password = args[args.index("--requirepass") + 1] if "--requirepass" in args else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +76,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self.password)
         wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
         client.close()
 
