@@ -6,6 +6,11 @@ BIN="${VENV:-.venv}/bin"
 export COURIER_REDIS_URL="${COURIER_REDIS_URL:-redis://localhost:6379/0}"
 export COURIER_API_BIND="${COURIER_API_BIND:-0.0.0.0:8000}"
 FLOWER_PORT="${FLOWER_PORT:-5555}"
+# Flower always asks for a login; a random one is made up (and printed) unless given.
+if [[ -z "${FLOWER_BASIC_AUTH:-}" ]]; then
+    FLOWER_BASIC_AUTH="courier:$("$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(12))')"
+fi
+export FLOWER_BASIC_AUTH
 pids=()
 
 stop_all() {
@@ -53,6 +58,9 @@ fi
 "$BIN/celery" -A worker.celery_app beat --loglevel=INFO & pids+=($!)
 "$BIN/celery" -A worker.celery_app flower --port="$FLOWER_PORT" --address=0.0.0.0 & pids+=($!)
 
-echo "Courier is up: API http://localhost:${COURIER_API_BIND##*:}/docs  Flower http://localhost:$FLOWER_PORT  (Ctrl-C stops)" >&2
+echo "Courier is up: API http://localhost:${COURIER_API_BIND##*:}/docs  Flower http://localhost:$FLOWER_PORT (login ${FLOWER_BASIC_AUTH})  (Ctrl-C stops)" >&2
+if [[ -z "${COURIER_API_KEYS:-}" ]]; then
+    echo "No COURIER_API_KEYS set: the API is open (fine on localhost; set keys anywhere else)." >&2
+fi
 # Stay in the foreground until Ctrl-C or until any one component exits.
 wait -n
