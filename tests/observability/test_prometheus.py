@@ -111,7 +111,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
     api = gunicorn(courier_env(env), tmp / "api.log")
     worker = celery_worker(courier_env(env), tmp / "worker.log", "prom")
     config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        # The timeout may not exceed the interval; a loaded machine needs the whole second.
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
             {"job_name": "courier-api", "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]},
@@ -140,6 +141,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
                 _has_series(url, "celery_task_failed_total")
                 and _has_series(url, "rate(celery_task_succeeded_total[30s])")
                 and _has_series(url, "courier:task_failure_ratio:rate10m")
+                and _has_series(url, "rate(courier_http_requests_total[30s])")
+                and _has_series(url, "rate(courier_http_request_duration_seconds_bucket[30s])")
             ),
             60,
             "scraped task metrics",

@@ -184,8 +184,10 @@ def celery_beat(env: Mapping[str, str], log: Path) -> Service:
 
 
 def gunicorn(env: Mapping[str, str], log: Path) -> Service:
+    """The API under gunicorn. A SIGTERM that reaches a worker still booting is missed and
+    gunicorn waits out its graceful timeout, so tests shorten it (a real race, not ours)."""
     return Service(
         [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"],
-        env,
+        {"COURIER_API_GRACEFUL_TIMEOUT": "8", **env},
         log,
     )
