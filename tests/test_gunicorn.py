@@ -7,14 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.utils.processes import Service, courier_env, free_port, gunicorn, wait_until
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+from tests.utils.processes import Service, courier_env, free_port, gunicorn, http_ok, wait_until
 
 
 def test_gunicorn_serves_a_task_round_trip_and_stops_gracefully(
@@ -27,7 +20,7 @@ def test_gunicorn_serves_a_task_round_trip_and_stops_gracefully(
     server = gunicorn(env, tmp_path / "gunicorn.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 30, "gunicorn to serve /readyz")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, "gunicorn to serve /readyz")
         accepted = httpx.post(f"{url}/v1/tasks/noop", json={"echo": "over http"}, timeout=5)
         assert accepted.status_code == 202
         status_url = accepted.headers["Location"]

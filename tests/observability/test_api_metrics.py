@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
-from tests.utils.processes import Service, courier_env, free_port, gunicorn, wait_until
+from tests.utils.processes import Service, courier_env, free_port, gunicorn, http_ok, wait_until
 from tests.utils.prom import label_values, scrape, total
 
 TASK_ID = "0b1c2d3e-0000-4000-8000-00000000abcd"
@@ -76,7 +76,7 @@ def test_gunicorn_workers_share_one_exposition(
     server: Service = gunicorn(env, tmp_path / "gunicorn.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _serves(url), 30, "gunicorn")
+        wait_until(lambda: http_ok(f"{url}/healthz"), 30, "gunicorn")
         requests = 200
         # A fresh connection per request lets the kernel spread them over both workers.
         for _ in range(requests):
@@ -93,10 +93,3 @@ def test_gunicorn_workers_share_one_exposition(
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(30)
         server.stop()
-
-
-def _serves(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

@@ -24,6 +24,7 @@ from tests.utils.processes import (
     courier_env,
     free_port,
     gunicorn,
+    http_ok,
     wait_until,
 )
 from tests.utils.smtp import SmtpServer
@@ -132,10 +133,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
     url = f"http://127.0.0.1:{prom_port}"
     api_url = f"http://127.0.0.1:{api_port}"
     try:
-        wait_until(lambda: _ok(f"{api_url}/readyz"), 30, "the API")
-        wait_until(lambda: _ok(f"http://127.0.0.1:{worker_port}/readyz"), 60, "the worker")
+        wait_until(lambda: http_ok(f"{api_url}/readyz"), 30, "the API")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 60, "the worker")
         _drive_traffic(api_url)
-        wait_until(lambda: _ok(f"{url}/-/ready"), 30, "prometheus")
+        wait_until(lambda: http_ok(f"{url}/-/ready"), 30, "prometheus")
         wait_until(
             lambda: (
                 _has_series(url, "celery_task_failed_total")
@@ -153,13 +154,6 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
         worker.stop()
         api.stop()
         redis_server.stop()
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _drive_traffic(api: str) -> None:

@@ -17,6 +17,7 @@ from tests.utils.processes import (
     courier_env,
     free_port,
     gunicorn,
+    http_ok,
     wait_until,
 )
 from tests.utils.smtp import SmtpServer
@@ -65,20 +66,13 @@ def traced(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(url), 30, "the traced API")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, "the traced API")
         yield TracedStack(url, receiver, api, worker)
     finally:
         worker.stop()
         api.stop()
         redis_server.stop()
         receiver.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def submit(stack: TracedStack, name: str, payload: dict[str, object]) -> tuple[str, str]:

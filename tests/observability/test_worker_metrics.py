@@ -17,6 +17,7 @@ from tests.utils.processes import (
     celery_worker,
     courier_env,
     free_port,
+    http_ok,
     wait_until,
 )
 from tests.utils.prom import scrape, total
@@ -52,18 +53,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer) -> 
     try:
         with TestClient(create_app(settings_from(env))) as api:
             stack = Stack(api, worker, port)
-            wait_until(lambda: _ready(stack.url), 60, "the worker's /readyz")
+            wait_until(lambda: http_ok(f"{stack.url}/readyz"), 60, "the worker's /readyz")
             yield stack
     finally:
         worker.stop()
         server.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def run_all(api: TestClient, payloads: list[tuple[str, dict[str, object]]]) -> list[str]:

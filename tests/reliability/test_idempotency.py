@@ -11,7 +11,7 @@ import httpx
 from fastapi.testclient import TestClient
 
 from tests.conftest import wait_for_status
-from tests.utils.processes import courier_env, free_port, gunicorn, wait_until
+from tests.utils.processes import courier_env, free_port, gunicorn, http_ok, wait_until
 from tests.utils.prom import scrape, total
 
 
@@ -62,7 +62,7 @@ def test_fifty_concurrent_identical_requests_enqueue_once(
     server = gunicorn(env, tmp_path / "gunicorn.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _serves(url), 30, "gunicorn")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, "gunicorn")
         key = f"burst-{uuid.uuid4()}"
 
         def sent() -> float:
@@ -93,10 +93,3 @@ def test_fifty_concurrent_identical_requests_enqueue_once(
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(30)
         server.stop()
-
-
-def _serves(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

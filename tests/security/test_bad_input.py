@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import wait_for_status
-from tests.utils.processes import courier_env, free_port, gunicorn, wait_until
+from tests.utils.processes import courier_env, free_port, gunicorn, http_ok, wait_until
 
 UNICODE = "Zoë 🚀 中文 \u202e ‮ \u0000x"
 
@@ -92,7 +92,7 @@ def test_huge_headers_are_refused_by_the_server(
     server = gunicorn(env, tmp_path / "gunicorn.log")
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _serves(url), 30, "gunicorn")
+        wait_until(lambda: http_ok(f"{url}/healthz"), 30, "gunicorn")
         response = httpx.get(f"{url}/v1/tasks", headers={"X-Big": "a" * 200_000}, timeout=5)
         assert response.status_code == 431
         assert "16384" in response.json()["detail"]
@@ -101,10 +101,3 @@ def test_huge_headers_are_refused_by_the_server(
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(30)
         server.stop()
-
-
-def _serves(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

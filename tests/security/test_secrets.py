@@ -18,6 +18,7 @@ from tests.utils.processes import (
     courier_env,
     free_port,
     gunicorn,
+    http_ok,
     wait_until,
 )
 
@@ -53,8 +54,8 @@ def test_secrets_never_leak(tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {API_KEY}"}
     outputs: list[str] = []
     try:
-        wait_until(lambda: _ok(f"{url}/readyz"), 30, "the API")
-        wait_until(lambda: _ok(f"http://127.0.0.1:{metrics_port}/readyz"), 60, "the worker")
+        wait_until(lambda: http_ok(f"{url}/readyz"), 30, "the API")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{metrics_port}/readyz"), 60, "the worker")
         accepted = httpx.post(f"{url}/v1/tasks/noop", json={"echo": 1}, headers=auth)
         task_id = accepted.json()["id"]
         wait_until(
@@ -92,10 +93,3 @@ def test_secrets_never_leak(tmp_path: Path) -> None:
         for text in outputs:
             assert secret not in text, f"secret found in: {text[:200]}"
     assert any("apply_async/noop" in text for text in outputs), "spans were inspected"
-
-
-def _ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False

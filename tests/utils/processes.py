@@ -12,10 +12,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+
+
+def http_ok(url: str) -> bool:
+    """Does ``url`` answer 200 right now (any connection error is a no)?"""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def free_port() -> int:
