@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -61,6 +61,9 @@ class MetricsServer:
             self.registry = REGISTRY
         self.registry.register(queue_collector)
         self.ready = threading.Event()
+        # Set at worker_ready: False once the worker's blueprint stopped running (e.g. after an
+        # "unrecoverable error"), so the liveness probe restarts a worker that hangs.
+        self.running: Callable[[], bool] = lambda: True
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,7 +71,10 @@ class MetricsServer:
                 if self.path.startswith("/metrics"):
                     self._reply(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
                 elif self.path == "/healthz":
-                    self._reply(200, b'{"status": "ok"}', "application/json")
+                    if server.running():
+                        self._reply(200, b'{"status": "ok"}', "application/json")
+                    else:
+                        self._reply(503, b'{"status": "stopped"}', "application/json")
                 elif self.path == "/readyz":
                     ok = server.ready.is_set()
                     body = b'{"status": "ready"}' if ok else b'{"status": "starting"}'

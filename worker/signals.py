@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.bootsteps import RUN  # type: ignore[attr-defined]
 from celery.signals import (
     after_task_publish,
     before_task_publish,
@@ -130,6 +131,8 @@ def _worker_ready(sender: Any, **_: Any) -> None:
         target=_heartbeat, args=(hostname, queues, concurrency), daemon=True, name="heartbeat"
     ).start()
     if _MainProcess.server:
+        blueprint = sender.controller.blueprint
+        _MainProcess.server.running = lambda: blueprint.state == RUN
         _MainProcess.server.ready.set()
     if sender.controller.pool_cls.__module__.endswith("solo"):
         init_tracing(WORKER_SERVICE_NAME)  # no fork: this process executes the tasks
