@@ -1,0 +1,51 @@
+"""Status is truthful: it never goes backwards, and expired tasks are a clear 404."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from celery import states
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_from, wait_for_status
+
+
+def test_a_finished_state_is_never_overwritten(
+    live_api: TestClient, submit: Callable[..., str]
+) -> None:
+    task_id = submit("noop", {"echo": "done"})
+    assert wait_for_status(live_api, task_id)["status"] == "succeeded"
+    backend = live_api.app.state.queue._celery.backend  # the API's own Celery app
+    backend.store_result(task_id, {"pid": 1, "hostname": "late@host"}, states.STARTED)
+    backend.store_result(task_id, None, states.FAILURE)
+    body = live_api.get(f"/v1/tasks/{task_id}").json()
+    assert (body["status"], body["result"]) == ("succeeded", "done")
+
+
+def test_a_redelivered_duplicate_of_a_finished_task_is_skipped(
+    live_api: TestClient, submit: Callable[..., str]
+) -> None:
+    task_id = submit("noop", {"echo": "once", "sleep_seconds": 0.1})
+    first = wait_for_status(live_api, task_id)
+    assert first["executions"] == 1
+    # What a worker dying before its acknowledgement leaves behind: the same message again.
+    live_api.app.state.queue._celery.send_task(
+        "noop", kwargs={"echo": "twice"}, task_id=task_id, queue="default"
+    )
+    time.sleep(2)
+    again = live_api.get(f"/v1/tasks/{task_id}").json()
+    assert (again["status"], again["result"], again["executions"]) == ("succeeded", "once", 1)
+    assert again["finished_at"] == first["finished_at"]
+
+
+def test_an_expired_task_is_404_not_queued(courier_vars: dict[str, str]) -> None:
+    settings = settings_from({**courier_vars, "COURIER_RESULT_EXPIRES": "1"})
+    with TestClient(create_app(settings)) as api:
+        task_id = api.post("/v1/tasks/noop", json={}, params={"countdown": 5}).json()["id"]
+        assert api.get(f"/v1/tasks/{task_id}").json()["status"] == "queued"
+        time.sleep(1.5)
+        gone = api.get(f"/v1/tasks/{task_id}")
+        assert gone.status_code == 404
+        assert "expired" in gone.json()["detail"]
