@@ -110,7 +110,8 @@ class TaskQueue:
         except Exception:
             self._forget(task_id)
             raise
-        logger.info("task enqueued", extra={"task_id": task_id, "task": name, "queue": queue})
+        # DEBUG: one line per submission is the API's hottest path.
+        logger.debug("task enqueued", extra={"task_id": task_id, "task": name, "queue": queue})
         return task_id
 
     def _forget(self, task_id: str) -> None:

@@ -50,6 +50,7 @@ def traced(
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
         "OTEL_TRACES_EXPORTER": "otlp",
+        "COURIER_LOG_LEVEL": "DEBUG",  # the API's "task enqueued" line is DEBUG
     }
     api = gunicorn(
         courier_env(
