@@ -22,10 +22,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from tests.deploy.conftest import Manifest, expand_vars, find, one, pod_spec
-from tests.utils.processes import Service, courier_env, free_port, wait_until
+from tests.utils.processes import RedisServer, Service, courier_env, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs redis-server (.ci/run installs it)"
@@ -128,39 +127,15 @@ def stack(
         one(default_manifests, "Secret", "courier-redis")["data"]["redis-password"]
     ).decode()
     # Redis with the chart's generated password: the URL wiring must carry it.
-    stack.start(
-        [
-            "redis-server",
-            "--port",
-            str(stack.redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--requirepass",
-            stack.password,
-        ],
-        os.environ,
-        "redis.log",
+    redis_server = RedisServer(
+        workdir / "redis", port=stack.redis_port, extra_args=("--requirepass", stack.password)
     )
-    client = redis.Redis(port=stack.redis_port, password=stack.password)
-    wait_until(lambda: _pings(client), 10, "redis-server")
-    client.close()
+    redis_server.start()
     try:
         yield stack
     finally:
         stack.stop()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
+        redis_server.stop()
 
 
 def _answers(url: str, **kwargs: Any) -> httpx.Response | None:
