@@ -47,19 +47,24 @@ def test_an_invalid_variable_is_named_in_the_error(
         load_settings()
 
 
-@pytest.mark.parametrize(
-    "program",
-    ["import worker.celery_app", "from app.main import create_app; create_app()"],
-)
-def test_worker_and_api_refuse_to_start_with_invalid_settings(program: str) -> None:
-    result = subprocess.run(
+def start_with(program: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``program`` in a fresh interpreter with only ``env`` as Courier's settings."""
+    return subprocess.run(
         [sys.executable, "-c", program],
-        env=courier_env({"COURIER_SMTP_PORT": "99999"}),
+        env=courier_env(env),
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize(
+    "program",
+    ["import worker.celery_app", "from app.main import create_app; create_app()"],
+)
+def test_worker_and_api_refuse_to_start_with_invalid_settings(program: str) -> None:
+    result = start_with(program, {"COURIER_SMTP_PORT": "99999"})
     assert result.returncode == 1
     assert "COURIER_SMTP_PORT" in result.stderr
     assert "Traceback" not in result.stderr
@@ -71,13 +76,8 @@ def test_settings_are_immutable() -> None:
 
 
 def test_time_limits_for_an_unknown_task_stop_the_worker() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "import worker.celery_app"],
-        env=courier_env({"COURIER_TASK_TIME_LIMITS": '{"nope": {"hard": 1}}'}),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = start_with(
+        "import worker.celery_app", {"COURIER_TASK_TIME_LIMITS": '{"nope": {"hard": 1}}'}
     )
     assert result.returncode == 1
     assert "COURIER_TASK_TIME_LIMITS" in result.stderr and "nope" in result.stderr

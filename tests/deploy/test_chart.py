@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +91,19 @@ def test_inconsistent_values_fail_with_a_message(values: dict[str, Any], complai
         render_templates(values)
 
 
-def undocumented_values(lines: list[str]) -> list[str]:
-    """Leaf keys of a values file without a helm-docs `# --` comment.
+@dataclass(frozen=True)
+class ValueLine:
+    number: int
+    indent: int
+    key: str
+    rest: str  # what follows the colon
+    parents: tuple[int, ...]  # line numbers of the enclosing keys
+    comments: tuple[str, ...]  # the comment lines right above, nearest first
 
-    A key documented by `# --` covers everything nested under it (a block value such as a
-    securityContext); a mapping whose children are documented needs no comment of its own.
-    """
-    missing = []
-    stack: list[tuple[int, bool]] = []  # (indent, documented) of the enclosing keys
+
+def value_lines(lines: list[str]) -> Iterator[ValueLine]:
+    """Every `key:` line of a values file, with its enclosing keys and its comments."""
+    stack: list[tuple[int, int]] = []  # (indent, line number) of the enclosing keys
     for number, line in enumerate(lines):
         stripped = line.strip()
         if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
@@ -109,17 +116,33 @@ def undocumented_values(lines: list[str]) -> list[str]:
         while above >= 0 and lines[above].strip().startswith("#"):
             comments.append(lines[above].strip())
             above -= 1
-        documented = any(c.startswith("# --") for c in comments) or any(d for _, d in stack)
         key, _, rest = stripped.partition(":")
-        following = next((n for n in lines[number + 1 :] if n.strip()), "")
+        yield ValueLine(number, indent, key, rest, tuple(n for _, n in stack), tuple(comments))
+        stack.append((indent, number))
+
+
+def has_helm_doc(entry: ValueLine) -> bool:
+    return any(c.startswith("# --") for c in entry.comments)
+
+
+def undocumented_values(lines: list[str]) -> list[str]:
+    """Leaf keys of a values file without a helm-docs `# --` comment.
+
+    A key documented by `# --` covers everything nested under it (a block value such as a
+    securityContext); a mapping whose children are documented needs no comment of its own.
+    """
+    missing = []
+    documented: dict[int, bool] = {}
+    for entry in value_lines(lines):
+        documented[entry.number] = has_helm_doc(entry) or any(documented[p] for p in entry.parents)
+        following = next((n for n in lines[entry.number + 1 :] if n.strip()), "")
         is_parent = (
-            not rest.strip()
-            and len(following) - len(following.lstrip()) > indent
+            not entry.rest.strip()
+            and len(following) - len(following.lstrip()) > entry.indent
             and not following.strip().startswith("-")
         )
-        if not is_parent and not documented:
-            missing.append(key)
-        stack.append((indent, documented))
+        if not is_parent and not documented[entry.number]:
+            missing.append(entry.key)
     return missing
 
 
@@ -478,23 +501,13 @@ def test_readme_values_table_names_every_documented_value() -> None:
     lines = (CHART / "values.yaml").read_text().splitlines()
     readme = (CHART.parents[2] / "README.md").read_text()
     section = readme[readme.index("## Deploy on Kubernetes") :]
+    keys: dict[int, str] = {}
     documented = []
-    stack: list[tuple[int, str]] = []
-    for number, line in enumerate(lines):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("#", "-")) or ":" not in stripped:
-            continue
-        indent = len(line) - len(line.lstrip())
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        key = stripped.partition(":")[0]
-        stack.append((indent, key))
-        if number and lines[number - 1].strip().startswith("#"):
-            above = number - 1
-            while above > 0 and lines[above - 1].strip().startswith("#"):
-                above -= 1
-            if lines[above].strip().startswith("# --"):
-                documented.append(".".join(k for _, k in stack))
+    for entry in value_lines(lines):
+        keys[entry.number] = entry.key
+        # The block of comments right above the key starts with `# --` (helm-docs).
+        if entry.comments and entry.comments[-1].startswith("# --"):
+            documented.append(".".join([*(keys[p] for p in entry.parents), entry.key]))
     assert len(documented) > 100
     assert [key for key in documented if f"| `{key}` |" not in section] == []
 
