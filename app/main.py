@@ -24,7 +24,7 @@ from worker.core.artifacts import ArtifactStore
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
 from worker.core.records import TaskRecords
-from worker.core.redis_client import create_redis
+from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
 from worker.core.telemetry import init_tracing, instrument_fastapi
 from worker.registry import registered_tasks
@@ -39,13 +39,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     client = create_redis(settings)
+    aclient = create_async_redis(settings)
     celery = create_celery_app(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
         yield
+        app.state.queue.close()
         client.close()
+        await aclient.aclose()
         celery.close()
 
     app = FastAPI(
@@ -57,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = client
     app.state.queue = TaskQueue(
-        celery, TaskRecords(client, settings.result_expires), settings.default_queue
+        celery, TaskRecords(client, settings.result_expires), settings.default_queue, aclient
     )
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)

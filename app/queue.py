@@ -1,13 +1,12 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
-Enqueue writes the task's record first and publishes second, so a 202 is only returned for a
-task whose message Redis accepted; if the publish fails the record is removed and the caller
-gets the Redis error (mapped to 503).
+Enqueue writes the task's record and its message in one MULTI/EXEC (see ``app.publish``), so
+a 202 is only returned for a task whose message Redis accepted, and a failed write leaves
+neither behind; the caller gets the Redis error (mapped to 503).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -16,7 +15,10 @@ from typing import Any, cast
 
 from celery import Celery, states
 from celery.backends.base import BaseKeyValueStoreBackend
+from redis.asyncio import Redis as AsyncRedis
+from starlette.concurrency import run_in_threadpool
 
+from app.publish import Command, MessageBuilder, PreparedMessage, queue_commands
 from worker.core.records import TaskRecord, TaskRecords
 from worker.core.status import TaskStatus, from_celery_state
 from worker.core.telemetry import current_trace_ids
@@ -81,10 +83,38 @@ def _error_of(meta: dict[str, Any]) -> TaskError | None:
 
 
 class TaskQueue:
-    def __init__(self, celery: Celery, records: TaskRecords, default_queue: str) -> None:
+    def __init__(
+        self,
+        celery: Celery,
+        records: TaskRecords,
+        default_queue: str,
+        aredis: AsyncRedis | None = None,
+    ) -> None:
         self._celery = celery
         self._records = records
         self._default_queue = default_queue
+        self._redis = records.client
+        self._aredis = aredis
+        self._messages = MessageBuilder(celery)
+
+    def _prepare(
+        self, name: str, payload: dict[str, Any], options: EnqueueOptions, task_id: str | None
+    ) -> tuple[PreparedMessage, list[Command]]:
+        """The task's message and its record, as one list of writes for a single MULTI."""
+        task_id = task_id or str(uuid.uuid4())
+        queue = options.queue or self._default_queue
+        ids = current_trace_ids()
+        message = self._messages.build(
+            name,
+            payload,
+            task_id,
+            queue,
+            countdown=options.countdown,
+            eta=options.eta,
+            priority=options.priority,
+        )
+        record = self._records.create_commands(task_id, name, queue, ids[0] if ids else None)
+        return message, [*record, *message.commands]
 
     def enqueue(
         self,
@@ -93,31 +123,44 @@ class TaskQueue:
         options: EnqueueOptions,
         task_id: str | None = None,
     ) -> str:
-        task_id = task_id or str(uuid.uuid4())
-        queue = options.queue or self._default_queue
-        ids = current_trace_ids()
-        self._records.create(task_id, name, queue, ids[0] if ids else None)
-        try:
-            self._celery.send_task(
-                name,
-                kwargs=payload,
-                task_id=task_id,
-                countdown=options.countdown,
-                eta=options.eta,
-                priority=options.priority,
-                queue=queue,
-            )
-        except Exception:
-            self._forget(task_id)
-            raise
-        # DEBUG: one line per submission is the API's hottest path.
-        logger.debug("task enqueued", extra={"task_id": task_id, "task": name, "queue": queue})
-        return task_id
+        """Blocking form, for callers already off the event loop (idempotent submits)."""
+        message, commands = self._prepare(name, payload, options, task_id)
+        pipe = self._redis.pipeline(transaction=True)
+        queue_commands(pipe, commands)
+        pipe.execute()
+        return self._published(message)
 
-    def _forget(self, task_id: str) -> None:
-        # Redis is already failing; the publish error is the one worth raising.
-        with contextlib.suppress(Exception):
-            self._records.delete(task_id)
+    async def enqueue_async(
+        self,
+        name: str,
+        payload: dict[str, Any],
+        options: EnqueueOptions,
+        task_id: str | None = None,
+    ) -> str:
+        """Record and message in one round trip from the event loop: no worker thread."""
+        if self._aredis is None or not self._messages.ready:
+            # kombu's channel pings Redis when it opens: once, and off the loop.
+            await run_in_threadpool(self._messages.connect)
+        if self._aredis is None:
+            return await run_in_threadpool(self.enqueue, name, payload, options, task_id)
+        message, commands = self._prepare(name, payload, options, task_id)
+        async with self._aredis.pipeline(transaction=True) as pipe:
+            queue_commands(pipe, commands)
+            await pipe.execute()
+        return self._published(message)
+
+    def close(self) -> None:
+        self._messages.close()
+
+    @staticmethod
+    def _published(message: PreparedMessage) -> str:
+        message.published()
+        # DEBUG: one line per submission is the API's hottest path.
+        logger.debug(
+            "task enqueued",
+            extra={"task_id": message.task_id, "task": message.name, "queue": message.routing_key},
+        )
+        return message.task_id
 
     def _result_meta(self, task_id: str) -> dict[str, Any] | None:
         # Read the raw stored meta: Celery would otherwise re-create exception classes by import.

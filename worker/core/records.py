@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -63,13 +63,24 @@ class TaskRecords:
         self._ttl = ttl
         self._mark_started = client.register_script(_MARK_STARTED)
 
-    def create(self, task_id: str, name: str, queue: str, trace_id: str | None = None) -> None:
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    def create_commands(
+        self, task_id: str, name: str, queue: str, trace_id: str | None = None
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """The writes that create a record, for the caller's MULTI (with the task's message)."""
         fields: dict[str, str | float] = {"name": name, "queue": queue, "enqueued_at": time.time()}
         if trace_id:
             fields["trace_id"] = trace_id
+        key = _key(task_id)
+        return [("hset", (key, None, None, fields)), ("expire", (key, self._ttl))]
+
+    def create(self, task_id: str, name: str, queue: str, trace_id: str | None = None) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(_key(task_id), mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(_key(task_id), self._ttl)
+        for command, args in self.create_commands(task_id, name, queue, trace_id):
+            getattr(pipe, command)(*args)
         pipe.execute()
 
     def delete(self, task_id: str) -> None:

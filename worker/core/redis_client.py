@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -16,6 +18,17 @@ def create_redis(settings: Settings) -> redis.Redis:
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_connect_timeout,
         retry=Retry(NoBackoff(), 1),
+        health_check_interval=30,
+    )
+
+
+def create_async_redis(settings: Settings) -> redis.asyncio.Redis:
+    """The asyncio twin of ``create_redis``, for the API's event loop (same options)."""
+    return redis.asyncio.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_socket_timeout,
+        socket_connect_timeout=settings.redis_connect_timeout,
+        retry=AsyncRetry(NoBackoff(), 1),
         health_check_interval=30,
     )
 

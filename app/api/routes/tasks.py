@@ -116,7 +116,7 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
         data = (payload or model()).model_dump(mode="json")
         check_depth(data, settings.max_payload_depth)
         if idempotency_key is None:
-            task_id = await run_in_threadpool(queue.enqueue, spec.name, data, options)
+            task_id = await queue.enqueue_async(spec.name, data, options)
         else:
             fingerprint = request_fingerprint(spec.name, data, asdict(options))
             submission = await run_in_threadpool(

@@ -1,0 +1,151 @@
+"""Celery task messages built exactly as ``send_task`` builds them, but not yet written.
+
+Submitting a task takes two writes: the task's record and its message. ``send_task`` would
+publish the message on its own connection, from a worker thread (it blocks), and subscribe to
+the result channel on top; here Celery still creates the message (``create_task_message``),
+kombu's own Redis channel still wraps it (envelope, body encoding, priority list) and the
+publish signals still fire (trace context, enqueue timestamp, sent counter), but kombu hands
+the final ``LPUSH`` to a capture instead of to Redis. The caller then writes record and message
+in one MULTI/EXEC: one round trip, all or nothing, and from the event loop with the asyncio
+client. ``tests/api/test_publish.py`` checks the message against one ``send_task`` wrote.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from celery import Celery
+from celery.signals import after_task_publish, before_task_publish
+from kombu import Connection, serialization
+from kombu.compression import compress
+from kombu.transport.virtual import Channel
+
+# A Redis command kombu (or the record) would run, as (method name, arguments).
+Command = tuple[str, tuple[Any, ...]]
+
+
+def queue_commands(pipe: Any, commands: Sequence[Command]) -> None:
+    """Queue ``commands`` on a redis-py pipeline, sync or asyncio (same method names)."""
+    for name, args in commands:
+        getattr(pipe, name)(*args)
+
+
+class _Capture:
+    """Stands in for kombu's Redis publish batch, which is handed each final command."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+
+@dataclass
+class PreparedMessage:
+    task_id: str
+    name: str
+    exchange: str
+    routing_key: str
+    headers: dict[str, Any]
+    body: Any
+    commands: list[Command] = field(default_factory=list)
+
+    def published(self) -> None:
+        """Fire ``after_task_publish``, as ``send_task`` does once Redis took the message."""
+        after_task_publish.send(
+            sender=self.name,
+            body=self.body,
+            headers=self.headers,
+            exchange=self.exchange,
+            routing_key=self.routing_key,
+        )
+
+
+class MessageBuilder:
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+        self._connection: Connection | None = None
+        self._channel: Channel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self._channel is not None
+
+    def connect(self) -> None:
+        """Open kombu's channel once; its constructor pings Redis, so call it off the loop.
+
+        The channel is only used to shape messages: it never writes one."""
+        with self._lock:
+            if self._channel is None:
+                connection = self._celery.connection_for_write()
+                self._channel = cast(Channel, connection.default_channel)
+                self._connection = connection
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.release()
+            self._connection = self._channel = None
+
+    def build(
+        self,
+        name: str,
+        kwargs: dict[str, Any],
+        task_id: str,
+        queue: str,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        priority: int | None = None,
+    ) -> PreparedMessage:
+        """Celery's message for ``send_task(name, kwargs=..., queue=...)``; fires
+        ``before_task_publish``. Call ``published()`` on the result after writing it."""
+        if self._channel is None:
+            self.connect()
+        channel = self._channel
+        assert channel is not None
+        app = self._celery
+        conf = app.conf
+        declared = app.amqp.queues[queue]
+        headers, properties, body, _ = app.amqp.create_task_message(
+            task_id,
+            name,
+            (),
+            kwargs,
+            countdown=countdown,
+            eta=eta,
+            reply_to=app.thread_oid,
+            ignore_result=None,  # as send_task leaves it: the task's own setting decides
+        )
+        # A direct queue is published through the anonymous exchange, as send_task routes it.
+        exchange, routing_key = "", declared.name
+        before_task_publish.send(
+            sender=name,
+            body=body,
+            exchange=exchange,
+            routing_key=routing_key,
+            declare=[declared],
+            headers=headers,
+            properties=properties,
+            retry_policy=dict(conf.task_publish_retry_policy),
+        )
+        content_type, encoding, serialized = serialization.dumps(body, conf.task_serializer)
+        payload: str | bytes = serialized
+        if conf.task_compression:
+            payload, headers["compression"] = compress(payload, conf.task_compression)
+        delivery_mode = declared.exchange.delivery_mode or conf.task_default_delivery_mode
+        properties["delivery_mode"] = 2 if delivery_mode in (2, "persistent") else 1
+        message = channel.prepare_message(
+            payload, priority, content_type, encoding, headers, properties
+        )
+        capture = _Capture()
+        channel.basic_publish(
+            message, exchange=exchange, routing_key=routing_key, _publish_batch=capture
+        )
+        return PreparedMessage(
+            task_id, name, exchange, routing_key, headers, body, capture.commands
+        )

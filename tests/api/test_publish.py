@@ -1,0 +1,122 @@
+"""The message the API writes is the one ``send_task`` writes, byte for byte where it matters.
+
+Both are produced against a real Redis and read back from it, so a kombu or Celery upgrade that
+changes the envelope, the body encoding, the priority lists or the headers fails here, not in
+a worker that can no longer read what the API queued.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.signals import after_task_publish, before_task_publish
+
+from app.publish import MessageBuilder, queue_commands
+from tests.utils.processes import RedisServer
+from worker.celery_config import create_celery_app
+from worker.core.names import ENQUEUED_AT_HEADER
+from worker.core.settings import Settings
+from worker.signals import connect_publisher_signals
+
+# Differ between any two messages: ids, clocks, the producer's process.
+VOLATILE_PROPERTIES = {"delivery_tag", "correlation_id"}
+VOLATILE_HEADERS = {"id", "root_id", ENQUEUED_AT_HEADER}
+
+
+@pytest.fixture
+def celery_app(own_redis: RedisServer) -> Iterator[Celery]:
+    connect_publisher_signals()
+    app = create_celery_app(Settings(redis_url=own_redis.url, queues=["default", "reports"]))
+    yield app
+    app.close()
+
+
+def _pop_all(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for key in client.keys("*"):
+        name = key.decode()
+        if client.type(key) == b"list":
+            found[name] = [json.loads(raw) for raw in client.lrange(key, 0, -1)]
+            client.delete(key)
+    return found
+
+
+def _comparable(message: dict[str, Any]) -> dict[str, Any]:
+    message = json.loads(json.dumps(message))
+    for key in VOLATILE_PROPERTIES:
+        assert message["properties"].pop(key)
+    for key in VOLATILE_HEADERS:
+        assert message["headers"].pop(key)
+    return message
+
+
+CASES: list[dict[str, Any]] = [
+    {"queue": "default"},
+    {"queue": "reports", "priority": 7},
+    {"queue": "default", "priority": 0},
+    {"queue": "default", "countdown": 30},
+    {"queue": "default", "eta": datetime(2030, 1, 1, tzinfo=UTC) + timedelta(seconds=1)},
+]
+
+
+@pytest.mark.parametrize("options", CASES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_built_message_matches_send_task(
+    celery_app: Celery, own_redis: RedisServer, options: dict[str, Any]
+) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    kwargs = {"echo": {"n": [1, "two", None]}, "sleep_seconds": 0.0}
+    now = datetime.now(UTC)
+    eta_options = dict(options)
+    if "countdown" in eta_options:  # one fixed ETA for both, not two clocks
+        eta_options["eta"] = now + timedelta(seconds=eta_options.pop("countdown"))
+    celery_app.send_task("noop", kwargs=kwargs, task_id="reference", **eta_options)
+    reference = _pop_all(client)
+
+    builder = MessageBuilder(celery_app)
+    built = builder.build("noop", kwargs, "built", **eta_options)
+    builder.close()
+    pipe = client.pipeline(transaction=True)
+    queue_commands(pipe, built.commands)
+    pipe.execute()
+    ours = _pop_all(client)
+    client.close()
+
+    assert list(ours) == list(reference)  # same list, priority suffix included
+    [key] = ours
+    assert ours[key][0]["headers"]["id"] == "built"
+    ours_message, reference_message = _comparable(ours[key][0]), _comparable(reference[key][0])
+    assert ours_message["headers"] == reference_message["headers"]
+    assert ours_message == reference_message
+
+
+def test_publish_signals_fire_around_the_write(celery_app: Celery) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def before(headers: dict[str, Any], **_: Any) -> None:
+        headers["x-test"] = "injected"  # how trace context gets into the message
+        seen.append(("before", headers))
+
+    def after(headers: dict[str, Any], **_: Any) -> None:
+        seen.append(("after", headers))
+
+    before_task_publish.connect(before, weak=False)
+    after_task_publish.connect(after, weak=False)
+    try:
+        builder = MessageBuilder(celery_app)
+        built = builder.build("noop", {}, "signals", "default")
+        builder.close()
+        assert [event for event, _ in seen] == ["before"]
+        [(_, (_, payload))] = [c for c in built.commands if c[0] == "lpush"]
+        assert json.loads(payload)["headers"]["x-test"] == "injected"
+        assert ENQUEUED_AT_HEADER in json.loads(payload)["headers"]
+        built.published()
+        assert [event for event, _ in seen] == ["before", "after"]
+    finally:
+        before_task_publish.disconnect(before)
+        after_task_publish.disconnect(after)
