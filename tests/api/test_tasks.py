@@ -175,3 +175,25 @@ def test_cancelling_a_finished_task_is_409(
 
 def test_cancelling_an_unknown_task_is_404(api: TestClient) -> None:
     assert api.delete("/v1/tasks/unknown-id").status_code == 404
+
+
+def test_location_is_the_url_starlette_would_build(api: TestClient) -> None:
+    """The submit route builds its Location by hand (url_for is slow); behind a proxy prefix
+    (root_path) and on another host it must still be the URL ``url_for`` gives."""
+    from starlette.requests import Request
+
+    from app.api.routes.tasks import task_url
+
+    for root_path, host in (("", "testserver"), ("/courier", "tasks.example.com:8443")):
+        scope = {
+            "type": "http",
+            "app": api.app,
+            "scheme": "https",
+            "server": ("10.0.0.1", 8000),
+            "root_path": root_path,
+            "path": f"{root_path}/v1/tasks/noop",
+            "headers": [(b"host", host.encode())],
+            "query_string": b"",
+        }
+        request = Request(scope)
+        assert task_url(request, "abc") == str(request.url_for("get_task", task_id="abc"))
