@@ -6,7 +6,8 @@ Why each setting is what it is, in short (the README says more):
   ran, so a task whose worker dies is redelivered (at-least-once), not silently dropped.
 - ``visibility_timeout``: how long a delivered, unacknowledged message waits before kombu gives it
   to another worker; the restore sweep is tied to it (kombu's default sweeps every ~100 s).
-- ``task_track_started`` and ``result_extended``: status shows started, worker, retries.
+- ``result_extended``: status shows worker, retries; STARTED is stored by the runner's start
+  stamp (one round trip with the record), so Celery's own ``task_track_started`` is off.
 - ``worker_prefetch_multiplier``: small, so one worker does not hoard a burst others could run.
 """
 
@@ -42,7 +43,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "result_accept_content": ["json"],
-        "task_track_started": True,
+        # STARTED is stored by the runner's start stamp, in the round trip it makes anyway.
+        "task_track_started": False,
         "result_extended": True,
         "result_expires": settings.result_expires,
         "task_acks_late": True,

@@ -11,7 +11,7 @@ import logging
 import random
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery, Task
@@ -25,6 +25,7 @@ from worker.core.artifacts import ArtifactStore
 from worker.core.errors import InvalidPayload, PermanentError
 from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import create_redis
+from worker.core.result_backend import CourierRedisBackend
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
 
@@ -82,15 +83,18 @@ QUEUE_WAIT_ATTRIBUTE = "courier.queue_wait_seconds"
 
 
 def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
-    """Stamp ``started_at`` in ``task_prerun``, which Celery sends *before* it stores STARTED,
-    so a client never sees ``started`` without a start time; the revoked flag read in the same
-    round trip is left on the request for the task body."""
+    """In ``task_prerun``, one round trip stamps ``started_at`` and stores Celery's STARTED
+    state together (Celery's own ``task_track_started`` write is off: it would be a second
+    round trip per task), so a client never sees ``started`` without a start time; the
+    revoked flag read in the same call is left on the request for the task body."""
 
     def stamp(sender: Task, task_id: str, **_: Any) -> None:  # type: ignore[type-arg]
         if sender.app is app and not sender.name.startswith("celery."):
+            backend = cast(CourierRedisBackend, sender.backend)
+            started = backend.started_meta(task_id, sender.request)
             # Before the execution span opens: a Redis span here would start a trace of its own.
             with suppress_instrumentation():
-                check = resources.records.mark_started(task_id)
+                check = resources.records.mark_started(task_id, started)
             setattr(sender.request, START_CHECK, check)
 
     task_prerun.connect(stamp, weak=False)

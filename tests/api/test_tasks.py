@@ -51,6 +51,7 @@ def test_status_shows_started_while_running(
     task_id = submit("noop", {"sleep_seconds": 1.5})
     running = wait_for_status(live_api, task_id, {"started"}, timeout=10)
     assert running["started_at"] is not None
+    assert running["worker"].startswith("session@")  # STARTED is stored by the start stamp
     assert running["finished_at"] is None
     assert wait_for_status(live_api, task_id)["status"] == "succeeded"
 

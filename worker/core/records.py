@@ -28,7 +28,8 @@ class TaskRecord:
     executions: int = 0  # attempts started, retries and at-least-once redeliveries included
 
 
-# KEYS: the record, Celery's result. Returns {revoked flag, 1 when the task already finished}.
+# KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
+# TTL. Returns {revoked flag, 1 when the task already finished}.
 _MARK_STARTED = """
 local finished = 0
 local result = redis.call('GET', KEYS[2])
@@ -39,9 +40,19 @@ if result then
     finished = 1
   end
 end
-if finished == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'executions', 1)
+if finished == 0 then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
+    redis.call('HINCRBY', KEYS[1], 'executions', 1)
+  end
+  if ARGV[2] ~= '' then
+    if tonumber(ARGV[3]) > 0 then
+      redis.call('SETEX', KEYS[2], ARGV[3], ARGV[2])
+    else
+      redis.call('SET', KEYS[2], ARGV[2])
+    end
+    redis.call('PUBLISH', KEYS[2], ARGV[2])
+  end
 end
 return {redis.call('HGET', KEYS[1], 'revoked') or '', finished}
 """
@@ -103,13 +114,16 @@ class TaskRecords:
             executions=int(fields.get("executions", 0)),
         )
 
-    def mark_started(self, task_id: str) -> StartCheck:
-        """Stamp the start of an attempt, and say whether it should run at all.
+    def mark_started(self, task_id: str, started_state: bytes | str = b"") -> StartCheck:
+        """Stamp the start of an attempt, store Celery's STARTED state (``started_state``, kept
+        as long as records), and say whether the attempt should run at all.
 
-        A script keeps it to one round trip and never recreates an expired record without a TTL.
+        A script keeps it to one round trip, never recreates an expired record without a TTL
+        and never puts STARTED over a finished state.
         """
         keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
-        revoked, finished = self._mark_started(keys=keys, args=[time.time()])
+        args = [time.time(), started_state, self._ttl]
+        revoked, finished = self._mark_started(keys=keys, args=args)
         return StartCheck(revoked=revoked == b"1", finished=bool(finished))
 
     def mark_revoked(self, task_id: str) -> None:

@@ -8,6 +8,7 @@ terminal state wins.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import states
@@ -55,15 +56,31 @@ class CourierRedisBackend(RedisBackend):
         overwrite a finished state, atomically, so the extra round trip per state change (a
         large share of a no-op task's cost, make bench) buys nothing."""
         backend: Any = self  # celery-types lacks these internals
+        encoded = self.encode_meta(task_id, result, state, traceback, request)
+        try:
+            backend._set_with_state(self.get_key_for_task(task_id), encoded, state)
+        except BackendStoreError as exc:
+            raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc  # type: ignore[call-arg]
+        return result
+
+    def encode_meta(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None
+    ) -> bytes | str:
+        """The stored value of a state, exactly as Celery would store it."""
+        backend: Any = self  # celery-types lacks these internals
         meta = backend._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
         meta["task_id"] = bytes_to_str(task_id)
-        try:
-            backend._set_with_state(self.get_key_for_task(task_id), self.encode(meta), state)
-        except BackendStoreError as exc:
-            raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc  # type: ignore[call-arg]
-        return result
+        return self.encode(meta)
+
+    def started_meta(self, task_id: str, request: Any) -> bytes | str:
+        """What Celery's ``task_track_started`` stores; written here by the worker's start
+        stamp (``TaskRecords.mark_started``), in the round trip it makes anyway."""
+        return self.encode_meta(
+            task_id, {"pid": os.getpid(), "hostname": request.hostname}, states.STARTED,
+            request=request,
+        )  # fmt: skip
 
     def _set(self, key: str | bytes, value: str | bytes, expires: int | None = None) -> None:
         if self._guarded_set is None:

@@ -49,8 +49,10 @@ class Settings(BaseSettings):
     task_time_limit: float | None = Field(None, gt=0)
     # Per task, over the two above: '{"process_image": {"soft": 50, "hard": 60}}'.
     task_time_limits: dict[str, TimeLimits] = Field(default_factory=dict)
-    # Task events feed Flower (and event-based exporters); each costs a publish per state change.
-    task_events: bool = True
+    # Task events feed Flower (and event-based exporters); each costs a publish per state change
+    # in the worker's main process, its busiest. Off like Celery's default: Flower turns them on
+    # in every worker while it runs (its --enable_events, on by default).
+    task_events: bool = False
 
     # --- metrics ---
     # The worker's /metrics and /healthz port (0 turns the server off).

@@ -9,7 +9,7 @@ from celery import states
 
 class TaskStatus(StrEnum):
     QUEUED = "queued"  # issued and stored in the broker; no worker has started it yet
-    STARTED = "started"  # a worker is executing it (task_track_started)
+    STARTED = "started"  # a worker is executing it (STARTED, stored by the start stamp)
     RETRYING = "retrying"  # an attempt failed and a retry is scheduled
     SUCCEEDED = "succeeded"  # finished; ``result`` holds the return value
     FAILED = "failed"  # finished with an error after all retries; ``error`` says why
