@@ -162,17 +162,14 @@ class TaskQueue:
         )
         return message.task_id
 
-    def _result_meta(self, task_id: str) -> dict[str, Any] | None:
-        # Read the raw stored meta: Celery would otherwise re-create exception classes by import.
-        backend = cast(BaseKeyValueStoreBackend, self._celery.backend)
-        raw = backend.get(backend.get_key_for_task(task_id))
-        return cast(dict[str, Any], backend.decode(raw)) if raw else None
-
     def state(self, task_id: str) -> TaskState:
-        record = self._records.get(task_id)
+        record, raw = self._records.get_with_result(task_id)
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never issued, or expired)")
-        return self._combine(record, self._result_meta(task_id))
+        # The raw stored meta: Celery would otherwise re-create exception classes by import.
+        backend = cast(BaseKeyValueStoreBackend, self._celery.backend)
+        meta = cast(dict[str, Any], backend.decode(raw)) if raw else None
+        return self._combine(record, meta)
 
     @staticmethod
     def _combine(record: TaskRecord, meta: dict[str, Any] | None) -> TaskState:

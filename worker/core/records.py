@@ -98,7 +98,19 @@ class TaskRecords:
         self._redis.delete(_key(task_id))
 
     def get(self, task_id: str) -> TaskRecord | None:
-        raw = cast(dict[bytes, bytes], self._redis.hgetall(_key(task_id)))
+        return self.parse(task_id, cast(dict[bytes, bytes], self._redis.hgetall(_key(task_id))))
+
+    def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
+        """The record and Celery's stored state, read in one MULTI/EXEC: a worker writes both
+        in one script, so two separate reads could see STARTED without its start time."""
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hgetall(_key(task_id))
+        pipe.get(CELERY_RESULT_KEY.format(task_id=task_id))
+        raw, result = pipe.execute()
+        return self.parse(task_id, raw), result
+
+    @staticmethod
+    def parse(task_id: str, raw: dict[bytes, bytes]) -> TaskRecord | None:
         if not raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
