@@ -33,23 +33,48 @@ def tracing_on(endpoint: str) -> dict[str, str]:
     }
 
 
+METRICS_ONLY = {**OFF, "COURIER_METRICS_ENABLED": "true"}
+
+
+def sampled(endpoint: str, ratio: float) -> dict[str, str]:
+    """Tracing as a busy production API would run it: a ratio of traces, decided at the edge."""
+    return {
+        **tracing_on(endpoint),
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
+
+
+def submit_rate(env: dict[str, str], plan: Plan) -> tuple[float, float]:
+    with stack("instr") as s:
+        r = start_redis(s)
+        api = start_courier_api(s, r, env)
+        load = load_post(api.url, r, plan)
+    return load.requests_per_second, load.p99_ms
+
+
 def run(plan: Plan) -> list[Figure]:
-    submit: dict[str, list[float]] = {"on": [], "off": []}
+    modes = ("on", "off", "metrics only", "tracing 10%")
+    submit: dict[str, list[float]] = {mode: [] for mode in modes}
+    p99: dict[str, list[float]] = {mode: [] for mode in modes}
     drain: dict[str, list[float]] = {"on": [], "off": []}
-    p99: dict[str, list[float]] = {"on": [], "off": []}
     with otlp_sink() as endpoint:
+        envs = {
+            "on": tracing_on(endpoint),
+            "off": OFF,
+            "metrics only": METRICS_ONLY,
+            "tracing 10%": sampled(endpoint, 0.1),
+        }
         for i in range(plan.runs):
             log(f"{SCENARIO}: run {i + 1}/{plan.runs}")
-            for mode, env in (("on", tracing_on(endpoint)), ("off", OFF)):
-                with stack(f"instr-{mode}") as s:
-                    r = start_redis(s)
-                    api = start_courier_api(s, r, env)
-                    load = load_post(api.url, r, plan)
-                submit[mode].append(load.requests_per_second)
-                p99[mode].append(load.p99_ms)
-                log(f"  submit, instrumentation {mode}: {load.requests_per_second:,.0f} req/s")
-                label = f"drain, instrumentation {mode}"
-                drain[mode].append(measure_drain(COURIER, plan, env, label).rate)
+            for mode in modes:
+                rate, tail = submit_rate(envs[mode], plan)
+                submit[mode].append(rate)
+                p99[mode].append(tail)
+                log(f"  submit, instrumentation {mode}: {rate:,.0f} req/s")
+                if mode in drain:
+                    label = f"drain, instrumentation {mode}"
+                    drain[mode].append(measure_drain(COURIER, plan, envs[mode], label).rate)
     return [
         Figure(
             SCENARIO, "submit throughput, metrics+tracing on", "req/s", submit["on"],
@@ -57,6 +82,14 @@ def run(plan: Plan) -> list[Figure]:
         ),
         Figure(
             SCENARIO, "submit p99, metrics+tracing on", "ms", p99["on"], "off", p99["off"],
+        ),
+        Figure(
+            SCENARIO, "submit throughput, metrics only", "req/s", submit["metrics only"],
+            "off", submit["off"],
+        ),
+        Figure(
+            SCENARIO, "submit throughput, metrics + tracing 10% sampled", "req/s",
+            submit["tracing 10%"], "off", submit["off"],
         ),
         Figure(
             SCENARIO, "drain, metrics+tracing on", "tasks/s", drain["on"],

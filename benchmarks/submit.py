@@ -28,24 +28,19 @@ def run(plan: Plan) -> list[Figure]:
     courier: list[Load] = []
     bare: list[Load] = []
     health: list[Load] = []
-    quiet: list[Load] = []
     with stack("submit") as s:
         r = start_redis(s)
         api = start_courier_api(s, r)
-        # The producer half of task events: one extra publish (task-sent) per submit.
-        no_events = start_courier_api(s, r, {"COURIER_TASK_EVENTS": "false"})
         bare_api = start_bare_api(s, r)
         for i in range(plan.runs):
             log(f"{SCENARIO}: run {i + 1}/{plan.runs}")
             courier.append(load_post(api.url, r, plan))
             bare.append(load_post(bare_api.url, r, plan))
             health.append(run_wrk(f"{api.url}/healthz", plan.load_seconds))
-            quiet.append(load_post(no_events.url, r, plan))
             log(
                 f"  courier {courier[-1].requests_per_second:.0f} req/s, "
                 f"bare {bare[-1].requests_per_second:.0f}, "
-                f"healthz {health[-1].requests_per_second:.0f}, "
-                f"events off {quiet[-1].requests_per_second:.0f}"
+                f"healthz {health[-1].requests_per_second:.0f}"
             )
     return [
         Figure(
@@ -66,10 +61,5 @@ def run(plan: Plan) -> list[Figure]:
             SCENARIO, "POST throughput vs GET /healthz ceiling", "req/s",
             [x.requests_per_second for x in courier],
             "Courier GET /healthz", [x.requests_per_second for x in health],
-        ),
-        Figure(
-            SCENARIO, "POST throughput, COURIER_TASK_EVENTS=false", "req/s",
-            [x.requests_per_second for x in quiet],
-            "Courier defaults", [x.requests_per_second for x in courier],
         ),
     ]  # fmt: skip
