@@ -98,7 +98,14 @@ class MessageBuilder:
         with self._lock:
             if self._channel is None:
                 connection = self._celery.connection_for_write()
-                self._channel = cast(Channel, connection.default_channel)
+                try:
+                    # No waits between attempts: the caller answers 503 at once, not after
+                    # kombu's retry intervals.
+                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+                    self._channel = cast(Channel, connection.default_channel)
+                except Exception:
+                    connection.release()
+                    raise
                 self._connection = connection
 
     def close(self) -> None:

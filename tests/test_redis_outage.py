@@ -60,3 +60,18 @@ def test_redis_down_gives_fast_503s_and_the_api_recovers(
     again = api.post("/v1/tasks/noop", json={"echo": 3})
     assert again.status_code == 202, again.text
     assert api.get(f"/v1/tasks/{again.json()['id']}").json()["status"] == "queued"
+
+
+def test_first_submit_with_redis_down_is_a_fast_503(own_redis: RedisServer) -> None:
+    """The first submit also opens the channel Celery's messages are shaped with: without Redis
+    that must fail as fast as any other call, not after kombu's retry intervals."""
+    own_redis.stop()
+    app = create_app(settings_from({"COURIER_REDIS_URL": own_redis.url}))
+    with TestClient(app) as api:
+        for _ in range(2):
+            response, elapsed = timed(lambda: api.post("/v1/tasks/noop", json={"echo": 1}))
+            assert response.status_code == 503, response.text  # type: ignore[attr-defined]
+            assert elapsed < 1.0, f"took {elapsed:.2f}s"
+        own_redis.start()
+        accepted = api.post("/v1/tasks/noop", json={"echo": 2})
+        assert accepted.status_code == 202, accepted.text
