@@ -54,7 +54,7 @@ if ! redis_answers; then
 fi
 
 "$BIN/gunicorn" -c python:app.gunicorn_conf & pids+=($!)
-"$BIN/celery" -A worker.celery_app worker --loglevel=INFO & pids+=($!)
+"$BIN/celery" -A worker.celery_app worker --loglevel=INFO --without-gossip --without-mingle & pids+=($!)
 "$BIN/celery" -A worker.celery_app beat --loglevel=INFO & pids+=($!)
 "$BIN/celery" -A worker.celery_app flower --port="$FLOWER_PORT" --address=0.0.0.0 & pids+=($!)
 
