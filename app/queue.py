@@ -126,9 +126,10 @@ class TaskQueue:
     ) -> str:
         """Blocking form, for callers already off the event loop (idempotent submits)."""
         message, commands = self._prepare(name, payload, options, task_id)
-        pipe = self._redis.pipeline(transaction=True)
-        queue_commands(pipe, commands)
-        pipe.execute()
+        with suppress_instrumentation():  # as in enqueue_async: the producer span is this write
+            pipe = self._redis.pipeline(transaction=True)
+            queue_commands(pipe, commands)
+            pipe.execute()
         return self._published(message)
 
     async def enqueue_async(
