@@ -169,6 +169,10 @@ class MessageBuilder:
         channel.basic_publish(
             message, exchange=exchange, routing_key=routing_key, _publish_batch=capture
         )
+        if not any(command == "lpush" for command, _ in capture.commands):
+            # kombu's Redis channel no longer hands its write to a publish batch: fail loudly
+            # rather than publish outside the MULTI (tests/api/test_publish.py says more).
+            raise RuntimeError("kombu's Redis channel did not hand over the message's LPUSH")
         return PreparedMessage(
             task_id, name, exchange, routing_key, headers, body, capture.commands
         )
