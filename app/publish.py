@@ -13,7 +13,6 @@ client. ``tests/api/test_publish.py`` checks the message against one ``send_task
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -25,14 +24,7 @@ from kombu import Connection, serialization
 from kombu.compression import compress
 from kombu.transport.virtual import Channel
 
-# A Redis command kombu (or the record) would run, as (method name, arguments).
-Command = tuple[str, tuple[Any, ...]]
-
-
-def queue_commands(pipe: Any, commands: Sequence[Command]) -> None:
-    """Queue ``commands`` on a redis-py pipeline, sync or asyncio (same method names)."""
-    for name, args in commands:
-        getattr(pipe, name)(*args)
+from worker.core.redis_client import Command
 
 
 def kwargs_repr(kwargs: dict[str, Any], limit: int) -> str:

@@ -19,8 +19,9 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from app.publish import Command, MessageBuilder, PreparedMessage, queue_commands
+from app.publish import MessageBuilder, PreparedMessage
 from worker.core.records import TaskRecord, TaskRecords
+from worker.core.redis_client import Command, queue_commands
 from worker.core.status import TaskStatus, from_celery_state
 from worker.core.telemetry import current_trace_ids
 
@@ -89,7 +90,7 @@ class TaskQueue:
         celery: Celery,
         records: TaskRecords,
         default_queue: str,
-        aredis: AsyncRedis | None = None,
+        aredis: AsyncRedis,
     ) -> None:
         self._celery = celery
         self._records = records
@@ -140,11 +141,9 @@ class TaskQueue:
         task_id: str | None = None,
     ) -> str:
         """Record and message in one round trip from the event loop: no worker thread."""
-        if self._aredis is None or not self._messages.ready:
+        if not self._messages.ready:
             # kombu's channel pings Redis when it opens: once, and off the loop.
             await run_in_threadpool(self._messages.connect)
-        if self._aredis is None:
-            return await run_in_threadpool(self.enqueue, name, payload, options, task_id)
         message, commands = self._prepare(name, payload, options, task_id)
         # The producer span (open from before_task_publish to after_task_publish) is this
         # write: a Redis client span inside it would say the same again, at a price per submit.

@@ -17,10 +17,11 @@ import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
 
-from app.publish import MessageBuilder, queue_commands
+from app.publish import MessageBuilder
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import ENQUEUED_AT_HEADER
+from worker.core.redis_client import queue_commands
 from worker.core.settings import Settings
 from worker.signals import connect_publisher_signals
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, cast
 
 import redis
 
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
+from worker.core.redis_client import Command, queue_commands
+from worker.core.result_backend import LUA_STATE_HELPERS
 
 
 @dataclass(frozen=True)
@@ -30,32 +31,20 @@ class TaskRecord:
 
 # KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
 # TTL. Returns {revoked flag, 1 when the task already finished}.
-_MARK_STARTED = """
-local finished = 0
-local result = redis.call('GET', KEYS[2])
-if result then
-  local ok, meta = pcall(cjson.decode, result)
-  if ok and type(meta) == 'table' and (meta['status'] == 'SUCCESS'
-      or meta['status'] == 'FAILURE' or meta['status'] == 'REVOKED') then
-    finished = 1
-  end
-end
-if finished == 0 then
+_MARK_STARTED = (
+    LUA_STATE_HELPERS
+    + """
+local finished = is_finished(KEYS[2])
+if not finished then
   if redis.call('EXISTS', KEYS[1]) == 1 then
     redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
     redis.call('HINCRBY', KEYS[1], 'executions', 1)
   end
-  if ARGV[2] ~= '' then
-    if tonumber(ARGV[3]) > 0 then
-      redis.call('SETEX', KEYS[2], ARGV[3], ARGV[2])
-    else
-      redis.call('SET', KEYS[2], ARGV[2])
-    end
-    redis.call('PUBLISH', KEYS[2], ARGV[2])
-  end
+  if ARGV[2] ~= '' then store_state(KEYS[2], ARGV[2], ARGV[3]) end
 end
-return {redis.call('HGET', KEYS[1], 'revoked') or '', finished}
+return {redis.call('HGET', KEYS[1], 'revoked') or '', finished and 1 or 0}
 """
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +69,7 @@ class TaskRecords:
 
     def create_commands(
         self, task_id: str, name: str, queue: str, trace_id: str | None = None
-    ) -> list[tuple[str, tuple[Any, ...]]]:
+    ) -> list[Command]:
         """The writes that create a record, for the caller's MULTI (with the task's message)."""
         fields: dict[str, str | float] = {"name": name, "queue": queue, "enqueued_at": time.time()}
         if trace_id:
@@ -90,15 +79,8 @@ class TaskRecords:
 
     def create(self, task_id: str, name: str, queue: str, trace_id: str | None = None) -> None:
         pipe = self._redis.pipeline(transaction=True)
-        for command, args in self.create_commands(task_id, name, queue, trace_id):
-            getattr(pipe, command)(*args)
+        queue_commands(pipe, self.create_commands(task_id, name, queue, trace_id))
         pipe.execute()
-
-    def delete(self, task_id: str) -> None:
-        self._redis.delete(_key(task_id))
-
-    def get(self, task_id: str) -> TaskRecord | None:
-        return self.parse(task_id, cast(dict[bytes, bytes], self._redis.hgetall(_key(task_id))))
 
     def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
         """The record and Celery's stored state, read in one MULTI/EXEC: a worker writes both

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
@@ -31,6 +34,16 @@ def create_async_redis(settings: Settings) -> redis.asyncio.Redis:
         retry=AsyncRetry(NoBackoff(), 1),
         health_check_interval=30,
     )
+
+
+# A Redis command as (redis-py method name, arguments), queued later on a pipeline.
+Command = tuple[str, tuple[Any, ...]]
+
+
+def queue_commands(pipe: Any, commands: Sequence[Command]) -> None:
+    """Queue ``commands`` on a redis-py pipeline, sync or asyncio (same method names)."""
+    for name, args in commands:
+        getattr(pipe, name)(*args)
 
 
 REDIS_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)

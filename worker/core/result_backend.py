@@ -16,26 +16,38 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-# Terminal Celery states; the Lua below lists the same three.
+# Terminal Celery states: a stored state in this set is never overwritten.
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
-_SET_UNLESS_FINISHED = """
-local current = redis.call('GET', KEYS[1])
-if current then
+# Lua shared by every script that writes a Celery state (this backend, the worker's start
+# stamp in ``records.py``): whether a stored state is final, and the write Celery would do.
+_TERMINAL_LUA = ", ".join(f"{state} = true" for state in sorted(TERMINAL_STATES))
+LUA_STATE_HELPERS = f"""
+local terminal = {{{_TERMINAL_LUA}}}
+local function is_finished(key)
+  local current = redis.call('GET', key)
+  if not current then return false end
   local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' and (meta['status'] == 'SUCCESS'
-      or meta['status'] == 'FAILURE' or meta['status'] == 'REVOKED') then
-    return 0
+  return ok and type(meta) == 'table' and terminal[meta['status']] == true
+end
+local function store_state(key, value, ttl)
+  if tonumber(ttl) > 0 then
+    redis.call('SETEX', key, ttl, value)
+  else
+    redis.call('SET', key, value)
   end
+  redis.call('PUBLISH', key, value)
 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SETEX', KEYS[1], ARGV[2], ARGV[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
+"""
+
+_SET_UNLESS_FINISHED = (
+    LUA_STATE_HELPERS
+    + """
+if is_finished(KEYS[1]) then return 0 end
+store_state(KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+)
 
 
 class CourierRedisBackend(RedisBackend):
