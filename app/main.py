@@ -18,6 +18,7 @@ from app.body_limit import BodySizeLimitMiddleware
 from app.idempotency import IdempotentSubmitter
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
 from app.queue import TaskQueue
+from app.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
 from app.users import UserStore
 from worker.celery_config import create_celery_app
 from worker.core.artifacts import ArtifactStore
@@ -26,7 +27,7 @@ from worker.core.names import SEND_EMAIL_TASK
 from worker.core.records import TaskRecords
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
-from worker.core.telemetry import init_tracing, instrument_fastapi
+from worker.core.telemetry import init_tracing
 from worker.registry import registered_tasks
 from worker.signals import connect_publisher_signals
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Background tasks over HTTP: submit, poll, cancel; Celery + Redis underneath.",
         lifespan=lifespan,
+        telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.settings = settings
     app.state.redis = client

@@ -1,9 +1,47 @@
-"""Trace ids on responses, so a client can find its request's trace."""
+"""API tracing: official FastAPI instrumentation behind head sampling; trace ids on responses."""
 
 from __future__ import annotations
 
+from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
 from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from app.head_sampling import install_head_sampling
+from worker.core.telemetry import tracer_provider, tracing_enabled
+
+# Requests that would only add noise to traces.
+EXCLUDED_URLS = "healthz,readyz,metrics"
+# FastAPI's own (native) telemetry stays off: the official instrumentation owns the server span,
+# and the provider is ours (worker.core.telemetry), never configured by FastAPI from OTEL_*.
+NATIVE_TELEMETRY_OFF: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "auto_configure": False,
+}
+
+
+def instrument_fastapi(app: FastAPI) -> None:
+    if not tracing_enabled():
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    # No internal span per ASGI send/receive: two or three extra spans on every request,
+    # each encoded and exported, that say nothing the server span does not.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
+    )
+    build_instrumented = app.build_middleware_stack
+
+    def build_middleware_stack() -> ASGIApp:
+        # Built on the first request, after gunicorn's post_fork installed the provider.
+        stack = build_instrumented()
+        provider = tracer_provider()
+        return stack if provider is None else install_head_sampling(stack, provider)
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
 def set_trace_headers(response: Response) -> str | None:

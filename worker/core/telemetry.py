@@ -11,19 +11,48 @@ from __future__ import annotations
 
 import logging
 import os
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
 logger = logging.getLogger(__name__)
 _provider: TracerProvider | None = None
-# Requests that would only add noise to traces.
-EXCLUDED_URLS = "healthz,readyz,metrics"
+_pinned_trace_id: ContextVar[int | None] = ContextVar("courier_pinned_trace_id", default=None)
+
+
+class PinnableIdGenerator(RandomIdGenerator):
+    """Random ids, except that the next trace id can be chosen ahead of the span.
+
+    A sampling decision taken before a span exists (head sampling at the API's edge) is only
+    the SDK's own decision if the SDK then samples the same trace id: ratio samplers decide
+    on the id's bits.
+    """
+
+    def generate_trace_id(self) -> int:
+        pinned = _pinned_trace_id.get()
+        if pinned is None:
+            return super().generate_trace_id()
+        _pinned_trace_id.set(None)  # one root span only
+        return pinned
+
+
+def pin_next_trace_id(trace_id: int) -> Token[int | None]:
+    return _pinned_trace_id.set(trace_id)
+
+
+def unpin_trace_id(token: Token[int | None]) -> None:
+    _pinned_trace_id.reset(token)
+
+
+def tracer_provider() -> TracerProvider | None:
+    """The SDK provider this process installed, or ``None`` while tracing is off."""
+    return _provider
 
 
 def tracing_enabled() -> bool:
@@ -79,7 +108,9 @@ def init_tracing(default_service_name: str) -> bool:
 
     service = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
     # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG.
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    provider = TracerProvider(
+        resource=Resource.create({SERVICE_NAME: service}), id_generator=PinnableIdGenerator()
+    )
     for exporter in _exporters():
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
@@ -95,17 +126,6 @@ def _instrument_libraries() -> None:
     # The producer side needs the Celery instrumentation too, or no context enters the message.
     CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
     RedisInstrumentor().instrument()
-
-
-def instrument_fastapi(app: FastAPI) -> None:
-    if tracing_enabled():
-        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-        # No internal span per ASGI send/receive: two or three extra spans on every request,
-        # each encoded and exported, that say nothing the server span does not.
-        FastAPIInstrumentor.instrument_app(
-            app, excluded_urls=EXCLUDED_URLS, exclude_spans=["receive", "send"]
-        )
 
 
 def flush_tracing(timeout_millis: int = 5000) -> None:
