@@ -115,16 +115,20 @@ def init_tracing(default_service_name: str) -> bool:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
-    _instrument_libraries()
+    _instrument_libraries(provider)
     return True
 
 
-def _instrument_libraries() -> None:
+def _instrument_libraries(provider: TracerProvider) -> None:
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
+    from worker.core.producer_sampling import skip_dropped_producer_spans
+
     # The producer side needs the Celery instrumentation too, or no context enters the message.
-    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    celery = CeleryInstrumentor()  # type: ignore[no-untyped-call]
+    celery.instrument()
+    skip_dropped_producer_spans(celery, provider.sampler)
     RedisInstrumentor().instrument()
 
 
