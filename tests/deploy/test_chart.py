@@ -68,6 +68,8 @@ def test_chart_renders_and_lints_every_value_set(name: str, render: Render) -> N
         ({"worker": {"resources": {"limits": {"cpu": True}}}}, "/worker/resources/limits/cpu"),
         ({"flower": {"ingress": {"enabled": "yes"}}}, "/flower/ingress/enabled"),
         ({"api": {"ingress": {"hosts": ["x"]}}}, "additional properties 'hosts'"),
+        ({"opentelemetry": {"sampler": "sometimes"}}, "/opentelemetry/sampler"),
+        ({"opentelemetry": {"samplerArg": "1.5"}}, "/opentelemetry/samplerArg"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -281,6 +283,19 @@ def test_redis_fsync_and_exporter_are_switchable(render: Render) -> None:
     names = [c["name"] for c in containers(one(manifests, "StatefulSet", "courier-redis"))]
     assert names == ["redis", "redis-exporter"]
     one(manifests, "PodMonitor", "courier-redis")
+
+
+def test_tracing_samples_at_the_edge_by_default(render: Render) -> None:
+    data = one(render(), "ConfigMap", "courier-config")["data"]
+    assert data["OTEL_TRACES_EXPORTER"] == "none"
+    assert (data["OTEL_TRACES_SAMPLER"], data["OTEL_TRACES_SAMPLER_ARG"]) == (
+        "parentbased_traceidratio",
+        "0.05",
+    )
+    values = {"opentelemetry": {"enabled": True, "sampler": "parentbased_always_on"}}
+    data = one(render(values), "ConfigMap", "courier-config")["data"]
+    assert data["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert data["OTEL_TRACES_SAMPLER"] == "parentbased_always_on"
 
 
 def test_redis_url_carries_the_generated_password(default_manifests: list[Manifest]) -> None:
