@@ -6,18 +6,19 @@ is sampled: measured, that is a fifth of a submit's cost even with nothing sampl
 configured sampler (``OTEL_TRACES_SAMPLER``) decides first, on the same inputs the SDK would
 use (the incoming W3C context, the trace id):
 
-- sampled: the request goes through the instrumentation, which makes the same decision again
-  (the trace id is pinned, so a ratio sampler sees the id it saw here);
-- dropped: the request skips it, inside a non-recording span that carries a fresh span id and
-  the trace id, so responses and log lines still name a trace, and the Celery producer (child
-  of this span) propagates "not sampled" to the worker, whose parent-based sampler drops the
-  execution too. Exactly what the SDK itself would have made of a dropped server span.
+- sampled: the request goes to the instrumented middleware stack, where the instrumentation
+  makes the same decision again (the trace id is pinned, so a ratio sampler sees the id it saw
+  here);
+- dropped: the request goes to the plain stack, the one tracing off would run, inside a
+  non-recording span that carries a fresh span id and the trace id, so responses and log lines
+  still name a trace, and the Celery producer (child of this span) propagates "not sampled" to
+  the worker, whose parent-based sampler drops the execution too. Exactly what the SDK itself
+  would have made of a dropped server span.
 """
 
 from __future__ import annotations
 
 from opentelemetry import context, propagate, trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision
@@ -87,20 +88,3 @@ class HeadSampling:
             await self.untraced(scope, receive, send)
         finally:
             context.detach(token)
-
-
-def install_head_sampling(stack: ASGIApp, provider: TracerProvider) -> ASGIApp:
-    """Put :class:`HeadSampling` in front of the OpenTelemetry middleware of a built stack.
-
-    FastAPIInstrumentor builds ``ServerErrorMiddleware -> OpenTelemetryMiddleware -> ...``;
-    the dropped path continues at what the OpenTelemetry middleware wraps. Raises if the
-    middleware is not found, rather than silently tracing every request or none.
-    """
-    node: object = stack
-    while node is not None:
-        inner = getattr(node, "app", None)
-        if isinstance(inner, OpenTelemetryMiddleware):
-            node.app = HeadSampling(inner, inner.app, provider)  # type: ignore[attr-defined]
-            return stack
-        node = inner
-    raise RuntimeError("no OpenTelemetry ASGI middleware in the stack: cannot head-sample")

@@ -8,7 +8,7 @@ from opentelemetry import trace
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from app.head_sampling import install_head_sampling
+from app.head_sampling import HeadSampling
 from worker.core.telemetry import tracer_provider, tracing_enabled
 
 # Requests that would only add noise to traces.
@@ -28,6 +28,7 @@ def instrument_fastapi(app: FastAPI) -> None:
         return
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+    build_plain = app.build_middleware_stack
     # No internal span per ASGI send/receive: two or three extra spans on every request,
     # each encoded and exported, that say nothing the server span does not.
     FastAPIInstrumentor.instrument_app(
@@ -37,9 +38,10 @@ def instrument_fastapi(app: FastAPI) -> None:
 
     def build_middleware_stack() -> ASGIApp:
         # Built on the first request, after gunicorn's post_fork installed the provider.
-        stack = build_instrumented()
         provider = tracer_provider()
-        return stack if provider is None else install_head_sampling(stack, provider)
+        if provider is None:
+            return build_instrumented()
+        return HeadSampling(build_instrumented(), build_plain(), provider)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 

@@ -18,6 +18,7 @@ from benchmarks import (
     execution,
     footprint,
     instrumentation,
+    instrumentation_cpu,
     latency,
     memory,
     peers,
@@ -35,6 +36,7 @@ SCENARIOS: dict[str, Callable[[Plan], list[Figure]]] = {
     "peers": peers.run,
     "latency": latency.run,
     "instrumentation": instrumentation.run,
+    "instrumentation-cpu": instrumentation_cpu.run,
     "memory": memory.run,
     "footprint": footprint.run,
 }

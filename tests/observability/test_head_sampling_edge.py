@@ -7,13 +7,15 @@ import asyncio
 import pytest
 from fastapi import FastAPI
 from opentelemetry import trace
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
 from starlette.types import Receive, Scope, Send
 
-from app.head_sampling import HeadSampling, install_head_sampling
+from app import tracing
+from app.head_sampling import HeadSampling
 from worker.core.telemetry import PinnableIdGenerator
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -97,15 +99,26 @@ def test_the_parent_flag_decides(edge: Edge, flags: str) -> None:
         assert format(untraced.server_spans[0].trace_id, "032x") == TRACE_ID
 
 
-def test_installed_in_front_of_the_instrumentation_of_a_real_app() -> None:
-    app = FastAPI()
-    FastAPIInstrumentor.instrument_app(app)
+def _has_otel_middleware(stack: object) -> bool:
+    while stack is not None:
+        if isinstance(stack, OpenTelemetryMiddleware):
+            return True
+        stack = getattr(stack, "app", None)
+    return False
+
+
+def test_the_app_runs_the_instrumented_or_the_plain_stack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
     provider = TracerProvider(id_generator=PinnableIdGenerator())
-    stack = install_head_sampling(app.build_middleware_stack(), provider)
-    assert isinstance(getattr(stack, "app", None), HeadSampling)
-    FastAPIInstrumentor.uninstrument_app(app)
-
-
-def test_refuses_a_stack_without_the_instrumentation() -> None:
-    with pytest.raises(RuntimeError, match="no OpenTelemetry ASGI middleware"):
-        install_head_sampling(FastAPI().build_middleware_stack(), TracerProvider())
+    monkeypatch.setattr(tracing, "tracer_provider", lambda: provider)
+    app = FastAPI()
+    tracing.instrument_fastapi(app)
+    try:
+        stack = app.build_middleware_stack()
+        assert isinstance(stack, HeadSampling)
+        assert _has_otel_middleware(stack.traced)
+        assert not _has_otel_middleware(stack.untraced)  # as if tracing were off
+    finally:
+        FastAPIInstrumentor.uninstrument_app(app)

@@ -1,0 +1,164 @@
+"""Scenario 5b: instructions per submit and per executed task, by instrumentation mode (callgrind).
+
+Throughput on this shared 2-core machine moves by ±25 % between identical runs, which hides
+a few per cent. callgrind counts instructions, not seconds: the same code path gives the same
+count whatever else the machine does, so the modes can be told apart at the per-cent level.
+Each mode runs ``benchmarks.submit_cpu`` under callgrind twice, with 0 and with N submits; the
+difference over N is the instructions of one submit (server, handler, instrumentation, span
+export), start-up and warm-up cancelled out. The OTLP sink runs in this process, uncounted.
+The execution side is counted the same way: a worker (``--pool=solo``: one process, so one
+count; the code per task is the prefork child's) started on 0 and on N queued no-ops, stopped
+with SIGTERM once it is ready and the queue is drained.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.enqueue import backlog, capture_template, enqueue_raw
+from benchmarks.instrumentation import METRICS_ONLY, OFF, sampled, tracing_on
+from benchmarks.plan import Plan
+from benchmarks.procs import ROOT, VENV_BIN, free_port, log, stack, wait_until
+from benchmarks.services import Redis, start_redis
+from benchmarks.sink import otlp_sink
+from benchmarks.stats import Figure
+
+SCENARIO = "5b instructions"
+QUEUE = "default"
+_COLLECTED = re.compile(r"Collected : (\d+)")
+
+
+def require_valgrind() -> str:
+    found = shutil.which("valgrind")
+    if found is None:
+        raise RuntimeError("valgrind is needed: apt-get install valgrind")
+    return found
+
+
+def _callgrind(tmp: str) -> list[str]:
+    return [require_valgrind(), "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p"]
+
+
+def _collected(output: str) -> int:
+    match = _COLLECTED.search(output)
+    if match is None:
+        raise RuntimeError(f"no callgrind total in:\n{output[-2000:]}")
+    return int(match.group(1))
+
+
+def _env(redis_url: str, extra: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "COURIER_REDIS_URL": redis_url, **extra}
+
+
+def _submits(env: dict[str, str], count: int, tmp: str) -> int:
+    args = [*_callgrind(tmp), str(VENV_BIN / "python"), "-m", "benchmarks.submit_cpu", str(count)]
+    out = subprocess.run(
+        args, env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800
+    )
+    return _collected(out.stderr)
+
+
+def _executions(env: dict[str, str], count: int, tmp: str, template: dict[str, Any]) -> int:
+    if env.get("COURIER_WORKER_METRICS_PORT") != "0":  # two workers at once: not both on 9808
+        env = {**env, "COURIER_WORKER_METRICS_PORT": str(free_port())}
+    client = redis.Redis.from_url(env["COURIER_REDIS_URL"])
+    client.flushdb()
+    enqueue_raw(template, client, QUEUE, count)
+    log_path = Path(tmp) / f"worker-{count}.log"
+    args = [
+        *_callgrind(tmp), str(VENV_BIN / "python"), "-m", "celery", "-A", "worker.celery_app",
+        "worker", "--pool=solo", "--without-gossip", "--without-mingle", "--loglevel=INFO",
+        "-n", f"cpu{count}@%h",
+    ]  # fmt: skip
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        try:
+
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited:\n{log_path.read_text()[-2000:]}")
+                return " ready." in log_path.read_text()
+
+            wait_until(ready, 600, "the worker under callgrind", interval=0.5)
+            wait_until(lambda: backlog(client, QUEUE) == 0, 1800, "the drain", interval=0.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(600)
+    return _collected(log_path.read_text())
+
+
+def per_submit(r: Redis, extra: dict[str, str], count: int, tmp: str) -> float:
+    env = _env(r.url, {"COURIER_LOG_LEVEL": "WARNING", **extra})
+    with ThreadPoolExecutor(2) as pool:  # the two runs of a mode share the two cores
+        empty, full = pool.map(lambda n: _submits(env, n, tmp), (0, count))
+    return (full - empty) / count
+
+
+def per_task(r: Redis, extra: dict[str, str], count: int, tmp: str) -> float:
+    """Both runs at once, each on its own Redis database."""
+    template = capture_template(_producer(r), r.client(), QUEUE)
+    envs = [_env(r.url.rsplit("/", 1)[0] + f"/{db}", extra) for db in (1, 2)]
+    with ThreadPoolExecutor(2) as pool:
+        runs = zip(envs, (0, count), strict=True)
+        empty, full = pool.map(lambda run: _executions(run[0], run[1], tmp, template), runs)
+    return (full - empty) / count
+
+
+def _producer(r: Redis) -> Any:
+    from worker.celery_config import create_celery_app
+    from worker.core.settings import Settings
+
+    return create_celery_app(Settings(redis_url=r.url))
+
+
+def run(plan: Plan) -> list[Figure]:
+    count = max(300, plan.round_trips)
+    modes = ("off", "metrics only", "tracing, all dropped", "5%", "10%", "every request")
+    task_modes = ("off", "metrics only", "tracing, all dropped", "5%", "every request")
+    submits: dict[str, list[float]] = {mode: [] for mode in modes}
+    tasks: dict[str, list[float]] = {mode: [] for mode in task_modes}
+    with otlp_sink() as endpoint, stack("cpu") as s:
+        r = start_redis(s)
+        envs = {
+            "off": OFF,
+            "metrics only": METRICS_ONLY,
+            "tracing, all dropped": {**tracing_on(endpoint), "OTEL_TRACES_SAMPLER": "always_off"},
+            "5%": sampled(endpoint, 0.05),
+            "10%": sampled(endpoint, 0.1),
+            "every request": tracing_on(endpoint),
+        }
+        for mode in modes:
+            submits[mode].append(per_submit(r, envs[mode], count, str(s.tmp)))
+            log(f"  submit, {mode}: {submits[mode][-1]:,.0f} instructions ({count} submits)")
+        for mode in task_modes:
+            tasks[mode].append(per_task(r, envs[mode], count, str(s.tmp)))
+            log(f"  task, {mode}: {tasks[mode][-1]:,.0f} instructions ({count} tasks)")
+    return [
+        *_figures("submit", submits),
+        *_figures("executed task", tasks),
+    ]
+
+
+def _figures(what: str, counts: dict[str, list[float]]) -> list[Figure]:
+    figures = []
+    for mode, values in counts.items():
+        if mode == "off":
+            continue
+        default = mode == "5%"  # the Helm chart's sampling: the configuration the target is for
+        figures.append(
+            Figure(
+                SCENARIO, f"per {what}, {mode}", "instructions", values, "off", counts["off"],
+                target="<= 1.1x off" if default else "",
+                target_ratio_max=1.1 if default else None,
+            )
+        )  # fmt: skip
+    return figures
