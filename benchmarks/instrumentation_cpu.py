@@ -122,8 +122,8 @@ def _producer(r: Redis) -> Any:
 
 def run(plan: Plan) -> list[Figure]:
     count = max(300, plan.round_trips)
-    modes = ("off", "metrics only", "tracing, all dropped", "5%", "10%", "every request")
-    task_modes = ("off", "metrics only", "tracing, all dropped", "5%", "every request")
+    modes = ("off", "metrics only", "tracing, all dropped", "2%", "5%", "10%", "every request")
+    task_modes = ("off", "metrics only", "tracing, all dropped", "2%", "every request")
     submits: dict[str, list[float]] = {mode: [] for mode in modes}
     tasks: dict[str, list[float]] = {mode: [] for mode in task_modes}
     with otlp_sink() as endpoint, stack("cpu") as s:
@@ -132,6 +132,7 @@ def run(plan: Plan) -> list[Figure]:
             "off": OFF,
             "metrics only": METRICS_ONLY,
             "tracing, all dropped": {**tracing_on(endpoint), "OTEL_TRACES_SAMPLER": "always_off"},
+            "2%": sampled(endpoint, 0.02),
             "5%": sampled(endpoint, 0.05),
             "10%": sampled(endpoint, 0.1),
             "every request": tracing_on(endpoint),
@@ -153,7 +154,7 @@ def _figures(what: str, counts: dict[str, list[float]]) -> list[Figure]:
     for mode, values in counts.items():
         if mode == "off":
             continue
-        default = mode == "5%"  # the Helm chart's sampling: the configuration the target is for
+        default = mode == "2%"  # the Helm chart's sampling: the configuration the target is for
         figures.append(
             Figure(
                 SCENARIO, f"per {what}, {mode}", "instructions", values, "off", counts["off"],

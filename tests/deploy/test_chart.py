@@ -290,7 +290,7 @@ def test_tracing_samples_at_the_edge_by_default(render: Render) -> None:
     assert data["OTEL_TRACES_EXPORTER"] == "none"
     assert (data["OTEL_TRACES_SAMPLER"], data["OTEL_TRACES_SAMPLER_ARG"]) == (
         "parentbased_traceidratio",
-        "0.05",
+        "0.02",
     )
     values = {"opentelemetry": {"enabled": True, "sampler": "parentbased_always_on"}}
     data = one(render(values), "ConfigMap", "courier-config")["data"]
