@@ -25,15 +25,15 @@ from typing import Any
 import redis
 
 from benchmarks.enqueue import backlog, capture_template, enqueue_raw
+from benchmarks.execution import COURIER, producer_app
 from benchmarks.instrumentation import METRICS_ONLY, OFF, sampled, tracing_on
 from benchmarks.plan import Plan
 from benchmarks.procs import ROOT, VENV_BIN, free_port, log, stack, wait_until
-from benchmarks.services import Redis, start_redis
+from benchmarks.services import WORKER_FAST_FLAGS, Redis, start_redis
 from benchmarks.sink import otlp_sink
 from benchmarks.stats import Figure
 
 SCENARIO = "5b instructions"
-QUEUE = "default"
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -67,17 +67,18 @@ def _submits(env: dict[str, str], count: int, tmp: str) -> int:
     return _collected(out.stderr)
 
 
-def _executions(env: dict[str, str], count: int, tmp: str, template: dict[str, Any]) -> int:
+def _executions(
+    env: dict[str, str], count: int, tmp: str, template: dict[str, Any], queue: str
+) -> int:
     if env.get("COURIER_WORKER_METRICS_PORT") != "0":  # two workers at once: not both on 9808
         env = {**env, "COURIER_WORKER_METRICS_PORT": str(free_port())}
     client = redis.Redis.from_url(env["COURIER_REDIS_URL"])
     client.flushdb()
-    enqueue_raw(template, client, QUEUE, count)
+    enqueue_raw(template, client, queue, count)
     log_path = Path(tmp) / f"worker-{count}.log"
     args = [
         *_callgrind(tmp), str(VENV_BIN / "python"), "-m", "celery", "-A", "worker.celery_app",
-        "worker", "--pool=solo", "--without-gossip", "--without-mingle", "--loglevel=INFO",
-        "-n", f"cpu{count}@%h",
+        "worker", "--pool=solo", *WORKER_FAST_FLAGS, "--loglevel=INFO", "-n", f"cpu{count}@%h",
     ]  # fmt: skip
     with log_path.open("wb") as out:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -89,10 +90,11 @@ def _executions(env: dict[str, str], count: int, tmp: str, template: dict[str, A
                 return " ready." in log_path.read_text()
 
             wait_until(ready, 600, "the worker under callgrind", interval=0.5)
-            wait_until(lambda: backlog(client, QUEUE) == 0, 1800, "the drain", interval=0.5)
+            wait_until(lambda: backlog(client, queue) == 0, 1800, "the drain", interval=0.5)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(600)
+            client.close()
     return _collected(log_path.read_text())
 
 
@@ -103,21 +105,15 @@ def per_submit(r: Redis, extra: dict[str, str], count: int, tmp: str) -> float:
     return (full - empty) / count
 
 
-def per_task(r: Redis, extra: dict[str, str], count: int, tmp: str) -> float:
+def per_task(
+    r: Redis, extra: dict[str, str], count: int, tmp: str, template: dict[str, Any], queue: str
+) -> float:
     """Both runs at once, each on its own Redis database."""
-    template = capture_template(_producer(r), r.client(), QUEUE)
     envs = [_env(r.url.rsplit("/", 1)[0] + f"/{db}", extra) for db in (1, 2)]
     with ThreadPoolExecutor(2) as pool:
         runs = zip(envs, (0, count), strict=True)
-        empty, full = pool.map(lambda run: _executions(run[0], run[1], tmp, template), runs)
+        empty, full = pool.map(lambda run: _executions(run[0], run[1], tmp, template, queue), runs)
     return (full - empty) / count
-
-
-def _producer(r: Redis) -> Any:
-    from worker.celery_config import create_celery_app
-    from worker.core.settings import Settings
-
-    return create_celery_app(Settings(redis_url=r.url))
 
 
 def run(plan: Plan) -> list[Figure]:
@@ -140,8 +136,10 @@ def run(plan: Plan) -> list[Figure]:
         for mode in modes:
             submits[mode].append(per_submit(r, envs[mode], count, str(s.tmp)))
             log(f"  submit, {mode}: {submits[mode][-1]:,.0f} instructions ({count} submits)")
+        producer, queue = producer_app(COURIER, r)
+        template = capture_template(producer, r.client(), queue)
         for mode in task_modes:
-            tasks[mode].append(per_task(r, envs[mode], count, str(s.tmp)))
+            tasks[mode].append(per_task(r, envs[mode], count, str(s.tmp), template, queue))
             log(f"  task, {mode}: {tasks[mode][-1]:,.0f} instructions ({count} tasks)")
     return [
         *_figures("submit", submits),
