@@ -13,19 +13,21 @@ use (the incoming W3C context, the trace id):
   non-recording span that carries a fresh span id and the trace id, so responses and log lines
   still name a trace, and the Celery producer (child of this span) propagates "not sampled" to
   the worker, whose parent-based sampler drops the execution too. Exactly what the SDK itself
-  would have made of a dropped server span.
+  would have made of a dropped server span;
+- excluded (probes, scrapes): the plain stack, outside any trace.
 """
 
 from __future__ import annotations
 
-from opentelemetry import context, propagate, trace
+from collections.abc import Collection
+
+from opentelemetry import context, propagate
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.core.telemetry import pin_next_trace_id, unpin_trace_id
+from worker.core.head_decision import HeadSampler, pinned
 
 
 class _ScopeHeaders(Getter[Scope]):
@@ -44,46 +46,32 @@ _SCOPE_HEADERS = _ScopeHeaders()
 
 
 class HeadSampling:
-    def __init__(self, traced: ASGIApp, untraced: ASGIApp, provider: TracerProvider) -> None:
+    def __init__(
+        self,
+        traced: ASGIApp,
+        untraced: ASGIApp,
+        provider: TracerProvider,
+        excluded_paths: Collection[str] = (),
+    ) -> None:
         self.traced = traced
         self.untraced = untraced
-        self.sampler = provider.sampler
-        self.ids = provider.id_generator
+        self.head = HeadSampler(provider)
+        self.excluded_paths = excluded_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.traced(scope, receive, send)
             return
-        parent = propagate.extract(scope, getter=_SCOPE_HEADERS)
-        parent_span = trace.get_current_span(parent).get_span_context()
-        remote = parent_span.is_valid
-        trace_id = parent_span.trace_id if remote else self.ids.generate_trace_id()
-        result = self.sampler.should_sample(
-            parent, trace_id, scope.get("method", "HTTP"), SpanKind.SERVER
-        )
-        if result.decision is not Decision.DROP:
-            pin = None if remote else pin_next_trace_id(trace_id)
-            try:
-                await self.traced(scope, receive, send)
-            finally:
-                if pin is not None:
-                    unpin_trace_id(pin)
+        if scope["path"] in self.excluded_paths:
+            await self.untraced(scope, receive, send)  # as with tracing off: no trace at all
             return
-        # The span context the SDK gives a dropped span (Tracer.start_span).
-        random_id = (
-            parent_span.trace_flags.random_trace_id if remote else self.ids.is_trace_id_random()
-        )
-        flags = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_id else TraceFlags.DEFAULT)
-        span = NonRecordingSpan(
-            SpanContext(
-                trace_id,
-                self.ids.generate_span_id(),
-                is_remote=False,
-                trace_flags=flags,
-                trace_state=result.trace_state,
-            )
-        )
-        token = context.attach(trace.set_span_in_context(span, parent))
+        parent = propagate.extract(scope, getter=_SCOPE_HEADERS)
+        verdict = self.head.judge(parent, scope.get("method", "HTTP"), SpanKind.SERVER)
+        if verdict.dropped is None:
+            with pinned(verdict):
+                await self.traced(scope, receive, send)
+            return
+        token = context.attach(verdict.dropped)
         try:
             await self.untraced(scope, receive, send)
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI
 from fastapi.telemetry import TelemetryConfig
 from opentelemetry import trace
@@ -11,8 +13,11 @@ from starlette.types import ASGIApp
 from app.head_sampling import HeadSampling
 from worker.core.telemetry import tracer_provider, tracing_enabled
 
-# Requests that would only add noise to traces.
-EXCLUDED_URLS = "healthz,readyz,metrics"
+# Probes and scrapes: noise in traces, so they run untraced (HeadSampling). The official
+# middleware gets the same list as anchored patterns: it searches the whole URL, so a bare
+# "metrics" would also exclude e.g. /v1/tasks/metrics.rollup.
+EXCLUDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+EXCLUDED_URLS = ",".join(rf"^https?://[^/]+{re.escape(path)}$" for path in sorted(EXCLUDED_PATHS))
 # FastAPI's own (native) telemetry stays off: the official instrumentation owns the server span,
 # and the provider is ours (worker.core.telemetry), never configured by FastAPI from OTEL_*.
 NATIVE_TELEMETRY_OFF: TelemetryConfig = {
@@ -41,7 +46,7 @@ def instrument_fastapi(app: FastAPI) -> None:
         provider = tracer_provider()
         if provider is None:
             return build_instrumented()
-        return HeadSampling(build_instrumented(), build_plain(), provider)
+        return HeadSampling(build_instrumented(), build_plain(), provider, EXCLUDED_PATHS)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 

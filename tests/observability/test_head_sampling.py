@@ -112,6 +112,17 @@ def wait_for_trace(stack: Stack, trace_id: str) -> None:
     )
 
 
+def orphans(stack: Stack) -> list[list[tuple[str, str]]]:
+    """Traces with no server span at their root (a status poll's server span ends, and may be
+    exported, after its Redis command's)."""
+    found = []
+    for trace_id in stack.receiver.trace_ids():
+        spans = stack.receiver.trace(trace_id)
+        if not any(x.kind == "server" and not x.parent_id for x in spans):
+            found.append([(x.service, x.name) for x in spans])
+    return found
+
+
 def ratio_keeps(trace_id: str) -> bool:
     """What the SDK's own ratio sampler decides for this trace id."""
     result = TraceIdRatioBased(RATIO).should_sample(None, int(trace_id, 16), "POST")
@@ -121,6 +132,9 @@ def ratio_keeps(trace_id: str) -> bool:
 def test_sampled_requests_are_traced_to_the_execution_and_dropped_ones_nowhere(
     stack: Stack,
 ) -> None:
+    for _ in range(10):  # probes and scrapes: at 0.5, some would be kept if they were judged
+        for path in ("/readyz", "/healthz", "/metrics"):
+            assert httpx.get(f"{stack.url}{path}", timeout=5).status_code == 200
     submitted = [submit(stack) for _ in range(40)]
     wait_finished(stack, submitted)
     sampled = [s for s in submitted if s.sampled]
@@ -139,9 +153,14 @@ def test_sampled_requests_are_traced_to_the_execution_and_dropped_ones_nowhere(
         assert server.parent_id == ""
         assert consumer.parent_id == producer.span_id
         assert producer.span_id != server.span_id
+        # The execution's Redis commands (its result write at least) are in its trace.
+        worker_clients = [x for x in spans if x.kind == "client" and x.service == "courier-worker"]
+        assert worker_clients and all(x.parent_id == consumer.span_id for x in worker_clients)
     # Sampled traces (exported after the dropped ones were handled) are all in: nothing else came.
     for s in dropped:
         assert stack.receiver.trace(s.trace_id) == [], "a dropped request left spans behind"
+    # Every trace starts at a request: none is a probe's Redis PING on its own.
+    wait_until(lambda: not orphans(stack), 10, "no trace without a server span")
 
     # Dropped requests still carry their trace id into the worker's log lines.
     worker_trace_ids = {

@@ -12,6 +12,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind
+from opentelemetry.util.http import parse_excluded_urls
 from starlette.types import Receive, Scope, Send
 
 from app import tracing
@@ -37,11 +38,11 @@ class Recorder:
         span.end()
 
 
-def scope(traceparent: str | None = None) -> Scope:
+def scope(traceparent: str | None = None, path: str = "/v1/tasks/noop") -> Scope:
     headers = [(b"host", b"api")]
     if traceparent:
         headers.append((b"traceparent", traceparent.encode()))
-    return {"type": "http", "method": "POST", "path": "/v1/tasks/noop", "headers": headers}
+    return {"type": "http", "method": "POST", "path": path, "headers": headers}
 
 
 def run(edge: HeadSampling, s: Scope) -> None:
@@ -60,7 +61,7 @@ def edge() -> tuple[HeadSampling, Recorder, Recorder]:
         sampler=ParentBased(TraceIdRatioBased(0.5)), id_generator=PinnableIdGenerator()
     )
     traced, untraced = Recorder(provider), Recorder(provider)
-    return HeadSampling(traced, untraced, provider), traced, untraced
+    return HeadSampling(traced, untraced, provider, tracing.EXCLUDED_PATHS), traced, untraced
 
 
 Edge = tuple[HeadSampling, Recorder, Recorder]
@@ -97,6 +98,22 @@ def test_the_parent_flag_decides(edge: Edge, flags: str) -> None:
         assert (len(traced.contexts), len(untraced.contexts)) == (0, 1)
         assert format(untraced.contexts[0].trace_id, "032x") == TRACE_ID
         assert format(untraced.server_spans[0].trace_id, "032x") == TRACE_ID
+
+
+def test_probes_and_scrapes_run_outside_any_trace(edge: Edge) -> None:
+    head, traced, untraced = edge
+    for path in sorted(tracing.EXCLUDED_PATHS):
+        run(head, scope(f"00-{TRACE_ID}-{PARENT}-01", path=path))
+    assert traced.contexts == []
+    assert [c.is_valid for c in untraced.contexts] == [False] * len(tracing.EXCLUDED_PATHS)
+
+
+def test_the_instrumentation_excludes_those_paths_and_no_other() -> None:
+    excluded = parse_excluded_urls(tracing.EXCLUDED_URLS)
+    for path in tracing.EXCLUDED_PATHS:
+        assert excluded.url_disabled(f"http://api:8000{path}")
+    for url in ("http://api/v1/tasks/metrics", "http://api/v1/artifacts/readyz", "http://api/"):
+        assert not excluded.url_disabled(url)
 
 
 def _has_otel_middleware(stack: object) -> bool:

@@ -95,6 +95,10 @@ class OtlpReceiver:
         with self._lock:
             return [s for s in self.spans if s.trace_id == trace_id]
 
+    def trace_ids(self) -> set[str]:
+        with self._lock:
+            return {s.trace_id for s in self.spans}
+
     def wait_for(self, trace_id: str, name: str, count: int = 1, timeout: float = 30) -> None:
         wait_until(
             lambda: sum(s.name == name for s in self.trace(trace_id)) >= count,

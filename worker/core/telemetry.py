@@ -115,21 +115,25 @@ def init_tracing(default_service_name: str) -> bool:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _provider = provider
-    _instrument_libraries(provider)
+    instrument_libraries(provider)
     return True
 
 
-def _instrument_libraries(provider: TracerProvider) -> None:
+def instrument_libraries(provider: TracerProvider) -> None:
+    """Celery (publish and execute) and the Redis client, with what skips dropped spans early."""
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
+    from worker.core.client_spans import ChildSpansOnly
+    from worker.core.consumer_sampling import skip_dropped_consumer_spans
     from worker.core.producer_sampling import skip_dropped_producer_spans
 
     # The producer side needs the Celery instrumentation too, or no context enters the message.
     celery = CeleryInstrumentor()  # type: ignore[no-untyped-call]
-    celery.instrument()
+    celery.instrument(tracer_provider=provider)
     skip_dropped_producer_spans(celery, provider.sampler)
-    RedisInstrumentor().instrument()
+    skip_dropped_consumer_spans(celery, provider)
+    RedisInstrumentor().instrument(tracer_provider=ChildSpansOnly(provider))
 
 
 def flush_tracing(timeout_millis: int = 5000) -> None:
