@@ -13,6 +13,7 @@ import copy
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +53,13 @@ def capture_template(app: Celery, client: redis.Redis, queue: str) -> dict[str, 
     return template
 
 
-def clone(template: dict[str, Any], echo: Any, sleep_seconds: float) -> bytes:
+def clone(
+    template: dict[str, Any], echo: Any, sleep_seconds: float, traceparent: str | None = None
+) -> bytes:
     message = copy.deepcopy(template)
     task_id = str(uuid.uuid4())
+    if traceparent is not None:  # what a traced producer (the API) puts in the headers
+        message["headers"]["traceparent"] = traceparent
     message["headers"]["id"] = task_id
     message["headers"]["root_id"] = task_id
     message["headers"]["kwargsrepr"] = repr({"echo": echo, "sleep_seconds": sleep_seconds})
@@ -76,12 +81,13 @@ def enqueue_raw(
     count: int,
     sleep_seconds: float = 0.0,
     first_echo: int = 0,
+    traceparent: Callable[[], str] | None = None,
 ) -> None:
     """LPUSH ``count`` clones (echo = a running integer) in pipelined batches."""
     batch = 1000
     for start in range(0, count, batch):
         messages = [
-            clone(template, first_echo + i, sleep_seconds)
+            clone(template, first_echo + i, sleep_seconds, traceparent and traceparent())
             for i in range(start, min(count, start + batch))
         ]
         client.lpush(queue, *messages)

@@ -7,22 +7,29 @@ Each mode runs ``benchmarks.submit_cpu`` under callgrind twice, with 0 and with 
 difference over N is the instructions of one submit (server, handler, instrumentation, span
 export), start-up and warm-up cancelled out. The OTLP sink runs in this process, uncounted.
 The execution side is counted the same way: a worker (``--pool=solo``: one process, so one
-count; the code per task is the prefork child's) started on 0 and on N queued no-ops, stopped
-with SIGTERM once it is ready and the queue is drained.
+count) started on 0 and on N queued no-ops, stopped with SIGTERM once it is ready and the queue
+is drained. The messages carry the trace context the API would have sent with the same sampler
+(a new trace id each, "sampled" as its ratio decides), so the worker does what it does in
+production: follow the API's verdict. A solo worker also runs the broker's consumer, whose
+Redis housekeeping passes through the Redis instrumentation (which starts no span for it);
+a prefork worker's main process is not instrumented, so the count errs on the high side.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import redis
+from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
 from benchmarks.enqueue import backlog, capture_template, enqueue_raw
 from benchmarks.execution import COURIER, producer_app
@@ -67,14 +74,32 @@ def _submits(env: dict[str, str], count: int, tmp: str) -> int:
     return _collected(out.stderr)
 
 
+def api_decided(ratio: float) -> Callable[[], str]:
+    """The W3C context the API puts in a message when its sampler runs at ``ratio``: a new
+    trace id each, "sampled" as the SDK's ratio sampler decides on it."""
+    sampler = TraceIdRatioBased(ratio)
+
+    def traceparent() -> str:
+        trace_id, span_id = random.getrandbits(128), random.getrandbits(64)
+        kept = sampler.should_sample(None, trace_id, "POST").decision is Decision.RECORD_AND_SAMPLE
+        return f"00-{trace_id:032x}-{span_id:016x}-{'01' if kept else '00'}"
+
+    return traceparent
+
+
 def _executions(
-    env: dict[str, str], count: int, tmp: str, template: dict[str, Any], queue: str
+    env: dict[str, str],
+    count: int,
+    tmp: str,
+    template: dict[str, Any],
+    queue: str,
+    traceparent: Callable[[], str] | None,
 ) -> int:
     if env.get("COURIER_WORKER_METRICS_PORT") != "0":  # two workers at once: not both on 9808
         env = {**env, "COURIER_WORKER_METRICS_PORT": str(free_port())}
     client = redis.Redis.from_url(env["COURIER_REDIS_URL"])
     client.flushdb()
-    enqueue_raw(template, client, queue, count)
+    enqueue_raw(template, client, queue, count, traceparent=traceparent)
     log_path = Path(tmp) / f"worker-{count}.log"
     args = [
         *_callgrind(tmp), str(VENV_BIN / "python"), "-m", "celery", "-A", "worker.celery_app",
@@ -106,13 +131,22 @@ def per_submit(r: Redis, extra: dict[str, str], count: int, tmp: str) -> float:
 
 
 def per_task(
-    r: Redis, extra: dict[str, str], count: int, tmp: str, template: dict[str, Any], queue: str
+    r: Redis,
+    extra: dict[str, str],
+    count: int,
+    tmp: str,
+    template: dict[str, Any],
+    queue: str,
+    traceparent: Callable[[], str] | None = None,
 ) -> float:
     """Both runs at once, each on its own Redis database."""
     envs = [_env(r.url.rsplit("/", 1)[0] + f"/{db}", extra) for db in (1, 2)]
+
+    def execute(env: dict[str, str], n: int) -> int:
+        return _executions(env, n, tmp, template, queue, traceparent)
+
     with ThreadPoolExecutor(2) as pool:
-        runs = zip(envs, (0, count), strict=True)
-        empty, full = pool.map(lambda run: _executions(run[0], run[1], tmp, template, queue), runs)
+        empty, full = pool.map(execute, envs, (0, count))
     return (full - empty) / count
 
 
@@ -138,8 +172,16 @@ def run(plan: Plan) -> list[Figure]:
             log(f"  submit, {mode}: {submits[mode][-1]:,.0f} instructions ({count} submits)")
         producer, queue = producer_app(COURIER, r)
         template = capture_template(producer, r.client(), queue)
+        # Messages carry what the API, running the same sampler, would have put in them.
+        contexts = {
+            "tracing, all dropped": api_decided(0.0),
+            "2%": api_decided(0.02),
+            "every request": api_decided(1.0),
+        }
         for mode in task_modes:
-            tasks[mode].append(per_task(r, envs[mode], count, str(s.tmp), template, queue))
+            tasks[mode].append(
+                per_task(r, envs[mode], count, str(s.tmp), template, queue, contexts.get(mode))
+            )
             log(f"  task, {mode}: {tasks[mode][-1]:,.0f} instructions ({count} tasks)")
     return [
         *_figures("submit", submits),
