@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from opentelemetry import context, propagate
+from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
@@ -57,6 +58,10 @@ class HeadSampling:
         self.untraced = untraced
         self.head = HeadSampler(provider)
         self.excluded_paths = excluded_paths
+        # The headers the configured propagators (OTEL_PROPAGATORS) read: most requests carry
+        # none of them, and then there is nothing to extract.
+        fields = propagate.get_global_textmap().fields
+        self.context_headers = frozenset(name.lower().encode("latin-1") for name in fields)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +70,10 @@ class HeadSampling:
         if scope["path"] in self.excluded_paths:
             await self.untraced(scope, receive, send)  # as with tracing off: no trace at all
             return
-        parent = propagate.extract(scope, getter=_SCOPE_HEADERS)
+        if any(name in self.context_headers for name, _ in scope["headers"]):
+            parent = propagate.extract(scope, getter=_SCOPE_HEADERS)
+        else:
+            parent = Context()
         verdict = self.head.judge(parent, scope.get("method", "HTTP"), SpanKind.SERVER)
         if verdict.dropped is None:
             with pinned(verdict):

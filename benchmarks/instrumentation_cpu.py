@@ -62,8 +62,18 @@ def _collected(output: str) -> int:
     return int(match.group(1))
 
 
+# callgrind runs a process ~40x slower, so the SDK's 5 s export timer would fire ~40x as often
+# per request as at native speed: each export's fixed cost (an HTTP POST) spread over a few
+# spans, where production batches fill. Scaled by the slowdown, exports come as often per
+# request as they would natively; what is still buffered at the end is flushed (and counted).
+_BSP_DELAY_UNDER_CALLGRIND = {"OTEL_BSP_SCHEDULE_DELAY": str(5000 * 40)}
+
+
 def _env(redis_url: str, extra: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "COURIER_REDIS_URL": redis_url, **extra}
+    return {
+        **os.environ, "PYTHONPATH": str(ROOT), "COURIER_REDIS_URL": redis_url,
+        **_BSP_DELAY_UNDER_CALLGRIND, **extra,
+    }  # fmt: skip
 
 
 def _submits(env: dict[str, str], count: int, tmp: str) -> int:
