@@ -134,8 +134,9 @@ def _worker_ready(sender: Any, **_: Any) -> None:
         blueprint = sender.controller.blueprint
         _MainProcess.server.running = lambda: blueprint.state == RUN
         _MainProcess.server.ready.set()
-    if sender.controller.pool_cls.__module__.endswith("solo"):
-        init_tracing(WORKER_SERVICE_NAME)  # no fork: this process executes the tasks
+    if not sender.controller.pool_cls.__module__.endswith("prefork"):
+        # solo, threads, gevent, eventlet: no children, this process executes the tasks.
+        init_tracing(WORKER_SERVICE_NAME)
 
 
 def _worker_shutdown(**_: Any) -> None:
