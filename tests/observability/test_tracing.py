@@ -113,6 +113,11 @@ def test_request_enqueue_and_execution_form_one_trace(traced: TracedStack) -> No
     task_id, trace_id = submit(traced, "noop", {"echo": "traced"})
     traced.receiver.wait_for(trace_id, "run/noop")
     traced.receiver.wait_for(trace_id, "apply_async/noop")
+    wait_until(  # the API exports its server span after the producer span it encloses
+        lambda: any(s.kind == "server" for s in traced.receiver.trace(trace_id)),
+        10,
+        "the API's server span",
+    )
     spans = traced.receiver.trace(trace_id)
 
     consumer = only(spans, "run/noop")
