@@ -49,14 +49,14 @@ class HeadSampler:
 
     def judge(self, parent: Context, name: str, kind: SpanKind) -> Verdict:
         parent_span = trace.get_current_span(parent).get_span_context()
-        remote = parent_span.is_valid
-        trace_id = parent_span.trace_id if remote else self.ids.generate_trace_id()
+        has_parent = parent_span.is_valid
+        trace_id = parent_span.trace_id if has_parent else self.ids.generate_trace_id()
         result = self.sampler.should_sample(parent, trace_id, name, kind)
         if result.decision is not Decision.DROP:
-            return Verdict(None, None if remote else trace_id)
+            return Verdict(None, None if has_parent else trace_id)
         # As Tracer.start_span builds a dropped span's context.
         random_id = (
-            parent_span.trace_flags.random_trace_id if remote else self.ids.is_trace_id_random()
+            parent_span.trace_flags.random_trace_id if has_parent else self.ids.is_trace_id_random()
         )
         flags = TraceFlags(TraceFlags.RANDOM_TRACE_ID if random_id else TraceFlags.DEFAULT)
         span = NonRecordingSpan(
