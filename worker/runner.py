@@ -92,7 +92,8 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
         if sender.app is app and not sender.name.startswith("celery."):
             backend = cast(CourierRedisBackend, sender.backend)
             started = backend.started_meta(task_id, sender.request)
-            # Before the execution span opens: a Redis span here would start a trace of its own.
+            # Before the execution span opens, so no span could have a parent (client_spans):
+            # the instrumentation would format the command for nothing.
             with suppress_instrumentation():
                 check = resources.records.mark_started(task_id, started)
             setattr(sender.request, START_CHECK, check)
