@@ -1,8 +1,8 @@
 """RED metrics per route template and enqueue outcomes, as pure ASGI middleware; ``/metrics``.
 
 Labels are bounded: routes are templates (``/v1/tasks/{task_id}``), task names come from the
-registry, anything else is ``unknown``. Under gunicorn the exposition sums every worker process
-(multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``).
+registry, anything else is ``unknown``; methods outside the usual seven are ``other``. Under
+gunicorn the exposition sums every worker process (multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from worker.core import metrics
 from worker.core.multiproc import multiprocess_enabled
 
 UNMATCHED = "unmatched"
+# The method label: what the API serves, and "other" for any token a client sends (httptools
+# limits methods to its own list, h11 and other servers do not).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 def submit_paths(task_names: Iterable[str], seed_aliases: Mapping[str, str]) -> dict[str, str]:
@@ -81,7 +85,7 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
+        method = scope["method"] if scope["method"] in METHODS else OTHER_METHOD
         status = 500
         started = time.perf_counter()
 

@@ -40,6 +40,14 @@ def test_requests_are_counted_by_route_template_never_by_raw_path(api: TestClien
     assert ("courier_http_requests_in_progress", frozenset({("method", "GET")})) in samples
 
 
+def test_a_made_up_method_is_labelled_other(api: TestClient) -> None:
+    before = total(api_samples(api), "courier_http_requests_total", method="other")
+    assert api.request("BREW", "/healthz").status_code == 405
+    samples = api_samples(api)
+    assert total(samples, "courier_http_requests_total", method="other") - before == 1
+    assert "BREW" not in label_values(samples, "courier_http_requests_total", "method")
+
+
 def test_enqueue_outcomes_are_counted_by_task(api: TestClient) -> None:
     def count(name: str, outcome: str) -> float:
         return total(api_samples(api), "courier_tasks_enqueued_total", name=name, outcome=outcome)
