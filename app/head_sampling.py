@@ -28,7 +28,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.core.head_decision import HeadSampler, pinned
+from worker.core.head_decision import HeadSampler
+from worker.core.telemetry import pinned_trace_id
 
 
 class _ScopeHeaders(Getter[Scope]):
@@ -76,7 +77,7 @@ class HeadSampling:
             parent = Context()
         verdict = self.head.judge(parent, scope.get("method", "HTTP"), SpanKind.SERVER)
         if verdict.dropped is None:
-            with pinned(verdict):
+            with pinned_trace_id(verdict.new_trace_id):
                 await self.traced(scope, receive, send)
             return
         token = context.attach(verdict.dropped)

@@ -160,9 +160,20 @@ def per_task(
     return (full - empty) / count
 
 
+# Share of traces the API keeps, by tracing mode: the sampler both processes run, and the
+# context the messages of the per-task runs carry.
+RATIOS = {"tracing, all dropped": 0.0, "2%": 0.02, "5%": 0.05, "10%": 0.1, "every request": 1.0}
+
+
+def _tracing_env(endpoint: str, ratio: float) -> dict[str, str]:
+    if ratio == 0.0:
+        return {**tracing_on(endpoint), "OTEL_TRACES_SAMPLER": "always_off"}
+    return tracing_on(endpoint) if ratio == 1.0 else sampled(endpoint, ratio)
+
+
 def run(plan: Plan) -> list[Figure]:
     count = max(300, plan.round_trips)
-    modes = ("off", "metrics only", "tracing, all dropped", "2%", "5%", "10%", "every request")
+    modes = ("off", "metrics only", *RATIOS)
     task_modes = ("off", "metrics only", "tracing, all dropped", "2%", "every request")
     submits: dict[str, list[float]] = {mode: [] for mode in modes}
     tasks: dict[str, list[float]] = {mode: [] for mode in task_modes}
@@ -171,27 +182,17 @@ def run(plan: Plan) -> list[Figure]:
         envs = {
             "off": OFF,
             "metrics only": METRICS_ONLY,
-            "tracing, all dropped": {**tracing_on(endpoint), "OTEL_TRACES_SAMPLER": "always_off"},
-            "2%": sampled(endpoint, 0.02),
-            "5%": sampled(endpoint, 0.05),
-            "10%": sampled(endpoint, 0.1),
-            "every request": tracing_on(endpoint),
+            **{mode: _tracing_env(endpoint, ratio) for mode, ratio in RATIOS.items()},
         }
         for mode in modes:
             submits[mode].append(per_submit(r, envs[mode], count, str(s.tmp)))
             log(f"  submit, {mode}: {submits[mode][-1]:,.0f} instructions ({count} submits)")
         producer, queue = producer_app(COURIER, r)
         template = capture_template(producer, r.client(), queue)
-        # Messages carry what the API, running the same sampler, would have put in them.
-        contexts = {
-            "tracing, all dropped": api_decided(0.0),
-            "2%": api_decided(0.02),
-            "every request": api_decided(1.0),
-        }
         for mode in task_modes:
-            tasks[mode].append(
-                per_task(r, envs[mode], count, str(s.tmp), template, queue, contexts.get(mode))
-            )
+            # Messages carry what the API, running the same sampler, would have put in them.
+            context = api_decided(RATIOS[mode]) if mode in RATIOS else None
+            tasks[mode].append(per_task(r, envs[mode], count, str(s.tmp), template, queue, context))
             log(f"  task, {mode}: {tasks[mode][-1]:,.0f} instructions ({count} tasks)")
     return [
         *_figures("submit", submits),

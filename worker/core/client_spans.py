@@ -11,65 +11,48 @@ tracing off. Every other span, and the context every propagator injects, are unt
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Span, Tracer, TracerProvider
 from opentelemetry.util._decorator import _agnosticcontextmanager  # what the API types expect
 
 from worker.core.head_decision import in_dropped_trace
 
 
-def _nothing_to_trace(ctx: Context | None) -> bool:
-    if in_dropped_trace(ctx):
-        return True
-    return not trace.get_current_span(ctx).get_span_context().is_valid
+def _untraced(ctx: Context | None) -> Span | None:
+    """The span a command runs under when it starts none: outside any trace, or a dropped one."""
+    current = trace.get_current_span(ctx)
+    if in_dropped_trace(ctx) or not current.get_span_context().is_valid:
+        return current
+    return None
 
 
 class _ChildSpansTracer(Tracer):
+    """Passes every argument through to the SDK's tracer, unless there is nothing to trace."""
+
     def __init__(self, tracer: Tracer) -> None:
         self._tracer = tracer
 
     def start_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, Any] | None = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
+        self, name: str, context: Context | None = None, *args: Any, **kwargs: Any
     ) -> Span:
-        if _nothing_to_trace(context):
-            return trace.get_current_span(context)
-        return self._tracer.start_span(
-            name, context, kind, attributes, links, start_time, record_exception,
-            set_status_on_exception,
-        )  # fmt: skip
+        untraced = _untraced(context)
+        if untraced is not None:
+            return untraced
+        return self._tracer.start_span(name, context, *args, **kwargs)
 
     @_agnosticcontextmanager
     def start_as_current_span(
-        self,
-        name: str,
-        context: Context | None = None,
-        kind: SpanKind = SpanKind.INTERNAL,
-        attributes: Mapping[str, Any] | None = None,
-        links: Sequence[Link] | None = None,
-        start_time: int | None = None,
-        record_exception: bool = True,
-        set_status_on_exception: bool = True,
-        end_on_exit: bool = True,
+        self, name: str, context: Context | None = None, *args: Any, **kwargs: Any
     ) -> Iterator[Span]:
-        if _nothing_to_trace(context):
-            yield trace.get_current_span(context)
+        untraced = _untraced(context)
+        if untraced is not None:
+            yield untraced
             return
-        with self._tracer.start_as_current_span(
-            name, context, kind, attributes, links, start_time, record_exception,
-            set_status_on_exception, end_on_exit,
-        ) as span:  # fmt: skip
+        with self._tracer.start_as_current_span(name, context, *args, **kwargs) as span:
             yield span
 
 

@@ -22,7 +22,8 @@ from opentelemetry.propagate import extract
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
-from worker.core.head_decision import HeadSampler, pinned
+from worker.core.head_decision import HeadSampler
+from worker.core.telemetry import pinned_trace_id
 
 # On the task's request (pushed before task_prerun, popped after task_postrun): the token of
 # the dropped execution's context.
@@ -47,7 +48,7 @@ def skip_dropped_consumer_spans(instrumentor: CeleryInstrumentor, provider: Trac
         parent = extract(task.request, getter=celery_getter) or context.get_current()
         verdict = head.judge(parent, f"run/{task.name}", SpanKind.CONSUMER)
         if verdict.dropped is None:
-            with pinned(verdict):
+            with pinned_trace_id(verdict.new_trace_id):
                 prerun(*args, **kwargs)
             return
         setattr(task.request, _DROPPED_CONTEXT, context.attach(verdict.dropped))

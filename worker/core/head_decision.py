@@ -15,8 +15,6 @@ here (``in_dropped_trace``), so client spans beneath it need not be started at a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from opentelemetry import context, trace
@@ -24,8 +22,6 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
-
-from worker.core.telemetry import pin_next_trace_id, unpin_trace_id
 
 _DROPPED = context.create_key("courier-trace-dropped-at-head")
 
@@ -38,7 +34,8 @@ def in_dropped_trace(ctx: Context | None = None) -> bool:
 class Verdict:
     # The context to run a dropped span's work in; None when the span is kept.
     dropped: Context | None
-    # The trace id the sampler judged, to pin when the kept span starts a new trace.
+    # The trace id the sampler judged, to pin (``pinned_trace_id``) when the kept span starts
+    # a new trace.
     new_trace_id: int | None
 
 
@@ -70,16 +67,3 @@ class HeadSampler:
         )
         dropped = context.set_value(_DROPPED, True, trace.set_span_in_context(span, parent))
         return Verdict(dropped, None)
-
-
-@contextmanager
-def pinned(verdict: Verdict) -> Iterator[None]:
-    """While the kept span starts: its new trace gets the id the sampler judged."""
-    if verdict.new_trace_id is None:
-        yield
-        return
-    token = pin_next_trace_id(verdict.new_trace_id)
-    try:
-        yield
-    finally:
-        unpin_trace_id(token)

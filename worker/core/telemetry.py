@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from contextvars import ContextVar, Token
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -42,12 +44,17 @@ class PinnableIdGenerator(RandomIdGenerator):
         return pinned
 
 
-def pin_next_trace_id(trace_id: int) -> Token[int | None]:
-    return _pinned_trace_id.set(trace_id)
-
-
-def unpin_trace_id(token: Token[int | None]) -> None:
-    _pinned_trace_id.reset(token)
+@contextmanager
+def pinned_trace_id(trace_id: int | None) -> Iterator[None]:
+    """While a root span starts: its trace gets ``trace_id`` (``None``: a random one)."""
+    if trace_id is None:
+        yield
+        return
+    token = _pinned_trace_id.set(trace_id)
+    try:
+        yield
+    finally:
+        _pinned_trace_id.reset(token)
 
 
 def tracer_provider() -> TracerProvider | None:
