@@ -40,6 +40,7 @@ ERROR_DESCRIPTIONS = {
     404: "Not found (never issued, or expired)",
     409: "Conflict with the current state",
     413: "Body over the configured limit",
+    415: "Body not sent as JSON (Content-Type: application/json or application/*+json)",
     429: "Submit rate limit exceeded (see Retry-After)",
     503: "Redis unavailable (see Retry-After)",
 }
@@ -65,6 +66,10 @@ class PayloadTooLarge(ValueError):
 
 class PayloadTooDeep(ValueError):
     pass
+
+
+class UnsupportedMediaType(ValueError):
+    """A body FastAPI would not read as JSON: a form, text/plain, or no Content-Type."""
 
 
 def _json(status: int, detail: object) -> JSONResponse:
@@ -107,6 +112,10 @@ async def _too_large(_: Request, exc: Exception) -> JSONResponse:
     return _json(413, str(exc))
 
 
+async def _unsupported_media_type(_: Request, exc: Exception) -> JSONResponse:
+    return _json(415, str(exc))
+
+
 async def _bad_idempotency_key(_: Request, exc: Exception) -> JSONResponse:
     detail = [{"type": "value_error", "loc": ["header", "Idempotency-Key"], "msg": str(exc)}]
     return _json(422, detail)
@@ -132,6 +141,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidOption, _invalid_option)
     app.add_exception_handler(PayloadTooLarge, _too_large)
     app.add_exception_handler(PayloadTooDeep, _too_deep)
+    app.add_exception_handler(UnsupportedMediaType, _unsupported_media_type)
     app.add_exception_handler(IdempotencyKeyInvalid, _bad_idempotency_key)
     app.add_exception_handler(Unauthenticated, _unauthenticated)
     app.add_exception_handler(Forbidden, _forbidden)

@@ -18,12 +18,12 @@ from tests.utils.processes import courier_env, free_port, gunicorn, http_ok, wai
 UNICODE = "Zoë 🚀 中文 \u202e ‮ \u0000x"
 
 
-def test_wrong_content_type_is_a_4xx(api: TestClient) -> None:
+def test_wrong_content_type_is_415_naming_json(api: TestClient) -> None:
     response = api.post(
         "/v1/tasks/noop", content=b'{"echo": 1}', headers={"Content-Type": "text/plain"}
     )
-    assert 400 <= response.status_code < 500
-    assert "detail" in response.json()
+    assert response.status_code == 415
+    assert "application/json" in response.json()["detail"]
 
 
 def test_a_json_array_body_is_422(api: TestClient) -> None:

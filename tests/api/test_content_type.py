@@ -1,0 +1,132 @@
+"""A submit body must be JSON: anything else is a 415 naming application/json, not a 422.
+
+The bodies here carry an unknown field, so a body that is read as JSON answers 422 for that
+field (``extra_forbidden``) and nothing is enqueued: the answer tells how the body was read.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+BODY = b'{"unknown_field": 1}'
+
+
+def read_as_json(response_json: dict[str, Any]) -> bool:
+    detail = response_json["detail"]
+    return isinstance(detail, list) and detail[0]["loc"] == ["body", "unknown_field"]
+
+
+def post(api: TestClient, content_type: str | None, body: bytes = BODY) -> tuple[int, Any]:
+    headers = {"Content-Type": content_type} if content_type is not None else {}
+    response = api.post("/v1/tasks/noop", content=body, headers=headers)
+    return response.status_code, response.json()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded",  # curl -d without -H
+        "text/plain",
+        "text/plain;charset=UTF-8",  # a browser's fetch() with a string body
+        "multipart/form-data; boundary=x",
+        "application/xml",
+        "application/jsonp",
+        "json",
+    ],
+)
+def test_a_body_that_is_not_json_is_415_naming_application_json(
+    api: TestClient, content_type: str
+) -> None:
+    status, body = post(api, content_type)
+    assert status == 415
+    assert "application/json" in body["detail"]
+    assert content_type.split(";")[0] in body["detail"]
+
+
+def test_a_body_without_content_type_is_415(api: TestClient) -> None:
+    # FastAPI's strict_content_type (the default) does not read such a body as JSON: a page in
+    # a browser can send one without a CORS preflight, and the local stack has no API key.
+    status, body = post(api, None)
+    assert status == 415
+    assert "no Content-Type" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=UTF-8",
+        "application/merge-patch+json",
+        "application/vnd.courier.v1+json; charset=utf-8",
+    ],
+)
+def test_json_media_types_are_read_as_json(api: TestClient, content_type: str) -> None:
+    status, body = post(api, content_type)
+    assert status == 422
+    assert read_as_json(body)
+
+
+def test_an_empty_body_is_accepted_whatever_its_type(api: TestClient) -> None:
+    # curl -X POST -d '' sends the form type: there is no body to misread.
+    status, body = post(api, "application/x-www-form-urlencoded", b"")
+    assert status == 202, body
+
+
+def test_the_openapi_document_lists_415_on_every_submit_route(api: TestClient) -> None:
+    paths = api.get("/openapi.json").json()["paths"]
+    submits = [p for p in paths if p.startswith("/v1/tasks/") and "post" in paths[p]]
+    assert submits
+    for path in submits:
+        assert "application/json" in paths[path]["post"]["responses"]["415"]["description"]
+
+
+TOKEN = st.text(string.ascii_letters + string.digits + "!#$&^_.+-", min_size=1, max_size=12)
+MAIN_TYPE = st.one_of(st.sampled_from(["application", "APPLICATION", "text", "multipart"]), TOKEN)
+SUB_TYPE = st.one_of(
+    st.sampled_from(["json", "JSON", "x-www-form-urlencoded", "plain", "jsonx", "json+xml"]),
+    TOKEN,
+    TOKEN.map(lambda t: t + "+json"),
+)
+PARAMS = st.lists(st.tuples(TOKEN, TOKEN).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=2).map(
+    lambda ps: "".join(f"; {p}" for p in ps)
+)
+
+
+def expected_json(main: str, sub: str) -> bool:
+    """RFC 6838 by hand: application/json or a +json structured suffix, case-insensitively."""
+    sub = sub.lower()
+    return main.lower() == "application" and (sub == "json" or sub.endswith("+json"))
+
+
+@given(main=MAIN_TYPE, sub=SUB_TYPE, params=PARAMS, space=st.sampled_from(["", " "]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_exactly_the_json_media_types_are_read_as_json(
+    api: TestClient, main: str, sub: str, params: str, space: str
+) -> None:
+    status, body = post(api, f"{space}{main}/{sub}{params}")
+    if expected_json(main, sub):
+        assert status == 422 and read_as_json(body), body
+    else:
+        assert status == 415, body
+        assert "application/json" in body["detail"]
+
+
+@given(content_type=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40))
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_content_type_gets_415_or_is_read_as_json(api: TestClient, content_type: str) -> None:
+    status, body = post(api, content_type)
+    assert status in (415, 422), body
+    if status == 422:
+        assert read_as_json(body)
+        assert content_type.split(";")[0].strip().lower().startswith("application/")
