@@ -43,6 +43,7 @@ from celery.signals import (
 from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
 from worker.core.logging import configure_logging
+from worker.core.metrics import UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.names import ENQUEUED_AT_HEADER
 from worker.core.queue_stats import QueueInspector, deregister_worker, due_time, register_worker
@@ -146,17 +147,23 @@ def _worker_shutdown(**_: Any) -> None:
     flush_tracing()
 
 
-def _request_labels(request: Any) -> tuple[str, str, str]:
+def _request_labels(request: Any, task: Any = None) -> tuple[str, str, str]:
+    """Labels of a worker ``Request`` (``task_received``) or of the task ``Context`` Celery
+    passes to ``task_revoked``, whose task name is its sender's (a Context has no ``name``)."""
+    name = getattr(task, "name", None) or getattr(request, "name", None)
+    name = name or getattr(request, "task", None) or UNKNOWN_TASK
+    hostname = getattr(request, "hostname", None) or _MainProcess.hostname
     delivery = getattr(request, "delivery_info", None) or {}
-    return request.name or "", request.hostname or "", delivery.get("routing_key") or ""
+    return str(name), str(hostname), delivery.get("routing_key") or ""
 
 
 def _count_received(request: Any, **_: Any) -> None:
     metrics.TASK_RECEIVED.labels(*_request_labels(request)).inc()
 
 
-def _count_revoked(request: Any, **_: Any) -> None:
-    metrics.TASK_REVOKED.labels(*_request_labels(request)).inc()
+def _count_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+    task = sender if isinstance(sender, Task) else None
+    metrics.TASK_REVOKED.labels(*_request_labels(request, task)).inc()
 
 
 def _count_rejected(message: Any, **_: Any) -> None:
