@@ -43,6 +43,7 @@ class TaskSpec:
     payload: type[BaseModel]
     description: str
     max_retries: int = 0
+    # Retried besides TransientError, which every task retries (up to ``max_retries``).
     retry_on: tuple[type[Exception], ...] = ()
 
 

@@ -1,7 +1,8 @@
 """Turns a registered ``TaskSpec`` into a Celery task, and maps outcomes in one place.
 
-validate payload -> call the plain function -> result; a ``retry_on`` exception is retried with
-exponential backoff, anything else fails the task with its type and message in the status.
+validate payload -> call the plain function -> result; a ``TransientError`` (or a type the task
+lists in ``retry_on``) is retried with exponential backoff up to the task's ``max_retries``,
+anything else fails the task with its type and message in the status.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import ValidationError
 
 from worker.core.artifacts import ArtifactStore
-from worker.core.errors import InvalidPayload, PermanentError
+from worker.core.errors import InvalidPayload, PermanentError, TransientError
 from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import create_redis
 from worker.core.result_backend import CourierRedisBackend
@@ -105,6 +106,7 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
     settings = resources.settings
 
     limits = settings.time_limits_for(spec.name)
+    retry_on: tuple[type[Exception], ...] = (TransientError, *spec.retry_on)
 
     @app.task(  # type: ignore[call-overload,untyped-decorator]  # stubs want int limits
         name=spec.name,
@@ -134,7 +136,7 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
         ctx = RunContext(task_id, self.request.retries, settings, resources.artifacts)
         try:
             result = spec.func(payload, ctx)
-        except spec.retry_on as exc:
+        except retry_on as exc:
             countdown = backoff_seconds(
                 self.request.retries,
                 settings.retry_backoff_seconds,

@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from worker.backends.email import send_email as deliver
-from worker.core.errors import TransientError
 from worker.core.names import SEND_EMAIL_TASK
 from worker.registry import TaskContext, task
 
@@ -22,12 +21,8 @@ class SendEmailPayload(BaseModel):
     body: str = Field("", max_length=1_000_000)
 
 
-@task(
-    name=SEND_EMAIL_TASK,
-    payload=SendEmailPayload,
-    max_retries=EMAIL_MAX_RETRIES,
-    retry_on=(TransientError,),
-)
+# deliver() raises TransientError for network errors and 4xx replies: retried by the runner.
+@task(name=SEND_EMAIL_TASK, payload=SendEmailPayload, max_retries=EMAIL_MAX_RETRIES)
 def send_email(payload: SendEmailPayload, ctx: TaskContext) -> dict[str, Any]:
     """Send an email; network errors and 4xx replies are retried 3 times with backoff."""
     message_id = deliver(ctx.settings, str(payload.to), payload.subject, payload.body)
