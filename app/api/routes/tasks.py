@@ -49,14 +49,21 @@ TaskId = Annotated[str, Path(max_length=64, description="Task id returned on sub
 async def enqueue_options(
     settings: SettingsDep,
     countdown: Annotated[
-        float | None, Query(ge=0, allow_inf_nan=False, description="Delay in seconds.")
+        float | None,
+        Query(
+            ge=0,
+            allow_inf_nan=False,
+            description="Delay in seconds, at most the broker visibility timeout.",
+        ),
     ] = None,
     eta: Annotated[datetime | None, Query(description="Run at (ISO 8601; UTC if naive).")] = None,
     priority: Annotated[int | None, Query(ge=0, le=9, description="0 is the highest.")] = None,
     queue: Annotated[str | None, Query(description="One of the configured queues.")] = None,
 ) -> EnqueueOptions:
     if queue is not None and queue not in settings.queues:
-        raise InvalidOption("queue", f"unknown queue {queue!r}; configured: {settings.queues}")
+        raise InvalidOption(
+            "queue", f"unknown queue {_clipped(queue)}; configured: {settings.queues}"
+        )
     if countdown is not None and eta is not None:
         raise InvalidOption("eta", "give either countdown or eta, not both")
     if eta is not None and eta.tzinfo is None:
@@ -65,18 +72,26 @@ async def enqueue_options(
     return EnqueueOptions(countdown=countdown, eta=eta, priority=priority, queue=queue)
 
 
+def _clipped(value: str, limit: int = 40) -> str:
+    """A client's value quoted in a message, cut short: messages stay one readable line."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
 def _check_delay(settings: Settings, countdown: float | None, eta: datetime | None) -> None:
     """A delayed message sits unacknowledged in a worker; past the visibility timeout kombu
-    would redeliver it to a second worker, so such delays are refused rather than duplicated."""
-    delay = countdown  # seconds, compared as floats: a timedelta overflows on huge values
-    if eta is not None:
-        delay = (eta - datetime.now(UTC)).total_seconds()
-    if delay is not None and delay > settings.broker_visibility_timeout:
-        field = "countdown" if countdown is not None else "eta"
+    would redeliver it to a second worker, so such delays are refused rather than duplicated.
+
+    The message names the bound, not the delay: ``countdown=1e308`` printed in full is 309
+    digits."""
+    timeout = settings.broker_visibility_timeout
+    # Seconds, compared as floats: a timedelta overflows on huge values.
+    if countdown is not None and countdown > timeout:
         raise InvalidOption(
-            field,
-            f"delay of {delay:.0f} s exceeds the broker visibility timeout "
-            f"({settings.broker_visibility_timeout} s)",
+            "countdown", f"countdown must be at most the broker visibility timeout ({timeout} s)"
+        )
+    if eta is not None and (eta - datetime.now(UTC)).total_seconds() > timeout:
+        raise InvalidOption(
+            "eta", f"eta must be at most the broker visibility timeout ({timeout} s) ahead"
         )
 
 
