@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, health, seed, tasks
@@ -52,7 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await aclient.aclose()
         celery.close()
 
-    app = FastAPI(
+    # /docs and /redoc load their scripts and styles from this app, not a CDN: they work offline.
+    app = FastAPIOffline(
         title="Courier",
         version="0.1.0",
         description="Background tasks over HTTP: submit, poll, cancel; Celery + Redis underneath.",
