@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz
+.PHONY: install deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian packages the suite runs (redis-server, prometheus, buildah/podman/runc/debootstrap,
+# iproute2): installed when missing as root, else named with the command that installs them.
+deps:
+	@bash deploy/local/system-deps.sh test
 
 up: install
 	VENV=$(VENV) bash deploy/local/up.sh
@@ -24,7 +29,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app worker
 
-test: install lint typecheck
+test: install deps lint typecheck
 	$(BIN)/python -m pytest
 
 # deploy/k8s/base from the Helm chart (tests/deploy/test_kustomize.py fails when it is stale).
@@ -37,7 +42,8 @@ images:
 	bash deploy/images/build.sh api worker
 
 # Benchmarks (not tests): `make bench BENCH_ARGS="--quick"` or `--only execution`; see
-# README "Performance". wrk (Debian) drives the HTTP load; installed here when missing.
+# README "Performance". wrk (Debian) drives the HTTP load, valgrind counts instructions;
+# both installed here when missing.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
@@ -46,9 +52,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	@command -v wrk >/dev/null || apt-get install -y -q wrk || \
-		{ apt-get update -q && apt-get install -y -q wrk; } || \
-		{ echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+	@bash deploy/local/system-deps.sh bench
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 autoscale-sim: $(BENCH_STAMP)

@@ -21,6 +21,8 @@ from tests.utils.processes import RedisServer, Service, celery_worker, courier_e
 from tests.utils.smtp import SmtpServer
 from worker.core.settings import Settings
 
+pytest_plugins = ["tests.utils.reaper"]
+
 TERMINAL = {"succeeded", "failed", "revoked"}
 
 
@@ -31,19 +33,15 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def redis_server(session_dir: Path) -> Iterator[RedisServer]:
-    server = RedisServer(session_dir / "redis")
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(session_dir / "redis") as server:
+        yield server
 
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server for one test, which it may stop, break or restart."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
+    with RedisServer(tmp_path / "redis") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
@@ -85,9 +83,8 @@ def settings_from(env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="session")
 def worker(courier_vars: dict[str, str], session_dir: Path) -> Iterator[Service]:
-    service = celery_worker(courier_env(courier_vars), session_dir / "worker.log", "session")
-    yield service
-    service.stop()
+    with celery_worker(courier_env(courier_vars), session_dir / "worker.log", "session") as service:
+        yield service
 
 
 @pytest.fixture(scope="session")

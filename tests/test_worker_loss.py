@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,20 +16,17 @@ from tests.utils.processes import RedisServer, Service, celery_worker, courier_e
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[TestClient, dict[str, Service]]]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    env = {"COURIER_REDIS_URL": server.url, "COURIER_BROKER_VISIBILITY_TIMEOUT": "3"}
-    workers = {
-        name: celery_worker(courier_env(env), tmp_path / f"{name}.log", name, concurrency=1)
-        for name in ("alpha", "beta")
-    }
-    try:
-        with TestClient(create_app(settings_from(env))) as api:
-            yield api, workers
-    finally:
-        for service in workers.values():
-            service.stop()
-        server.stop()
+    with contextlib.ExitStack() as processes:
+        server = processes.enter_context(RedisServer(tmp_path / "redis"))
+        env = {"COURIER_REDIS_URL": server.url, "COURIER_BROKER_VISIBILITY_TIMEOUT": "3"}
+        workers = {
+            name: processes.enter_context(
+                celery_worker(courier_env(env), tmp_path / f"{name}.log", name, concurrency=1)
+            )
+            for name in ("alpha", "beta")
+        }
+        api = processes.enter_context(TestClient(create_app(settings_from(env))))
+        yield api, workers
 
 
 def test_task_of_a_killed_worker_is_executed_by_another(

@@ -7,6 +7,7 @@ Real gunicorn, a real prefork worker, an OTLP receiver, ``parentbased_traceidrat
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from collections.abc import Iterator
@@ -51,32 +52,31 @@ class Submitted:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("head-sampling")
-    receiver = OtlpReceiver()
-    receiver.start()
-    redis_server = RedisServer(tmp / "redis")
-    redis_server.start()
     port = free_port()
-    common = {
-        "COURIER_REDIS_URL": redis_server.url,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": str(RATIO),
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
-    api = gunicorn(
-        courier_env({**common, "COURIER_API_BIND": f"127.0.0.1:{port}"}), tmp / "api.log"
-    )
-    worker = celery_worker(courier_env(common), tmp / "worker.log", "sampled")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_ok(f"{url}/readyz"), 30, "the API")
+    with contextlib.ExitStack() as processes:
+        receiver = OtlpReceiver()
+        receiver.start()
+        processes.callback(receiver.stop)
+        redis_server = processes.enter_context(RedisServer(tmp / "redis"))
+        common = {
+            "COURIER_REDIS_URL": redis_server.url,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": str(RATIO),
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        api = processes.enter_context(
+            gunicorn(
+                courier_env({**common, "COURIER_API_BIND": f"127.0.0.1:{port}"}), tmp / "api.log"
+            )
+        )
+        worker = processes.enter_context(
+            celery_worker(courier_env(common), tmp / "worker.log", "sampled")
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{url}/readyz"), 60, "the API")
         yield Stack(url, receiver, api, worker)
-    finally:
-        worker.stop()
-        api.stop()
-        redis_server.stop()
-        receiver.stop()
 
 
 def submit(stack: Stack, headers: dict[str, str] | None = None) -> Submitted:

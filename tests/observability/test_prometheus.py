@@ -4,6 +4,7 @@ rule expression. A query that is invalid, or that finds no series, fails the tes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -39,7 +40,9 @@ GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$queue": ".*", "${datasource}":
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.fail(f"{name} is not installed (Debian package 'prometheus'; .ci/run installs it)")
+        pytest.fail(
+            f"{name} is not installed (Debian package 'prometheus'; `make test` installs it)"
+        )
     return path
 
 
@@ -97,20 +100,8 @@ def test_dashboards_are_well_formed(path: Path) -> None:
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("prometheus")
-    redis_server = RedisServer(tmp / "redis")
-    redis_server.start()
+    prometheus_bin = tool("prometheus")
     api_port, worker_port, prom_port = free_port(), free_port(), free_port()
-    env = {
-        "COURIER_REDIS_URL": redis_server.url,
-        "COURIER_EMAIL_BACKEND": "smtp",
-        "COURIER_SMTP_HOST": "127.0.0.1",
-        "COURIER_SMTP_PORT": str(smtp_server.port),
-        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
-        "COURIER_API_BIND": f"127.0.0.1:{api_port}",
-        "COURIER_WORKER_METRICS_PORT": str(worker_port),
-    }
-    api = gunicorn(courier_env(env), tmp / "api.log")
-    worker = celery_worker(courier_env(env), tmp / "worker.log", "prom")
     config = {
         # The timeout may not exceed the interval; a loaded machine needs the whole second.
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -124,19 +115,35 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
         ],
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    server = Service(
-        [tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-        {},
-        tmp / "prometheus.log",
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{prom_port}"
-    api_url = f"http://127.0.0.1:{api_port}"
-    try:
-        wait_until(lambda: http_ok(f"{api_url}/readyz"), 30, "the API")
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 60, "the worker")
+    # Every process is stopped on the way out, also when starting a later one failed.
+    with contextlib.ExitStack() as processes:
+        redis_server = processes.enter_context(RedisServer(tmp / "redis"))
+        env = {
+            "COURIER_REDIS_URL": redis_server.url,
+            "COURIER_EMAIL_BACKEND": "smtp",
+            "COURIER_SMTP_HOST": "127.0.0.1",
+            "COURIER_SMTP_PORT": str(smtp_server.port),
+            "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
+            "COURIER_API_BIND": f"127.0.0.1:{api_port}",
+            "COURIER_WORKER_METRICS_PORT": str(worker_port),
+        }
+        processes.enter_context(gunicorn(courier_env(env), tmp / "api.log"))
+        processes.enter_context(celery_worker(courier_env(env), tmp / "worker.log", "prom"))
+        processes.enter_context(
+            Service(
+                [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                {},
+                tmp / "prometheus.log",
+            )
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{prom_port}"
+        api_url = f"http://127.0.0.1:{api_port}"
+        wait_until(lambda: http_ok(f"{api_url}/readyz"), 60, "the API")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 90, "the worker")
         _drive_traffic(api_url)
-        wait_until(lambda: http_ok(f"{url}/-/ready"), 30, "prometheus")
+        wait_until(lambda: http_ok(f"{url}/-/ready"), 60, "prometheus")
         wait_until(
             lambda: (
                 _has_series(url, "celery_task_failed_total")
@@ -145,15 +152,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
                 and _has_series(url, "rate(courier_http_requests_total[30s])")
                 and _has_series(url, "rate(courier_http_request_duration_seconds_bucket[30s])")
             ),
-            60,
+            90,
             "scraped task metrics",
         )
         yield url
-    finally:
-        server.stop()
-        worker.stop()
-        api.stop()
-        redis_server.stop()
 
 
 def _drive_traffic(api: str) -> None:

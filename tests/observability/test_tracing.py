@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,44 +37,41 @@ def traced(
     tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
 ) -> Iterator[TracedStack]:
     tmp = tmp_path_factory.mktemp("tracing")
-    receiver = OtlpReceiver()
-    receiver.start()
-    redis_server = RedisServer(tmp / "redis")
-    redis_server.start()
     port = free_port()
-    common = {
-        "COURIER_REDIS_URL": redis_server.url,
-        "COURIER_EMAIL_BACKEND": "smtp",
-        "COURIER_SMTP_HOST": "127.0.0.1",
-        "COURIER_SMTP_PORT": str(smtp_server.port),
-        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "COURIER_LOG_LEVEL": "DEBUG",  # the API's "task enqueued" line is DEBUG
-    }
-    api = gunicorn(
-        courier_env(
-            {**common, "COURIER_API_BIND": f"127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
-        ),
-        tmp / "api.log",
-    )
-    # A 60 s batch delay and one task per child: only the flush at child exit delivers spans.
-    worker = celery_worker(
-        courier_env({**common, "OTEL_BSP_SCHEDULE_DELAY": "60000"}),
-        tmp / "worker.log",
-        "traced",
-        extra_args=("--max-tasks-per-child=1",),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: http_ok(f"{url}/readyz"), 30, "the traced API")
+    with contextlib.ExitStack() as processes:
+        receiver = OtlpReceiver()
+        receiver.start()
+        processes.callback(receiver.stop)
+        redis_server = processes.enter_context(RedisServer(tmp / "redis"))
+        common = {
+            "COURIER_REDIS_URL": redis_server.url,
+            "COURIER_EMAIL_BACKEND": "smtp",
+            "COURIER_SMTP_HOST": "127.0.0.1",
+            "COURIER_SMTP_PORT": str(smtp_server.port),
+            "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "COURIER_LOG_LEVEL": "DEBUG",  # the API's "task enqueued" line is DEBUG
+        }
+        api_env = {
+            **common,
+            "COURIER_API_BIND": f"127.0.0.1:{port}",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+        api = processes.enter_context(gunicorn(courier_env(api_env), tmp / "api.log"))
+        # A 60 s batch delay and one task per child: only the flush at child exit delivers spans.
+        worker = processes.enter_context(
+            celery_worker(
+                courier_env({**common, "OTEL_BSP_SCHEDULE_DELAY": "60000"}),
+                tmp / "worker.log",
+                "traced",
+                extra_args=("--max-tasks-per-child=1",),
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_ok(f"{url}/readyz"), 60, "the traced API")
         yield TracedStack(url, receiver, api, worker)
-    finally:
-        worker.stop()
-        api.stop()
-        redis_server.stop()
-        receiver.stop()
 
 
 def submit(stack: TracedStack, name: str, payload: dict[str, object]) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,27 +38,25 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("worker-metrics")
-    server = RedisServer(tmp / "redis")
-    server.start()
     port = free_port()
-    env = {
-        "COURIER_REDIS_URL": server.url,
-        "COURIER_WORKER_METRICS_PORT": str(port),
-        "COURIER_EMAIL_BACKEND": "smtp",
-        "COURIER_SMTP_HOST": "127.0.0.1",
-        "COURIER_SMTP_PORT": str(smtp_server.port),
-        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
-        "COURIER_QUEUE_METRICS_LEASE_SECONDS": "5",
-    }
-    worker = celery_worker(courier_env(env), Path(tmp / "worker.log"), "metrics", concurrency=2)
-    try:
-        with TestClient(create_app(settings_from(env))) as api:
-            stack = Stack(api, worker, port)
-            wait_until(lambda: http_ok(f"{stack.url}/readyz"), 60, "the worker's /readyz")
-            yield stack
-    finally:
-        worker.stop()
-        server.stop()
+    with contextlib.ExitStack() as processes:
+        server = processes.enter_context(RedisServer(tmp / "redis"))
+        env = {
+            "COURIER_REDIS_URL": server.url,
+            "COURIER_WORKER_METRICS_PORT": str(port),
+            "COURIER_EMAIL_BACKEND": "smtp",
+            "COURIER_SMTP_HOST": "127.0.0.1",
+            "COURIER_SMTP_PORT": str(smtp_server.port),
+            "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
+            "COURIER_QUEUE_METRICS_LEASE_SECONDS": "5",
+        }
+        worker = processes.enter_context(
+            celery_worker(courier_env(env), Path(tmp / "worker.log"), "metrics", concurrency=2)
+        )
+        api = processes.enter_context(TestClient(create_app(settings_from(env))))
+        stack = Stack(api, worker, port)
+        wait_until(lambda: http_ok(f"{stack.url}/readyz"), 90, "the worker's /readyz")
+        yield stack
 
 
 def run_all(api: TestClient, payloads: list[tuple[str, dict[str, object]]]) -> list[str]:

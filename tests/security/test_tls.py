@@ -82,10 +82,11 @@ def test_everything_talks_to_redis_over_tls(tls_redis_url: str, tmp_path: Path) 
         "COURIER_CLEANUP_INTERVAL_SECONDS": "1",
         "COURIER_BEAT_SCHEDULE_FILE": str(tmp_path / "schedule"),
     }
-    worker = celery_worker(courier_env(env), tmp_path / "worker.log", "tls")
-    beat = celery_beat(courier_env(env), tmp_path / "beat.log")
     before = time.time()
-    try:
+    with (
+        celery_worker(courier_env(env), tmp_path / "worker.log", "tls"),
+        celery_beat(courier_env(env), tmp_path / "beat.log"),
+    ):
         with TestClient(create_app(settings_from(env))) as api:
             assert api.get("/readyz").status_code == 200
             task_id = api.post("/v1/tasks/noop", json={"echo": "encrypted"}).json()["id"]
@@ -99,6 +100,3 @@ def test_everything_talks_to_redis_over_tls(tls_redis_url: str, tmp_path: Path) 
             lambda: float(client.get(CLEANUP_LAST_RUN_KEY) or 0) > before, 30, "beat's cleanup"
         )
         client.close()
-    finally:
-        beat.stop()
-        worker.stop()

@@ -1,7 +1,16 @@
-"""Real processes for tests: redis-server, Celery workers, beat, gunicorn."""
+"""Real processes for tests: redis-server, Celery workers, beat, gunicorn.
+
+Every process started here is tracked until it is stopped, and stopping always ends in a
+SIGKILL of whatever is left, then a wait: a fixture whose set-up fails half-way, or a test that
+times out, leaves nothing running (``tests/utils/reaper.py`` kills what a fixture forgot at the
+end of the session). Both classes are context managers, so a fixture that starts several
+processes writes them into one ``contextlib.ExitStack`` and they stop in reverse order whatever
+happens in between.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,13 +19,69 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
 
 import httpx
 import redis
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+# How long a process gets to exit after SIGTERM before it is killed, and after SIGKILL before
+# the test gives up on it; generous, because a loaded machine is slow to schedule anyone.
+STOP_TIMEOUT = 15.0
+KILL_TIMEOUT = 30.0
+
+
+class Stoppable(Protocol):
+    def kill(self) -> None: ...
+
+
+# Started and not yet stopped: what the reaper kills at the end of a session.
+RUNNING: dict[int, Stoppable] = {}
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL a process group: pool children, gunicorn workers, anything the leader started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _wait_killed(process: subprocess.Popen[bytes], group: bool) -> None:
+    """SIGKILL (the whole group when it has one of its own) and wait until it is gone."""
+    if group:
+        _kill_group(process.pid)
+    elif process.poll() is None:
+        process.kill()
+    process.wait(KILL_TIMEOUT)
+    if group:
+        # A signal is only delivered once its target is scheduled: wait for the orphans too.
+        wait_until(lambda: not group_members(process.pid), KILL_TIMEOUT, "the group to die")
+
+
+def _stop_process(process: subprocess.Popen[bytes], timeout: float, group: bool) -> None:
+    """SIGTERM, up to ``timeout`` to exit, then SIGKILL; returns only once it is reaped."""
+    try:
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+    finally:
+        # Also after a clean exit: children that outlived their parent go with the group.
+        _wait_killed(process, group)
 
 
 def http_ok(url: str) -> bool:
@@ -63,9 +128,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def __enter__(self) -> Self:
+        if self.process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
+        process = self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
@@ -85,27 +160,44 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        RUNNING[process.pid] = self
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self.password)
-        wait_until(lambda: _pings(client), 10, f"redis-server on port {self.port}")
-        client.close()
+        try:
+            # Another server may hold the port: only ours answering counts as started.
+            wait_until(
+                lambda: process.poll() is not None or _answers_as(client, process.pid),
+                30,
+                f"redis-server on port {self.port}",
+            )
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server on port {self.port} exited: {process.returncode}")
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            client.close()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-        self.process = None
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                _stop_process(process, STOP_TIMEOUT, group=False)
+            finally:
+                RUNNING.pop(process.pid, None)
 
     def kill(self) -> None:
         """SIGKILL: no chance to fsync or rewrite anything."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                _wait_killed(process, group=False)
+            finally:
+                RUNNING.pop(process.pid, None)
 
 
-def _pings(client: redis.Redis) -> bool:
+def _answers_as(client: redis.Redis, pid: int) -> bool:
     try:
-        return bool(client.ping())
+        return int(client.info("server")["process_id"]) == pid
     except redis.RedisError:
         return False
 
@@ -144,6 +236,15 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        RUNNING[self.process.pid] = self
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
     @property
     def pid(self) -> int:
@@ -154,19 +255,21 @@ class Service:
 
     def kill(self) -> None:
         """SIGKILL the whole group: the main process and its pool children die together."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self._log_file.close()
+        try:
+            _wait_killed(self.process, group=True)
+        finally:
+            self._done()
 
-    def stop(self, timeout: float = 15) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM to the main process (its own shutdown stops its children), then, after at
+        most ``timeout``, SIGKILL to whatever is left of its group."""
+        try:
+            _stop_process(self.process, timeout, group=True)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        RUNNING.pop(self.process.pid, None)
         self._log_file.close()
 
 
