@@ -6,7 +6,6 @@ validates the body (422 listing the fields) and the OpenAPI document shows every
 
 from __future__ import annotations
 
-import email.message
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -23,9 +22,9 @@ from app.api.errors import (
     InvalidOption,
     PayloadTooDeep,
     UnknownTask,
-    UnsupportedMediaType,
     error_responses,
 )
+from app.api.json_body import StandardJsonRoute, require_json_body
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
 from app.api.security import SubmitterDep, client_identity
 from app.idempotency import MAX_KEY_LENGTH, request_fingerprint
@@ -125,39 +124,6 @@ def check_depth(payload: dict[str, Any], limit: int) -> None:
         raise PayloadTooDeep(f"payload nests {depth} levels deep; the limit is {limit}")
 
 
-def is_json_media_type(content_type: str) -> bool:
-    """application/json or application/*+json, parameters aside: what FastAPI reads as JSON,
-    decided the way FastAPI decides it (an ``email.message`` parse of the header)."""
-    if content_type == "application/json":
-        return True  # nearly every request: no parse
-    message = email.message.Message()
-    message["content-type"] = content_type
-    subtype = message.get_content_subtype()
-    return message.get_content_maintype() == "application" and (
-        subtype == "json" or subtype.endswith("+json")
-    )
-
-
-async def require_json_body(request: Request) -> None:
-    """415 for a body FastAPI would not read as JSON, instead of its 422 "Input should be a
-    valid dictionary" that shows the client's JSON as a string. A body without Content-Type
-    is one of them (FastAPI's strict_content_type: a browser sends such a body cross-site
-    without a preflight). An empty body has nothing to misread and stays accepted."""
-    content_type = request.headers.get("content-type")
-    if content_type and is_json_media_type(content_type):
-        return
-    if not await request.body():  # FastAPI has read it already: this is its cached copy
-        return
-    if content_type:
-        received = content_type.partition(";")[0].strip()[:64]
-        got = f"Content-Type: {received}" if received else "an empty Content-Type"
-    else:
-        got = "no Content-Type"
-    raise UnsupportedMediaType(
-        f"the body must be JSON sent with Content-Type: application/json; got {got}"
-    )
-
-
 def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
     model = spec.payload
     optional = not any(field.is_required() for field in model.model_fields.values())
@@ -241,6 +207,7 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
             status_code=202,
             summary=f"Submit a {spec.name} task",
             dependencies=[Depends(require_json_body)],
+            route_class_override=StandardJsonRoute,
             responses=error_responses(409, 413, 415, 429),
         )
 

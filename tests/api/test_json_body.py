@@ -1,4 +1,5 @@
-"""A submit body must be JSON: anything else is a 415 naming application/json, not a 422.
+"""A submit body must be sent as JSON (else 415 naming application/json, not a 422), and be
+standard JSON (NaN, Infinity and numbers past a float's range are a 422, not a 500).
 
 The bodies here carry an unknown field, so a body that is read as JSON answers 422 for that
 field (``extra_forbidden``) and nothing is enqueued: the answer tells how the body was read.
@@ -6,6 +7,8 @@ field (``extra_forbidden``) and nothing is enqueued: the answer tells how the bo
 
 from __future__ import annotations
 
+import json
+import math
 import string
 from typing import Any
 
@@ -13,6 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from app.main import create_app
+from tests.conftest import settings_from
 
 BODY = b'{"unknown_field": 1}'
 
@@ -130,3 +136,55 @@ def test_any_content_type_gets_415_or_is_read_as_json(api: TestClient, content_t
     if status == 422:
         assert read_as_json(body)
         assert content_type.split(";")[0].strip().lower().startswith("application/")
+
+
+def json_invalid_reason(response_json: dict[str, Any]) -> str:
+    (error,) = response_json["detail"]
+    assert error["type"] == "json_invalid"
+    return str(error["ctx"]["error"])
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"echo": NaN}', "NaN is not a JSON value"),
+        (b'{"echo": [Infinity]}', "Infinity is not a JSON value"),
+        (b'{"sleep_seconds": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"sleep_seconds": NaN}', "NaN is not a JSON value"),
+        (b'{"echo": 1e400}', "a number too large for a float"),
+    ],
+)
+def test_numbers_json_does_not_have_are_422_naming_them(
+    api: TestClient, body: bytes, reason: str
+) -> None:
+    status, answer = post(api, "application/json", body)
+    assert status == 422
+    assert json_invalid_reason(answer) == reason
+
+
+def test_an_integer_too_long_to_read_is_422(courier_vars: dict[str, str]) -> None:
+    settings = settings_from({**courier_vars, "COURIER_MAX_PAYLOAD_BYTES": "65536"})
+    with TestClient(create_app(settings)) as client:
+        status, answer = post(client, "application/json", b'{"echo": ' + b"7" * 5000 + b"}")
+    assert status == 422
+    assert json_invalid_reason(answer) == "a number too long to read"
+
+
+NUMBERS = st.floats() | st.integers(min_value=-(10**400), max_value=10**400)
+
+
+@given(number=NUMBERS, field=st.sampled_from(["sleep_seconds", "echo"]))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_number_python_writes_gets_a_short_json_answer(
+    api: TestClient, number: float, field: str
+) -> None:
+    body = json.dumps({field: number, "unknown_field": 1}).encode()  # NaN, Infinity too
+    status, answer = post(api, "application/json", body)
+    assert status == 422
+    assert all(len(error["msg"]) < 200 for error in answer["detail"]), answer
+    if isinstance(number, float) and not math.isfinite(number):
+        json_invalid_reason(answer)
+    else:
+        assert read_as_json(answer) or answer["detail"][0]["loc"] == ["body", field]
