@@ -79,3 +79,24 @@ class ArtifactOut(BaseModel):
     content_type: str
     bytes: int
     url: str
+
+
+class SeedUser(BaseModel):
+    id: int
+    username: str
+    email: str
+
+
+class UserRegistered(BaseModel):
+    """The seed's body (``message``, ``user``) and Courier's earlier flat keys beside it."""
+
+    message: str = "Registration complete"
+    user: SeedUser
+    user_id: int
+    username: str
+    email: str
+
+
+class UserDeleted(BaseModel):
+    message: str = Field(examples=["User 1 deleted"])
+    user_id: int

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from fastapi.testclient import TestClient
+from httpx2 import Response
 
-from tests.utils.processes import wait_until
+from tests.utils.monitor import monitored
+from tests.utils.processes import RedisServer, wait_until
 from tests.utils.smtp import SmtpServer
-from worker.core.names import AUDIT_LOG_KEY
+from worker.core.names import AUDIT_LOG_KEY, USER_ID_SEQ_KEY, USERNAMES_KEY, USERS_KEY
 
 
 def audit_entries(client: redis.Redis) -> list[dict[str, object]]:
@@ -117,3 +121,87 @@ def test_send_email_rejects_an_invalid_address(api: TestClient) -> None:
 
 def test_seed_status_of_an_unknown_id_is_404(api: TestClient) -> None:
     assert api.get("/tasks/never-issued").status_code == 404
+
+
+def register(api: TestClient, username: str) -> Response:
+    return api.post("/users/register", params={"username": username, "email": "u@example.com"})
+
+
+def test_register_and_delete_answer_the_seeds_bodies(
+    api: TestClient, unique: Callable[[str], str]
+) -> None:
+    username = unique("Frances")
+    registered = api.post(
+        "/users/register", params={"username": username, "email": "f@example.com"}
+    )
+    assert registered.status_code == 200
+    body = registered.json()
+    user_id = body["user"]["id"]
+    assert body["message"] == "Registration complete"
+    assert body["user"] == {"id": user_id, "username": username, "email": "f@example.com"}
+    assert body["user_id"] == user_id  # Courier's earlier keys stay for its own clients
+    deleted = api.delete(f"/users/{user_id}")
+    assert deleted.status_code == 200
+    assert deleted.json()["message"] == f"User {user_id} deleted"
+
+
+def test_a_taken_username_uses_up_no_user_id(api: TestClient, unique: Callable[[str], str]) -> None:
+    first = register(api, unique("grace")).json()["user"]["id"]
+    taken = unique("hopper")
+    assert register(api, taken).json()["user"]["id"] == first + 1
+    assert register(api, taken).status_code == 409
+    assert register(api, taken).status_code == 409
+    assert register(api, unique("lovelace")).json()["user"]["id"] == first + 2
+
+
+def test_usernames_are_unique_whatever_their_case(
+    api: TestClient, unique: Callable[[str], str]
+) -> None:
+    username = unique("Ada")
+    user = register(api, username).json()["user"]
+    assert user["username"] == username  # stored as given
+    for variant in (username.lower(), username.upper(), username.swapcase()):
+        conflict = register(api, variant)
+        assert conflict.status_code == 409
+        assert "already registered" in conflict.json()["detail"]
+    assert api.delete(f"/users/{user['id']}").status_code == 200
+    assert register(api, username.upper()).status_code == 200  # free again, in any case
+
+
+def test_concurrent_registrations_of_one_name_make_one_user_and_consecutive_ids(
+    api: TestClient, unique: Callable[[str], str]
+) -> None:
+    contested = unique("Barbara")
+    variants = [contested, contested.lower(), contested.upper()] * 8
+    others = [unique(f"liskov{i}") for i in range(8)]
+    start = threading.Barrier(len(variants) + len(others))
+
+    def attempt(name: str) -> Response:
+        start.wait(30)
+        return register(api, name)
+
+    with ThreadPoolExecutor(len(variants) + len(others)) as pool:
+        contested_answers = list(pool.map(attempt, variants + others))
+    answers, contested_answers = contested_answers, contested_answers[: len(variants)]
+    assert sorted(r.status_code for r in contested_answers) == [200] + [409] * (len(variants) - 1)
+    assert all(r.status_code == 200 for r in answers[len(variants) :])
+    ids = sorted(r.json()["user"]["id"] for r in answers if r.status_code == 200)
+    assert len(ids) == len(others) + 1
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # no id used up by a conflict
+
+
+def test_registration_and_deletion_are_each_one_step_in_redis(
+    api: TestClient, redis_server: RedisServer, unique: Callable[[str], str]
+) -> None:
+    """One script each: no crash or concurrent request can fall between claiming the name,
+    taking an id and storing the user (a name claimed by a request that died before storing
+    its user could never be registered nor freed)."""
+    with monitored(redis_server.url) as commands:
+        user_id = register(api, unique("katherine")).json()["user"]["id"]
+        assert api.delete(f"/users/{user_id}").status_code == 200
+    user_keys = {USERS_KEY, USERNAMES_KEY, USER_ID_SEQ_KEY}
+    sent = [c for c in commands if c["client_type"] != "lua"]
+    touching = [c["command"] for c in sent if set(c["command"].split()) & user_keys]
+    assert [command.split()[0].upper() for command in touching] == ["EVALSHA", "EVALSHA"]
+    scripted = [c["command"].split()[0].upper() for c in commands if c["client_type"] == "lua"]
+    assert {"INCR", "HSET", "HDEL"} <= set(scripted)

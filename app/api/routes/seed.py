@@ -13,6 +13,7 @@ from pydantic import EmailStr
 
 from app.api.deps import QueueDep, RedisDep, SettingsDep, UsersDep
 from app.api.errors import PROTECTED_ERRORS, error_responses
+from app.api.schemas import SeedUser, UserDeleted, UserRegistered
 from app.api.security import SubmitterDep, client_identity
 from app.background import send_welcome_email, write_audit_log
 from app.queue import EnqueueOptions
@@ -29,7 +30,8 @@ Username = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0
 
 @router.post(
     "/users/register",
-    summary="Register a user; welcome email and audit in background",
+    summary="Register a user (usernames unique whatever their case); welcome email and audit "
+    "in background",
     responses=error_responses(409),
 )
 def register_user(
@@ -39,16 +41,16 @@ def register_user(
     users: UsersDep,
     client: RedisDep,
     settings: SettingsDep,
-) -> dict[str, Any]:
+) -> UserRegistered:
     user = users.register(username, str(email))
     background.add_task(send_welcome_email, settings, user.username, user.email)
     background.add_task(write_audit_log, client, "user.registered", user_id=user.user_id)
-    return {
-        "message": "User registered",
-        "user_id": user.user_id,
-        "username": user.username,
-        "email": user.email,
-    }
+    return UserRegistered(
+        user=SeedUser(id=user.user_id, username=user.username, email=user.email),
+        user_id=user.user_id,
+        username=user.username,
+        email=user.email,
+    )
 
 
 @router.delete(
@@ -61,10 +63,10 @@ def delete_user(
     background: BackgroundTasks,
     users: UsersDep,
     client: RedisDep,
-) -> dict[str, Any]:
+) -> UserDeleted:
     user = users.delete(user_id)
     background.add_task(write_audit_log, client, "user.deleted", user_id=user.user_id)
-    return {"message": "User deleted", "user_id": user.user_id}
+    return UserDeleted(message=f"User {user.user_id} deleted", user_id=user.user_id)
 
 
 @router.post(
