@@ -2,7 +2,7 @@
 
 Where each signal fires matters under the prefork pool:
 - main process: ``celeryd_init`` (before the pool forks), ``worker_init``, ``worker_ready``,
-  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``;
+  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``, ``task_unknown``;
 - pool children: ``worker_process_init``/``_shutdown`` and ``task_prerun``/``postrun``/
   ``success``/``failure``/``retry``;
 - any publisher (API, worker retrying, beat): ``before_task_publish``/``after_task_publish``.
@@ -33,6 +33,7 @@ from celery.signals import (
     task_retry,
     task_revoked,
     task_success,
+    task_unknown,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -43,7 +44,7 @@ from celery.signals import (
 from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
 from worker.core.logging import configure_logging
-from worker.core.metrics import UNKNOWN_TASK
+from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.names import ENQUEUED_AT_HEADER
 from worker.core.queue_stats import QueueInspector, deregister_worker, due_time, register_worker
@@ -166,13 +167,20 @@ def _count_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
     metrics.TASK_REVOKED.labels(*_request_labels(request, task)).inc()
 
 
-def _count_rejected(message: Any, **_: Any) -> None:
+def _count_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
+    """A message the consumer rejected (no task name, invalid) or whose task is not registered
+    (``task_unknown``). Its headers and routing key are whatever the producer wrote: the labels
+    keep only registered task names and configured queues, so no producer can add series."""
     headers = getattr(message, "headers", None) or {}
     delivery = getattr(message, "delivery_info", None) or {}
+    app = getattr(sender, "app", None)
+    tasks = app.tasks if app is not None else {}
+    queues = app.amqp.queues if app is not None else {}
+    name, queue = str(headers.get("task", "")), str(delivery.get("routing_key", ""))
     metrics.TASK_REJECTED.labels(
-        "unknown" if "task" not in headers else str(headers["task"])[:64],
-        _MainProcess.hostname,
-        delivery.get("routing_key") or "",
+        name if name in tasks else UNKNOWN_TASK,
+        getattr(sender, "hostname", None) or _MainProcess.hostname,
+        queue if queue in queues else UNKNOWN_QUEUE,
     ).inc()
 
 
@@ -243,6 +251,7 @@ def connect_signals(app: Celery) -> None:
         (task_received, _count_received),
         (task_revoked, _count_revoked),
         (task_rejected, _count_rejected),
+        (task_unknown, _count_rejected),
         (worker_process_init, _child_started),
         (worker_process_shutdown, _child_stopping),
         (task_prerun, _task_started),

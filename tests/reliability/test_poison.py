@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.conftest import settings_from, wait_for_status
 from tests.utils.processes import RedisServer, Service, celery_worker, courier_env, wait_until
-from tests.utils.prom import scrape, total
+from tests.utils.prom import label_values, scrape, total
 from worker.celery_config import create_celery_app
 
 
@@ -77,12 +78,57 @@ def test_an_undecodable_message_is_dropped_logged_and_does_not_block(stack: Pois
     assert "decode" in stack.worker.output().lower()
 
 
+def rejected(stack: PoisonStack, **labels: str) -> float:
+    return total(scrape(stack.metrics_url), "celery_task_rejected_total", **labels)
+
+
 def test_an_unknown_task_is_rejected_and_counted(stack: PoisonStack) -> None:
+    before = rejected(stack, name="unknown", queue_name="default")
     stack.celery.send_task("no.such.task", kwargs={}, queue="default")
     after = stack.api.post("/v1/tasks/noop", json={"echo": "after unknown"}).json()["id"]
     assert wait_for_status(stack.api, after)["result"] == "after unknown"
     wait_until(lambda: queue_is_drained(stack.redis), 10, "the unknown task to be gone")
     assert "no.such.task" in stack.worker.output()
+    # The producer's task name is not a label value: it would be one new series per name.
+    wait_until(
+        lambda: rejected(stack, name="unknown", queue_name="default") == before + 1,
+        10,
+        "the rejection to be counted",
+        0.2,
+    )
+    names = label_values(scrape(stack.metrics_url), "celery_task_rejected_total", "name")
+    assert "no.such.task" not in names
+
+
+def test_a_message_without_a_task_is_rejected_and_counted_under_bounded_labels(
+    stack: PoisonStack,
+) -> None:
+    """Headers and routing key are the producer's: neither becomes a label value as it is."""
+    routing_key = f"made-up-{uuid.uuid4().hex}"
+    envelope = {
+        "body": base64.b64encode(json.dumps([[], {}, {}]).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"id": str(uuid.uuid4())},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": routing_key},
+            "delivery_mode": 2,
+            "delivery_tag": str(uuid.uuid4()),
+            "priority": 0,
+        },
+    }
+    before = rejected(stack, name="unknown", queue_name="unknown")
+    stack.redis.lpush("default", json.dumps(envelope))
+    wait_until(
+        lambda: rejected(stack, name="unknown", queue_name="unknown") == before + 1,
+        20,
+        "the rejection to be counted",
+        0.2,
+    )
+    wait_until(lambda: queue_is_drained(stack.redis), 10, "the message to be gone")
+    queues = label_values(scrape(stack.metrics_url), "celery_task_rejected_total", "queue_name")
+    assert routing_key not in queues
 
 
 def test_a_payload_the_worker_cannot_validate_fails_without_retry(stack: PoisonStack) -> None:

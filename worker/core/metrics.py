@@ -30,8 +30,10 @@ WAIT_BUCKETS = (
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 TASK_LABELS = ("name", "hostname", "queue_name")
-# The ``name`` of a message whose task is not registered here (a header is producer input).
+# Label values for a message naming a task not registered here, or a queue not configured
+# (headers and routing keys are producer input: they never become label values as they are).
 UNKNOWN_TASK = "unknown"
+UNKNOWN_QUEUE = "unknown"
 
 # --- task lifecycle (celery-exporter names) ---
 TASK_SENT = Counter("celery_task_sent", "Task messages published.", TASK_LABELS)
