@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import csv
+import email.message
 import io
+import re
 from collections.abc import Callable
+from urllib.parse import unquote
 
+import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from app.api.routes.artifacts import content_disposition
 from tests.conftest import wait_for_status
 from tests.worker.handlers.test_images import png_bytes
 
@@ -90,3 +97,74 @@ def test_generated_report_is_a_downloadable_csv(
         {"item": "apples", "qty": "3"},
         {"item": "pears", "qty": "4"},
     ]
+
+
+def filename_of(content_disposition: str) -> str:
+    """The name a client reads (RFC 6266): ``filename*`` (RFC 5987) when given, else
+    ``filename`` (read by ``email.message``, which follows the quoting rules)."""
+    extended = re.search(r"filename\*=([^']*)'[^']*'([^;\s]*)", content_disposition)
+    if extended:
+        charset, value = extended.groups()
+        assert charset.lower() == "utf-8"
+        assert re.fullmatch(r"[A-Za-z0-9!#$&+\-.^_`|~%]*", value), value  # attr-chars only
+        return unquote(value, encoding="utf-8", errors="strict")
+    message = email.message.Message()
+    message["Content-Disposition"] = content_disposition
+    name = message.get_filename()
+    assert name is not None
+    return name
+
+
+def download_name(api: TestClient, filename: str) -> tuple[str, str]:
+    """Upload under ``filename``; the name the API stored, and the one its download gives."""
+    response = api.post("/v1/artifacts", files={"file": (filename, b"bytes", "image/png")})
+    assert response.status_code == 201, response.text
+    stored = response.json()["filename"]
+    download = api.get(f"/v1/artifacts/{response.json()['id']}")
+    assert download.status_code == 200
+    header = download.headers.get("content-disposition")
+    if not stored:
+        assert header is None
+        return stored, ""
+    assert header.startswith("attachment; ")
+    header.encode("ascii")  # every byte of it: no raw name in the header
+    plain = re.search(r'filename="((?:[^"\\]|\\.)*)"', header)
+    assert plain, header  # the ASCII fallback for clients that do not read filename*
+    return stored, filename_of(header)
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["文件.png", "résumé.png", "back\\slash.png", "semi;colon, comma.png", "🚀.png"],
+)
+def test_a_download_gives_back_any_filename(api: TestClient, filename: str) -> None:
+    assert download_name(api, filename) == (filename, filename)
+
+
+def test_a_plain_filename_is_sent_as_is(api: TestClient) -> None:
+    response = api.post("/v1/artifacts", files={"file": ("cat.png", b"x", "image/png")})
+    download = api.get(f"/v1/artifacts/{response.json()['id']}")
+    assert download.headers["content-disposition"] == 'attachment; filename="cat.png"'
+
+
+def test_the_fallback_of_a_non_ascii_name_is_readable_ascii(api: TestClient) -> None:
+    response = api.post("/v1/artifacts", files={"file": ("résumé.png", b"x", "image/png")})
+    header = api.get(f"/v1/artifacts/{response.json()['id']}").headers["content-disposition"]
+    assert 'filename="resume.png"' in header
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_stored_filename_downloads_under_the_same_name(api: TestClient, filename: str) -> None:
+    stored, downloaded = download_name(api, filename)
+    assert downloaded == stored
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+def test_any_name_reads_back_from_its_content_disposition(filename: str) -> None:
+    # Quotes and line breaks reach no stored name through multipart (clients send %22, %0A).
+    header = content_disposition(filename)
+    header.encode("ascii")
+    assert filename_of(header) == filename

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Path, Request, Response, UploadFile
 
@@ -18,6 +20,8 @@ router = APIRouter(
     responses=PROTECTED_ERRORS,
 )
 
+# RFC 5987 attr-char, beyond the letters, digits and "_.-~" that quote() never encodes.
+ATTR_CHARS = "!#$&+^`|"
 ArtifactId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
 
 
@@ -58,5 +62,26 @@ def download_artifact(artifact_id: ArtifactId, artifacts: ArtifactsDep) -> Respo
     artifact = artifacts.get(artifact_id)
     headers = {}
     if artifact.filename:
-        headers["Content-Disposition"] = f'attachment; filename="{artifact.filename}"'
+        headers["Content-Disposition"] = content_disposition(artifact.filename)
     return Response(artifact.data, media_type=artifact.content_type, headers=headers)
+
+
+def _ascii_fallback(filename: str) -> str:
+    """The name for clients that only read ``filename``: accents dropped (résumé -> resume),
+    other non-ASCII and control characters as ``_``, quotes and backslashes escaped."""
+    decomposed = unicodedata.normalize("NFKD", filename)
+    plain = "".join(
+        c if " " <= c <= "~" else "_" for c in decomposed if not unicodedata.combining(c)
+    )
+    return plain.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` under ``filename`` as RFC 6266 says: a quoted ``filename`` in ASCII,
+    and when that is not the name itself, ``filename*`` (RFC 5987: UTF-8, percent-encoded),
+    which clients prefer. A header is Latin-1 at best: the raw name (文件.png) was a 500."""
+    fallback = _ascii_fallback(filename)
+    header = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe=ATTR_CHARS)}"
+    return header
