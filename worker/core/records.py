@@ -47,6 +47,15 @@ return {redis.call('HGET', KEYS[1], 'revoked') or '', finished and 1 or 0}
 )
 
 
+# KEYS: the record. Flags it revoked only if it still exists: an HSET on an expired record
+# would recreate it without a TTL (a key kept forever). Returns 1 when flagged.
+_MARK_REVOKED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'revoked', '1')
+return 1
+"""
+
+
 @dataclass(frozen=True)
 class StartCheck:
     revoked: bool  # cancelled through the API while it waited
@@ -62,6 +71,7 @@ class TaskRecords:
         self._redis = client
         self._ttl = ttl
         self._mark_started = client.register_script(_MARK_STARTED)
+        self._mark_revoked = client.register_script(_MARK_REVOKED)
 
     @property
     def client(self) -> redis.Redis:
@@ -120,5 +130,6 @@ class TaskRecords:
         revoked, finished = self._mark_started(keys=keys, args=args)
         return StartCheck(revoked=revoked == b"1", finished=bool(finished))
 
-    def mark_revoked(self, task_id: str) -> None:
-        self._redis.hset(_key(task_id), "revoked", "1")
+    def mark_revoked(self, task_id: str) -> bool:
+        """Flag the record revoked, keeping its TTL; False when it no longer exists."""
+        return bool(self._mark_revoked(keys=[_key(task_id)]))
