@@ -5,14 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeGuard
+
+from worker.core.errors import PermanentError
 
 Scalar = str | int | float | bool | None
 Row = dict[str, Scalar]
 ReportFormat = Literal["csv", "json"]
+# The CSV's last row holds the totals; this word labels it, in the first column not totalled.
+TOTAL_LABEL = "total"
 
 
 @dataclass(frozen=True)
@@ -21,7 +26,7 @@ class Report:
     content_type: str
     columns: list[str]
     rows: int
-    numeric_totals: dict[str, float]
+    numeric_totals: dict[str, int | float]
 
 
 def columns_of(rows: Sequence[Row]) -> list[str]:
@@ -32,14 +37,39 @@ def columns_of(rows: Sequence[Row]) -> list[str]:
     return list(seen)
 
 
-def numeric_totals(rows: Sequence[Row], columns: Sequence[str]) -> dict[str, float]:
-    """Sum of each column whose present values are all numbers (booleans excluded)."""
-    totals: dict[str, float] = {}
+def _is_number(value: Scalar) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def numeric_totals(rows: Sequence[Row], columns: Sequence[str]) -> dict[str, int | float]:
+    """Sum of each column whose present values are all numbers (booleans are not): an int
+    when every value is one, else a float (``math.fsum``: no rounding error piles up)."""
+    totals: dict[str, int | float] = {}
     for column in columns:
         values = [row[column] for row in rows if row.get(column) is not None]
-        if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            totals[column] = float(sum(v for v in values if isinstance(v, int | float)))
+        numbers = [v for v in values if _is_number(v)]
+        if not values or len(numbers) < len(values):
+            continue
+        if all(isinstance(v, int) for v in numbers):
+            totals[column] = sum(int(v) for v in numbers)
+            continue
+        try:
+            total = math.fsum(numbers)
+        except OverflowError:
+            total = math.inf
+        if not math.isfinite(total):
+            raise PermanentError(f"the total of column {column!r} is not a finite number")
+        totals[column] = total
     return totals
+
+
+def totals_row(columns: Sequence[str], totals: dict[str, int | float]) -> Row:
+    """The CSV's closing row: each total under its column, ``total`` in the first other one."""
+    row: Row = dict(totals)
+    label = next((column for column in columns if column not in totals), None)
+    if label is not None:
+        row[label] = TOTAL_LABEL
+    return row
 
 
 def render_report(report_id: str, rows: Sequence[Row], fmt: ReportFormat) -> Report:
@@ -50,6 +80,8 @@ def render_report(report_id: str, rows: Sequence[Row], fmt: ReportFormat) -> Rep
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
+        if totals:
+            writer.writerow(totals_row(columns, totals))
         return Report(buffer.getvalue().encode(), "text/csv", columns, len(rows), totals)
     document = {
         "report_id": report_id,
