@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Literal
 
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +19,14 @@ CONTENT_TYPES: dict[str, str] = {
 }
 
 
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _without_reprs(message: str) -> str:
+    """A message for users: no ``<... object at 0x...>``, which says nothing to them."""
+    return _OBJECT_REPR.sub("the image", message).strip() or "unreadable data"
+
+
 def resize_image(
     data: bytes, width: int, height: int, fmt: ImageFormat | None = None
 ) -> tuple[bytes, str]:
@@ -31,8 +40,13 @@ def resize_image(
             source.load()
             target = fmt or (source.format if source.format in CONTENT_TYPES else "PNG")
             resized = source.resize((width, height), Image.Resampling.LANCZOS)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
-        raise PermanentError(f"not a valid image: {type(exc).__name__}: {exc}") from None
+    except UnidentifiedImageError:
+        # Pillow's message names the buffer by its repr (<_io.BytesIO object at 0x...>).
+        raise PermanentError(
+            f"not a valid image: {len(data)} bytes in no image format the worker reads"
+        ) from None
+    except (Image.DecompressionBombError, OSError, SyntaxError) as exc:
+        raise PermanentError(f"not a valid image: {_without_reprs(str(exc))}") from None
     if target == "JPEG" and resized.mode not in ("RGB", "L"):
         resized = resized.convert("RGB")
     out = io.BytesIO()

@@ -36,3 +36,16 @@ def test_garbage_bytes_are_a_permanent_error() -> None:
 def test_truncated_image_is_a_permanent_error() -> None:
     with pytest.raises(PermanentError, match="not a valid image"):
         resize_image(png_bytes((200, 200))[:60], 10, 10)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"definitely not an image", b"GIF89a" + b"\x00" * 20, b"BM" + b"\x00" * 40, b""],
+    ids=["text", "gif-header-only", "bmp-header-only", "empty"],
+)
+def test_an_unreadable_upload_is_reported_without_object_reprs(data: bytes) -> None:
+    with pytest.raises(PermanentError) as error:
+        resize_image(data, 10, 10)
+    message = str(error.value)
+    assert message.startswith("not a valid image: ")
+    assert "object at 0x" not in message and "<" not in message, message
