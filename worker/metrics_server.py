@@ -51,7 +51,7 @@ class QueueCollector(Collector):
 
 
 class MetricsServer:
-    def __init__(self, port: int, queue_collector: QueueCollector) -> None:
+    def __init__(self, host: str, port: int, queue_collector: QueueCollector) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         if multiprocess_enabled():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
@@ -92,7 +92,7 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes and probes every few seconds are not worth a log line
 
-        self._httpd = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)

@@ -102,7 +102,9 @@ def _start_metrics_server(sender: Any, **_: Any) -> None:
     inspector = QueueInspector(create_redis(settings), settings.queues, PRIORITY_STEPS)
     holder = f"{socket.gethostname()}:{os.getpid()}"
     collector = QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds)
-    _MainProcess.server = MetricsServer(settings.worker_metrics_port, collector)
+    _MainProcess.server = MetricsServer(
+        settings.worker_metrics_host, settings.worker_metrics_port, collector
+    )
     _MainProcess.server.start()
     logger.info("worker metrics server listening", extra={"port": _MainProcess.server.port})
 

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     # --- metrics ---
     # The worker's /metrics and /healthz port (0 turns the server off).
     worker_metrics_port: int = Field(9808, ge=0, le=65535)
+    # Its address: every interface in a pod (Prometheus scrapes the pod IP); `make up` binds
+    # loopback unless COURIER_LOCAL_BIND says otherwise.
+    worker_metrics_host: str = "0.0.0.0"
     # How often a worker renews its entry in the live-worker registry (expires after 3x).
     worker_heartbeat_seconds: float = Field(5.0, gt=0)
     # Lease of the one worker exporting queue gauges; above the scrape interval.
