@@ -2,7 +2,8 @@
 
 Enqueue writes the task's record and its message in one MULTI/EXEC (see ``app.publish``), so
 a 202 is only returned for a task whose message Redis accepted, and a failed write leaves
-neither behind; the caller gets the Redis error (mapped to 503).
+neither behind; the caller gets the Redis error (mapped to 503). A caller may add its own
+writes to that transaction, on a condition (a ``Guard``: the idempotency key's claim).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import redis
 from celery import Celery, states
 from celery.backends.base import BaseKeyValueStoreBackend
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -36,6 +38,20 @@ class TaskAlreadyFinished(Exception):
     def __init__(self, state: TaskState) -> None:
         super().__init__(f"task {state.task_id} already finished with status {state.status}")
         self.state = state
+
+
+class GuardFailed(Exception):
+    """The guarded key no longer held the expected value: nothing was written."""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Enqueue only while ``key`` holds ``expected`` (WATCHed until EXEC), and write ``also``
+    in the same MULTI/EXEC as the task: both or neither."""
+
+    key: str
+    expected: bytes
+    also: tuple[Command, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,13 +140,26 @@ class TaskQueue:
         payload: dict[str, Any],
         options: EnqueueOptions,
         task_id: str | None = None,
+        guard: Guard | None = None,
     ) -> str:
-        """Blocking form, for callers already off the event loop (idempotent submits)."""
-        message, commands = self._prepare(name, payload, options, task_id)
-        with suppress_instrumentation():  # as in enqueue_async: the producer span is this write
-            pipe = self._redis.pipeline(transaction=True)
-            queue_commands(pipe, commands)
-            pipe.execute()
+        """Blocking form, for callers already off the event loop (idempotent submits).
+
+        With a ``guard``: ``GuardFailed`` when its key changed before EXEC, and nothing is
+        written. redis-py reports a connection lost while watching the same way."""
+        # As in enqueue_async: the producer span is this write.
+        with suppress_instrumentation(), self._redis.pipeline(transaction=True) as pipe:
+            if guard is not None:
+                pipe.watch(guard.key)  # type: ignore[no-untyped-call]
+                if pipe.get(guard.key) != guard.expected:
+                    raise GuardFailed(guard.key)
+                pipe.multi()
+            message, commands = self._prepare(name, payload, options, task_id)
+            queue_commands(pipe, [*commands, *(guard.also if guard else ())])
+            try:
+                pipe.execute()
+            except redis.WatchError as exc:
+                assert guard is not None  # only a watched transaction is aborted
+                raise GuardFailed(guard.key) from exc
         return self._published(message)
 
     async def enqueue_async(

@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import subprocess
+import sys
 import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
+import httpx2
+import pytest
+import redis
 from fastapi.testclient import TestClient
 
-from tests.conftest import wait_for_status
-from tests.utils.processes import courier_env, free_port, gunicorn, http_ok, wait_until
+from app.idempotency import PENDING_TTL_SECONDS, key_slot, request_fingerprint
+from app.main import create_app
+from app.queue import EnqueueOptions
+from tests.conftest import settings_from, wait_for_status
+from tests.utils.processes import (
+    RedisServer,
+    courier_env,
+    free_port,
+    gunicorn,
+    http_ok,
+    wait_until,
+)
 from tests.utils.prom import scrape, total
+from tests.utils.redis_link import RedisLink
+from worker.core.names import TASK_RECORD_KEY
+from worker.tasks.noop import NoopPayload
 
 
 def test_a_repeated_key_and_body_returns_the_original_task(live_api: TestClient) -> None:
@@ -93,3 +114,121 @@ def test_fifty_concurrent_identical_requests_enqueue_once(
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(30)
         server.stop()
+
+
+# A killed or cut-off request: the key must say what happened to its task, and never block
+# for long. TestClient requests come from "testclient", so the key's client is its address.
+TEST_CLIENT = "addr:testclient"
+# Stands in for a process killed between claim and publish: the real claim code, an enqueue
+# that never returns, then SIGKILL.
+CLAIM_AND_HANG = """
+import sys, time
+import redis
+from app.idempotency import IdempotentSubmitter
+
+url, client_id, key, fingerprint = sys.argv[1:]
+
+def hang(*_):
+    print("claimed", flush=True)
+    time.sleep(600)
+
+IdempotentSubmitter(redis.Redis.from_url(url)).submit(client_id, key, fingerprint, hang)
+"""
+
+
+def noop_fingerprint(echo: str) -> str:
+    payload = NoopPayload(echo=echo).model_dump(mode="json")
+    return request_fingerprint("noop", payload, asdict(EnqueueOptions()))
+
+
+def keyed_noop(api: TestClient, key: str, echo: str) -> httpx2.Response:
+    return api.post("/v1/tasks/noop", json={"echo": echo}, headers={"Idempotency-Key": key})
+
+
+def test_a_process_killed_between_claim_and_publish_blocks_its_key_for_seconds(
+    api: TestClient, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    key = f"killed-{uuid.uuid4()}"
+    args = [redis_server.url, TEST_CLIENT, key, noop_fingerprint("once")]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", CLAIM_AND_HANG, *args],
+        stdout=subprocess.PIPE,
+        env=courier_env({}),
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"claimed\n"
+    finally:
+        holder.kill()
+        holder.wait(30)
+        if holder.stdout is not None:
+            holder.stdout.close()
+    slot = key_slot(TEST_CLIENT, key)
+    left = json.loads(redis_client.get(slot) or b"{}")
+    assert left["state"] == "pending"
+    assert 0 < redis_client.ttl(slot) <= PENDING_TTL_SECONDS  # not a day
+
+    retry = keyed_noop(api, key, "once")  # waits the dead claim out, then submits
+    assert retry.status_code == 202, retry.text
+    task_id = retry.json()["id"]
+    assert task_id != left["task_id"]
+    assert "Idempotent-Replayed" not in retry.headers
+    assert not redis_client.exists(TASK_RECORD_KEY.format(task_id=left["task_id"]))
+    again = keyed_noop(api, key, "once")
+    assert (again.status_code, again.json()["id"]) == (202, task_id)
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+@pytest.fixture
+def cut_api(own_redis: RedisServer) -> Iterator[tuple[TestClient, RedisLink]]:
+    """An API reaching its own Redis through a link the test can cut at an EXEC."""
+    with (
+        RedisLink(own_redis.port) as link,
+        TestClient(create_app(settings_from({"COURIER_REDIS_URL": link.url}))) as api,
+    ):
+        assert api.post("/v1/tasks/noop", json={}).status_code == 202  # connections open
+        yield api, link
+
+
+def test_redis_lost_right_after_the_enqueue_leaves_the_key_done(
+    cut_api: tuple[TestClient, RedisLink], own_redis: RedisServer
+) -> None:
+    api, link = cut_api
+    key = f"cut-after-{uuid.uuid4()}"
+    link.fail_at_next_exec(deliver=True)
+    first = keyed_noop(api, key, "once")
+    assert link.failed  # Redis was gone from the instant after the transaction
+    # Before, the done marker was a write of its own after the enqueue: a 503 here, the task
+    # queued, and every retry a 409 for a day.
+    assert first.status_code == 202, first.text
+    task_id = first.json()["id"]
+    with redis.Redis.from_url(own_redis.url) as direct:
+        marker = json.loads(direct.get(key_slot(TEST_CLIENT, key)) or b"{}")
+        assert (marker["state"], marker["task_id"]) == ("done", task_id)
+        assert direct.ttl(key_slot(TEST_CLIENT, key)) > PENDING_TTL_SECONDS
+        assert direct.exists(TASK_RECORD_KEY.format(task_id=task_id))
+    link.restore()
+    again = keyed_noop(api, key, "once")
+    assert (again.status_code, again.json()["id"]) == (202, task_id)
+    assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_redis_lost_with_the_enqueue_leaves_neither_task_nor_marker(
+    cut_api: tuple[TestClient, RedisLink], own_redis: RedisServer
+) -> None:
+    api, link = cut_api
+    key = f"cut-before-{uuid.uuid4()}"
+    link.fail_at_next_exec(deliver=False)
+    first = keyed_noop(api, key, "once")
+    assert link.failed
+    assert first.status_code == 503, first.text
+    with redis.Redis.from_url(own_redis.url) as direct:
+        claim = json.loads(direct.get(key_slot(TEST_CLIENT, key)) or b"{}")
+        assert claim["state"] == "pending"  # what was claimed before Redis went away
+        assert 0 < direct.ttl(key_slot(TEST_CLIENT, key)) <= PENDING_TTL_SECONDS
+        assert not direct.exists(TASK_RECORD_KEY.format(task_id=claim["task_id"]))
+    link.restore()
+    retry = keyed_noop(api, key, "once")  # waits the lapsing claim out
+    assert retry.status_code == 202, retry.text
+    again = keyed_noop(api, key, "once")
+    assert (again.status_code, again.json()["id"]) == (202, retry.json()["id"])

@@ -149,7 +149,7 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
                 client,
                 idempotency_key,
                 fingerprint,
-                lambda task_id: queue.enqueue(spec.name, data, options, task_id),
+                lambda task_id, guard: queue.enqueue(spec.name, data, options, task_id, guard),
             )
             task_id = submission.task_id
             if submission.replayed:

@@ -1,0 +1,123 @@
+"""A TCP link to a real redis-server that can fail right after a transaction.
+
+Clients connect to the link instead of to Redis. ``fail_at_next_exec()`` makes the link
+behave as if Redis died at the next EXEC a client sends: just after it (the transaction is
+applied and its reply gets through), or just before it (``deliver=False``: the transaction is
+lost). From then on whatever any client sends is lost and new connections are refused, until
+``restore()``. Those are moments no timing from outside can hit: between a transaction and
+the client's next command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import threading
+from types import TracebackType
+from typing import Self
+
+# EXEC as a client sends it (RESP): base64 message bodies and JSON cannot contain CRLF.
+EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+class RedisLink:
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._upstream: set[socket.socket] = set()  # the sockets towards Redis
+        self._tails: dict[socket.socket, bytes] = {}
+        self._armed = self._failed = False
+        self._deliver = True
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def fail_at_next_exec(self, deliver: bool = True) -> None:
+        with self._lock:
+            self._armed, self._deliver = True, deliver
+
+    @property
+    def failed(self) -> bool:
+        with self._lock:
+            return self._failed
+
+    def restore(self) -> None:
+        with self._lock:
+            self._failed = False
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in list(self._peers):
+            self._close(sock)
+        self._selector.close()
+        self._listener.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self._selector.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    self._accept()
+                elif sock in self._peers:
+                    self._forward(sock)
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        if self.failed:
+            client.close()  # Redis is "down": refused
+            return
+        upstream = socket.create_connection(("127.0.0.1", self._redis_port))
+        self._peers[client], self._peers[upstream] = upstream, client
+        self._upstream.add(upstream)
+        for sock in (client, upstream):
+            self._selector.register(sock, selectors.EVENT_READ)
+
+    def _forward(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._close(sock)
+            return
+        peer = self._peers[sock]
+        if peer in self._upstream:  # client -> Redis
+            with self._lock:
+                if self._failed:
+                    return  # sent to a dead Redis: lost
+                seen = self._tails.get(sock, b"") + data
+                self._tails[sock] = seen[-len(EXEC) :]
+                if self._armed and EXEC in seen:
+                    self._armed, self._failed = False, True
+                    if not self._deliver:
+                        return  # the transaction never reaches Redis
+        peer.sendall(data)  # Redis -> client always flows: the EXEC's reply gets through
+
+    def _close(self, sock: socket.socket) -> None:
+        for one in (sock, self._peers.pop(sock, None)):
+            if one is None:
+                continue
+            self._peers.pop(one, None)
+            self._upstream.discard(one)
+            self._tails.pop(one, None)
+            with contextlib.suppress(KeyError, ValueError):  # not registered (any more)
+                self._selector.unregister(one)
+            one.close()
