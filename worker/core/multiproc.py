@@ -2,8 +2,9 @@
 
 The directory must be known before the first metric value is created, so entry points call
 ``ensure_multiproc_dir`` first thing. Each process tree needs its own directory: in a pod
-that is the emptyDir mounted at ``PROMETHEUS_MULTIPROC_DIR``; elsewhere (``make up``, tests,
-several servers on one machine) a fresh temporary directory, removed at exit.
+that is the emptyDir mounted at ``PROMETHEUS_MULTIPROC_DIR``; ``make up`` passes one per part
+inside its own temp dir (and removes that); elsewhere (tests, several servers on one machine)
+a fresh temporary directory, removed at exit.
 """
 
 from __future__ import annotations
