@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import time
 from typing import Annotated
 
 import redis
@@ -64,9 +63,14 @@ async def client_identity(
 
 ClientDep = Annotated[str, Depends(client_identity)]
 
-# Token bucket: KEYS[1] the bucket; ARGV rate/s, burst, now. Returns {allowed, retry_after_ms}.
+# Token bucket: KEYS[1] the bucket; ARGV rate/s, burst. Returns {allowed, retry_after_ms}.
+# "now" is Redis's clock: every API pod shares the bucket, and their own clocks disagree (one
+# ahead refilled it, one behind saw it in the future). TIME before a write is fine since
+# Redis 5, which replicates a script's effects rather than the script.
 _TAKE_TOKEN = """
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1]) or burst
 local ts = tonumber(state[2]) or now
@@ -100,7 +104,7 @@ class RateLimiter:
             return
         allowed, wait_ms = self._take(
             keys=[RATE_LIMIT_KEY.format(client=identity)],
-            args=[self._per_second, self._burst, time.time()],
+            args=[self._per_second, self._burst],
         )
         if not allowed:
             raise RateLimited(math.ceil(int(wait_ms) / 100) / 10)
