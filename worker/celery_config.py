@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from worker.core.names import CLEANUP_TASK
+from worker.core.names import RECONCILE_TASK
 from worker.core.result_backend import backend_url
 from worker.core.settings import Settings, SettingsError
 from worker.registry import registered_tasks
@@ -87,7 +87,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "beat_schedule": {
-            CLEANUP_TASK: {"task": CLEANUP_TASK, "schedule": settings.cleanup_interval_seconds},
+            RECONCILE_TASK: {
+                "task": RECONCILE_TASK,
+                "schedule": settings.reconcile_interval_seconds,
+            },
         },
         "beat_schedule_filename": settings.beat_schedule_file,
     }

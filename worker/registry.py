@@ -16,6 +16,8 @@ from typing import Any, Protocol, TypeVar
 from pydantic import BaseModel
 
 from worker.core.artifacts import ArtifactStore
+from worker.core.records import TaskRecords
+from worker.core.result_backend import CourierRedisBackend
 from worker.core.settings import Settings
 
 
@@ -30,6 +32,11 @@ class TaskContext(Protocol):
     def settings(self) -> Settings: ...
     @property
     def artifacts(self) -> ArtifactStore: ...
+    # Every task's record and Celery's result backend: for maintenance tasks (reconcile).
+    @property
+    def records(self) -> TaskRecords: ...
+    @property
+    def backend(self) -> CourierRedisBackend: ...
 
 
 P = TypeVar("P", bound=BaseModel)

@@ -64,6 +64,8 @@ class RunContext:
     retries: int
     settings: Settings
     artifacts: ArtifactStore
+    records: TaskRecords
+    backend: CourierRedisBackend
 
 
 START_CHECK = "courier_start_check"
@@ -133,7 +135,14 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
         wait = getattr(self.request, QUEUE_WAIT, None)
         if wait is not None:
             trace.get_current_span().set_attribute(QUEUE_WAIT_ATTRIBUTE, wait)
-        ctx = RunContext(task_id, self.request.retries, settings, resources.artifacts)
+        ctx = RunContext(
+            task_id,
+            self.request.retries,
+            settings,
+            resources.artifacts,
+            resources.records,
+            cast(CourierRedisBackend, self.backend),
+        )
         try:
             result = spec.func(payload, ctx)
         except retry_on as exc:

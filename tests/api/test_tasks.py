@@ -13,7 +13,7 @@ from tests.conftest import wait_for_status
 
 def test_registered_tasks_are_listed_with_payload_schemas(api: TestClient) -> None:
     tasks = {t["name"]: t for t in api.get("/v1/tasks").json()}
-    assert {"noop", "send_email", "process_image", "generate_report", "cleanup_artifacts"} <= set(
+    assert {"noop", "send_email", "process_image", "generate_report", "reconcile_records"} <= set(
         tasks
     )
     assert tasks["noop"]["payload_schema"]["properties"]["sleep_seconds"]["minimum"] == 0

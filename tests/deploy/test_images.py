@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from tests.utils.processes import ROOT, RedisServer, free_port, wait_until
-from worker.core.names import CLEANUP_LAST_RUN_KEY
+from worker.core.names import RECONCILE_LAST_RUN_KEY
 
 BUILD = ROOT / "deploy" / "images" / "build.sh"
 # A tag of the test's own: `make images` beside a test run does not swap images under it,
@@ -260,7 +260,7 @@ def test_the_worker_image_runs_beat_and_flower_by_command_read_only(
     images: dict[str, str], own_redis: RedisServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    settings = {"COURIER_REDIS_URL": own_redis.url, "COURIER_CLEANUP_INTERVAL_SECONDS": "1"}
+    settings = {"COURIER_REDIS_URL": own_redis.url, "COURIER_RECONCILE_INTERVAL_SECONDS": "1"}
     app = ["celery", "-A", "worker.celery_app"]
     worker = Container(images["worker"], settings, tmp_path / "worker.log")
     # beat keeps its schedule file in /tmp (COURIER_BEAT_SCHEDULE_FILE): the root is read-only.
@@ -275,10 +275,10 @@ def test_the_worker_image_runs_beat_and_flower_by_command_read_only(
     )
     client = redis.Redis.from_url(own_redis.url)
     try:
-        # The periodic cleanup, sent by the beat container and run by the worker container,
+        # The periodic reconcile, sent by the beat container and run by the worker container,
         # stamps its key: beat and worker work together from the one image.
         wait_until(
-            lambda: client.exists(CLEANUP_LAST_RUN_KEY), 90, "beat's cleanup run", interval=0.5
+            lambda: client.exists(RECONCILE_LAST_RUN_KEY), 90, "beat's reconcile run", interval=0.5
         )
         wait_until(
             lambda: _answers(f"http://127.0.0.1:{port}/healthcheck"), 90, "Flower", interval=0.5

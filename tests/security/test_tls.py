@@ -27,7 +27,7 @@ from tests.utils.processes import (
     wait_until,
 )
 from tests.utils.prom import scrape, total
-from worker.core.names import CLEANUP_LAST_RUN_KEY
+from worker.core.names import RECONCILE_LAST_RUN_KEY
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -79,7 +79,7 @@ def test_everything_talks_to_redis_over_tls(tls_redis_url: str, tmp_path: Path) 
     env = {
         "COURIER_REDIS_URL": tls_redis_url,
         "COURIER_WORKER_METRICS_PORT": str(metrics_port),
-        "COURIER_CLEANUP_INTERVAL_SECONDS": "1",
+        "COURIER_RECONCILE_INTERVAL_SECONDS": "1",
         "COURIER_BEAT_SCHEDULE_FILE": str(tmp_path / "schedule"),
     }
     before = time.time()
@@ -97,6 +97,6 @@ def test_everything_talks_to_redis_over_tls(tls_redis_url: str, tmp_path: Path) 
         assert total(samples, "celery_active_worker_count", queue_name="default") == 1
         client = redis.Redis.from_url(tls_redis_url)
         wait_until(
-            lambda: float(client.get(CLEANUP_LAST_RUN_KEY) or 0) > before, 30, "beat's cleanup"
+            lambda: float(client.get(RECONCILE_LAST_RUN_KEY) or 0) > before, 30, "beat's reconcile"
         )
         client.close()

@@ -16,7 +16,7 @@ def test_every_task_module_is_discovered() -> None:
         "send_email",
         "process_image",
         "generate_report",
-        "cleanup_artifacts",
+        "reconcile_records",
     }
 
 

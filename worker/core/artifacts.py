@@ -6,14 +6,13 @@ reach, and a TTL bounds its memory. Artifacts are capped by ``COURIER_MAX_UPLOAD
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import cast
 
 import redis
 
-from worker.core.names import ARTIFACT_INDEX_KEY, ARTIFACT_KEY, CLEANUP_LAST_RUN_KEY
+from worker.core.names import ARTIFACT_KEY
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,6 @@ class ArtifactStore:
             mapping={"data": data, "content_type": content_type, "filename": filename},
         )
         pipe.expire(_key(artifact_id), self._ttl)
-        pipe.zadd(ARTIFACT_INDEX_KEY, {artifact_id: time.time() + self._ttl})
         pipe.execute()
         return artifact_id
 
@@ -59,15 +57,3 @@ class ArtifactStore:
             content_type=raw.get(b"content_type", b"application/octet-stream").decode(),
             filename=raw.get(b"filename", b"").decode(),
         )
-
-    def prune_index(self) -> int:
-        """Drop index entries whose artifact has expired and stamp the run; returns the count."""
-        now = time.time()
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zremrangebyscore(ARTIFACT_INDEX_KEY, "-inf", now)
-        pipe.set(CLEANUP_LAST_RUN_KEY, now)
-        removed, _ = pipe.execute()
-        return int(removed)
-
-    def count(self) -> int:
-        return int(self._redis.zcard(ARTIFACT_INDEX_KEY))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 class TransientError(Exception):
-    """A failure worth retrying (network, a 4xx SMTP reply): the runner retries with backoff."""
+    """A failure worth retrying (network, a 4xx SMTP reply): the runner retries it with backoff
+    in every task, up to the task's ``max_retries``."""
 
 
 class PermanentError(Exception):
@@ -13,3 +14,8 @@ class PermanentError(Exception):
 
 class InvalidPayload(PermanentError):
     """The message's payload does not match the task's model."""
+
+
+class MessageLost(PermanentError):
+    """The task's message vanished from Redis before any worker started it (a purge, a deleted
+    queue list): set by the periodic reconcile, since no worker will ever report on it."""

@@ -48,6 +48,11 @@ TASK_REJECTED = Counter(
     "celery_task_rejected", "Messages a worker rejected (requeued or dropped).", TASK_LABELS
 )
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
+TASKS_LOST = Counter(
+    "courier_tasks_lost",
+    "Queued tasks whose message vanished from Redis, failed as MessageLost by the reconcile.",
+    ("name", "queue_name"),
+)
 TASK_RUNTIME = Histogram(
     "celery_task_runtime",
     "Runtime of successful tasks, seconds.",

@@ -7,12 +7,11 @@ DEFAULT_QUEUE = "default"
 KEY_PREFIX = "courier:"
 # Record of an issued task id (hash): lets the API tell "never issued" (404) from "queued".
 TASK_RECORD_KEY = KEY_PREFIX + "task:{task_id}"
+TASK_RECORD_PATTERN = TASK_RECORD_KEY.format(task_id="*")
 # Celery's own result key (its Redis backend's ``task_keyprefix``).
 CELERY_RESULT_KEY = "celery-task-meta-{task_id}"
 # Binary artifacts (uploaded images, resized images, reports) with their metadata (hash).
 ARTIFACT_KEY = KEY_PREFIX + "artifact:{artifact_id}"
-# Sorted set artifact id -> expiry timestamp, pruned by the periodic cleanup task.
-ARTIFACT_INDEX_KEY = KEY_PREFIX + "artifacts"
 # Users of the seed API (hash user id -> JSON) and the username -> id index (hash).
 USERS_KEY = KEY_PREFIX + "users"
 USERNAMES_KEY = KEY_PREFIX + "usernames"
@@ -24,15 +23,17 @@ IDEMPOTENCY_KEY = KEY_PREFIX + "idempotency:{client}:{key}"
 # Audit log (capped list of JSON entries).
 AUDIT_LOG_KEY = KEY_PREFIX + "audit"
 AUDIT_LOG_MAX_ENTRIES = 10_000
-# When the periodic cleanup last ran (string, unix time): a beat liveness signal.
-CLEANUP_LAST_RUN_KEY = KEY_PREFIX + "cleanup:last_run"
+# When the periodic reconcile last ran (string, unix time): a beat liveness signal.
+RECONCILE_LAST_RUN_KEY = KEY_PREFIX + "reconcile:last_run"
+# Where the reconcile's SCAN over task records resumes, when its last run hit its budget.
+RECONCILE_CURSOR_KEY = KEY_PREFIX + "reconcile:cursor"
 
 # Task names.
 NOOP_TASK = "noop"
 SEND_EMAIL_TASK = "send_email"
 PROCESS_IMAGE_TASK = "process_image"
 GENERATE_REPORT_TASK = "generate_report"
-CLEANUP_TASK = "cleanup_artifacts"
+RECONCILE_TASK = "reconcile_records"
 
 # Queue metrics: the lease that elects the one worker exporting cluster-wide queue gauges, and
 # the registry of live workers (sorted set hostname -> expiry; hash per worker).

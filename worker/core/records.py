@@ -56,6 +56,22 @@ return 1
 """
 
 
+# KEYS: the record, Celery's result. ARGV: the FAILURE state to store, its TTL. Stores it only
+# while the task is still queued (record there, not revoked, no state stored by any worker):
+# a message that turns up after all is never failed under its worker. Returns 1 when stored.
+_MARK_LOST = (
+    LUA_STATE_HELPERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'revoked') == '1' then
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+store_state(KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+
 @dataclass(frozen=True)
 class StartCheck:
     revoked: bool  # cancelled through the API while it waited
@@ -72,6 +88,7 @@ class TaskRecords:
         self._ttl = ttl
         self._mark_started = client.register_script(_MARK_STARTED)
         self._mark_revoked = client.register_script(_MARK_REVOKED)
+        self._mark_lost = client.register_script(_MARK_LOST)
 
     @property
     def client(self) -> redis.Redis:
@@ -129,6 +146,12 @@ class TaskRecords:
         args = [time.time(), started_state, self._ttl]
         revoked, finished = self._mark_started(keys=keys, args=args)
         return StartCheck(revoked=revoked == b"1", finished=bool(finished))
+
+    def mark_lost(self, task_id: str, failure_state: bytes | str) -> bool:
+        """Store ``failure_state`` (Celery's FAILURE, encoded) for a task still queued; False
+        when a worker stored a state meanwhile, or the task was revoked or expired."""
+        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
+        return bool(self._mark_lost(keys=keys, args=[failure_state, self._ttl]))
 
     def mark_revoked(self, task_id: str) -> bool:
         """Flag the record revoked, keeping its TTL; False when it no longer exists."""

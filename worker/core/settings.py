@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     artifact_ttl: int = Field(86400, ge=1)
 
     # --- beat ---
-    cleanup_interval_seconds: float = Field(3600.0, gt=0)
+    # How often beat sends reconcile_records (queued tasks whose message vanished -> failed).
+    reconcile_interval_seconds: float = Field(600.0, gt=0)
     beat_schedule_file: str = "/tmp/courier-celerybeat-schedule"
 
     # --- email ---
