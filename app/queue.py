@@ -146,8 +146,7 @@ class TaskQueue:
 
         With a ``guard``: ``GuardFailed`` when its key changed before EXEC, and nothing is
         written. redis-py reports a connection lost while watching the same way."""
-        # As in enqueue_async: the producer span is this write.
-        with suppress_instrumentation(), self._redis.pipeline(transaction=True) as pipe:
+        with self._redis.pipeline(transaction=True) as pipe:
             if guard is not None:
                 pipe.watch(guard.key)  # type: ignore[no-untyped-call]
                 if pipe.get(guard.key) != guard.expected:
@@ -155,11 +154,13 @@ class TaskQueue:
                 pipe.multi()
             message, commands = self._prepare(name, payload, options, task_id)
             queue_commands(pipe, [*commands, *(guard.also if guard else ())])
-            try:
-                pipe.execute()
-            except redis.WatchError as exc:
-                assert guard is not None  # only a watched transaction is aborted
-                raise GuardFailed(guard.key) from exc
+            # As in enqueue_async: the producer span is this write.
+            with suppress_instrumentation():
+                try:
+                    pipe.execute()
+                except redis.WatchError as exc:
+                    assert guard is not None  # only a watched transaction is aborted
+                    raise GuardFailed(guard.key) from exc
         return self._published(message)
 
     async def enqueue_async(
