@@ -77,7 +77,9 @@ def render_report(report_id: str, rows: Sequence[Row], fmt: ReportFormat) -> Rep
     totals = numeric_totals(rows, columns)
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        # RFC 4180 line ends: the writer then quotes any cell holding a \r or a \n (with "\n" as
+        # the terminator it left a lone \r unquoted, which readers take for a line end).
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\r\n")
         writer.writeheader()
         writer.writerows(rows)
         if totals:

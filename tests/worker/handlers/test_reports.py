@@ -65,7 +65,13 @@ def test_json_report_carries_rows_and_totals() -> None:
 
 def test_empty_report_is_an_empty_csv() -> None:
     report = render_report("empty", [], "csv")
-    assert (report.rows, report.content) == (0, b"\n")
+    assert (report.rows, report.content) == (0, b"\r\n")
+
+
+@pytest.mark.parametrize("text", ["a\rb", "a\nb", "a\r\nb"], ids=["cr", "lf", "crlf"])
+def test_a_cell_holding_a_line_break_stays_one_cell(text: str) -> None:
+    rows = csv_rows(render_report("notes", [{"note": text, "n": 1}], "csv").content)
+    assert rows == [{"note": text, "n": "1"}, {"note": TOTAL_LABEL, "n": "1"}]
 
 
 def test_a_total_beyond_a_floats_range_is_a_permanent_error() -> None:
