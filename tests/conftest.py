@@ -6,7 +6,6 @@ is faked: tasks go through Redis to a worker process and back.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,7 +124,3 @@ def submit(live_api: TestClient) -> Callable[..., str]:
         return str(response.json()["id"])
 
     return _submit
-
-
-def sleep_briefly() -> None:
-    time.sleep(0.2)

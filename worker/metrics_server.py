@@ -99,7 +99,3 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()

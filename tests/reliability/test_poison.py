@@ -15,6 +15,7 @@ from celery import Celery
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.queue import EnqueueOptions
 from tests.conftest import settings_from, wait_for_status
 from tests.utils.processes import RedisServer, Service, celery_worker, courier_env, wait_until
 from tests.utils.prom import label_values, scrape, total
@@ -132,12 +133,10 @@ def test_a_message_without_a_task_is_rejected_and_counted_under_bounded_labels(
 
 
 def test_a_payload_the_worker_cannot_validate_fails_without_retry(stack: PoisonStack) -> None:
-    # Bypass the API's validation: a producer that sends whatever it likes.
-    task_id = str(uuid.uuid4())
-    from worker.core.records import TaskRecords
-
-    TaskRecords(stack.redis, 60).create(task_id, "noop", "default")
-    stack.celery.send_task("noop", kwargs={"sleep_seconds": "soon"}, task_id=task_id)
+    # Bypass the API's validation: the producer's own path (record + message), with a payload
+    # no submit route would have let through.
+    queue = stack.api.app.state.queue
+    task_id = queue.enqueue("noop", {"sleep_seconds": "soon"}, EnqueueOptions())
     done = wait_for_status(stack.api, task_id)
     assert done["status"] == "failed"
     assert done["error"]["type"] == "InvalidPayload"

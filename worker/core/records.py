@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
-from worker.core.redis_client import Command, queue_commands
+from worker.core.redis_client import Command
 from worker.core.result_backend import LUA_STATE_HELPERS
 
 
@@ -103,11 +103,6 @@ class TaskRecords:
             fields["trace_id"] = trace_id
         key = _key(task_id)
         return [("hset", (key, None, None, fields)), ("expire", (key, self._ttl))]
-
-    def create(self, task_id: str, name: str, queue: str, trace_id: str | None = None) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        queue_commands(pipe, self.create_commands(task_id, name, queue, trace_id))
-        pipe.execute()
 
     def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
         """The record and Celery's stored state, read in one MULTI/EXEC: a worker writes both
