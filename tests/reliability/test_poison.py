@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,14 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.queue import EnqueueOptions
 from tests.conftest import settings_from, wait_for_status
-from tests.utils.processes import RedisServer, Service, celery_worker, courier_env, wait_until
+from tests.utils.processes import (
+    RedisServer,
+    Service,
+    celery_worker,
+    courier_env,
+    free_port,
+    wait_until,
+)
 from tests.utils.prom import label_values, scrape, total
 from worker.celery_config import create_celery_app
 
@@ -34,27 +42,26 @@ class PoisonStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoisonStack]:
     tmp = tmp_path_factory.mktemp("poison")
-    server = RedisServer(tmp / "redis")
-    server.start()
-    port = str(__import__("tests.utils.processes", fromlist=["free_port"]).free_port())
-    env = {
-        "COURIER_REDIS_URL": server.url,
-        "COURIER_TASK_TIME_LIMITS": json.dumps({"noop": {"hard": 1.5}}),
-        "COURIER_WORKER_METRICS_PORT": port,
-    }
-    worker = celery_worker(courier_env(env), Path(tmp / "worker.log"), "poison", concurrency=1)
-    settings = settings_from(env)
-    try:
-        with TestClient(create_app(settings)) as api:
-            warm = api.post("/v1/tasks/noop", json={}).json()["id"]
-            wait_for_status(api, warm, timeout=60)
-            yield PoisonStack(
-                api, create_celery_app(settings), redis.Redis.from_url(server.url), worker,
-                f"http://127.0.0.1:{port}/metrics",
-            )  # fmt: skip
-    finally:
-        worker.stop()
-        server.stop()
+    port = str(free_port())
+    with contextlib.ExitStack() as processes:
+        server = processes.enter_context(RedisServer(tmp / "redis"))
+        env = {
+            "COURIER_REDIS_URL": server.url,
+            "COURIER_TASK_TIME_LIMITS": json.dumps({"noop": {"hard": 1.5}}),
+            "COURIER_WORKER_METRICS_PORT": port,
+        }
+        worker = processes.enter_context(
+            celery_worker(courier_env(env), Path(tmp / "worker.log"), "poison", concurrency=1)
+        )
+        settings = settings_from(env)
+        api = processes.enter_context(TestClient(create_app(settings)))
+        warm = api.post("/v1/tasks/noop", json={}).json()["id"]
+        wait_for_status(api, warm, timeout=60)
+        client = redis.Redis.from_url(server.url)
+        processes.callback(client.close)
+        yield PoisonStack(
+            api, create_celery_app(settings), client, worker, f"http://127.0.0.1:{port}/metrics"
+        )
 
 
 def queue_is_drained(client: redis.Redis) -> bool:
