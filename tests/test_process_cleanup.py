@@ -18,6 +18,8 @@ from tests.utils.processes import (
     RUNNING,
     RedisServer,
     Service,
+    celery_worker,
+    courier_env,
     group_members,
     wait_until,
 )
@@ -114,3 +116,18 @@ def test_processes_of_a_fixture_that_failed_half_way_are_killed_at_session_end(
     redis_pid, sleeper_pid = (int(pid) for pid in pids_file.read_text().split())
     assert not alive(redis_pid)
     assert not group_members(sleeper_pid)
+
+
+def test_a_killed_worker_leaves_its_temporary_files_in_the_test_directory(tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis") as server:
+        log = tmp_path / "worker.log"
+        worker = celery_worker(courier_env({"COURIER_REDIS_URL": server.url}), log, "tmpdir")
+        try:
+            metrics_dirs = wait_until(
+                lambda: list(log.with_name("worker.log.tmp").glob("courier-worker-metrics-*")),
+                60,
+                "the worker's metrics directory",
+            )
+        finally:
+            worker.kill()  # no atexit clean-up runs
+    assert all(path.is_relative_to(tmp_path) for path in metrics_dirs)

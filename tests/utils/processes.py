@@ -228,10 +228,17 @@ class Service:
     def __init__(self, args: list[str], env: Mapping[str, str], log: Path) -> None:
         self.log = log
         self._log_file = log.open("wb")
+        env = dict(env)
+        if "TMPDIR" not in env:
+            # Its temporary files (a worker's metrics directory) beside its log, in the test's
+            # own directory: a process killed before its atexit clean-up leaves nothing in /tmp.
+            tmp = log.with_name(f"{log.name}.tmp")
+            tmp.mkdir(exist_ok=True)
+            env["TMPDIR"] = str(tmp)
         self.process = subprocess.Popen(
             args,
             cwd=ROOT,
-            env=dict(env),
+            env=env,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
