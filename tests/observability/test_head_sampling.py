@@ -54,9 +54,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("head-sampling")
     port = free_port()
     with contextlib.ExitStack() as processes:
-        receiver = OtlpReceiver()
-        receiver.start()
-        processes.callback(receiver.stop)
+        receiver = processes.enter_context(OtlpReceiver())
         redis_server = processes.enter_context(RedisServer(tmp / "redis"))
         common = {
             "COURIER_REDIS_URL": redis_server.url,
