@@ -285,6 +285,27 @@ def test_redis_fsync_and_exporter_are_switchable(render: Render) -> None:
     one(manifests, "PodMonitor", "courier-redis")
 
 
+def test_redis_maxmemory_is_80_percent_of_its_memory_limit_unless_given(render: Render) -> None:
+    def maxmemory(values: dict[str, Any]) -> list[str]:
+        conf = one(render(values), "ConfigMap", "courier-redis")["data"]["redis.conf"]
+        return [line for line in conf.splitlines() if line.startswith("maxmemory ")]
+
+    assert maxmemory({}) == [f"maxmemory {int(512 * 2**20 * 0.8)}"]  # the default 512Mi limit
+    sized = {"requests": {"cpu": "1", "memory": "1G"}, "limits": {"cpu": "1", "memory": "1.5G"}}
+    assert maxmemory({"redis": {"resources": sized}}) == ["maxmemory 1200000000"]
+    assert maxmemory({"redis": {"maxmemoryPercent": 50}}) == [f"maxmemory {256 * 2**20}"]
+    assert maxmemory({"redis": {"maxmemory": "400mb"}}) == ["maxmemory 400mb"]
+    assert maxmemory({"redis": {"maxmemoryPercent": 0}}) == []
+    data = one(render(), "ConfigMap", "courier-config")["data"]
+    assert data["COURIER_REDIS_MEMORY_HIGH_WATERMARK"] == "0.9"
+
+
+def test_a_redis_memory_limit_that_is_not_bytes_fails_with_a_message(render: Render) -> None:
+    odd = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1500m"}}
+    with pytest.raises(helm_python.HelmRenderError, match="use a byte quantity such as 512Mi"):
+        render({"redis": {"resources": odd}})
+
+
 def test_tracing_samples_at_the_edge_by_default(render: Render) -> None:
     data = one(render(), "ConfigMap", "courier-config")["data"]
     assert data["OTEL_TRACES_EXPORTER"] == "none"

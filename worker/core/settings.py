@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # Short timeouts turn "Redis is away" into a fast 503 instead of a hung request.
     redis_socket_timeout: float = Field(1.0, gt=0, le=60)
     redis_connect_timeout: float = Field(0.5, gt=0, le=60)
+    # Submits are refused (503) once Redis holds this share of its maxmemory, so workers always
+    # have room to take, acknowledge and finish what was accepted (no effect without maxmemory).
+    redis_memory_high_watermark: float = Field(0.9, gt=0, le=1)
     # kombu restores a delivered-but-unacknowledged message after this many seconds.
     broker_visibility_timeout: int = Field(3600, ge=1)
     result_expires: int = Field(86400, ge=1)

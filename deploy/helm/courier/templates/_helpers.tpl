@@ -237,3 +237,24 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 {{- define "courier.backlogQuery" -}}
 {{- printf "sum(max by (queue_name) (courier_queue_backlog{namespace=%q, queue_name=~%q}))" .Release.Namespace (join "|" .Values.config.queues) }}
 {{- end }}
+
+{{/* Redis maxmemory: redis.maxmemory as given, else redis.maxmemoryPercent of the redis
+container's memory limit, in bytes (nothing without either). Above maxmemory Redis refuses
+writes; the space left above it is for what it holds beyond its data: what draining a full queue
+adds (results are written even when it is full), buffers, fragmentation. */}}
+{{- define "courier.redisMaxmemory" -}}
+{{- $r := .Values.redis }}
+{{- $limit := dig "limits" "memory" "" $r.resources | toString }}
+{{- if $r.maxmemory }}
+{{- $r.maxmemory }}
+{{- else if and $r.maxmemoryPercent $limit }}
+{{- $number := regexFind "^[0-9.]+([eE][-+]?[0-9]+)?" $limit }}
+{{- $suffix := trimPrefix $number $limit }}
+{{- $units := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 }}
+{{- if or (not $number) (not (hasKey $units $suffix)) }}
+{{- fail (printf "redis.resources.limits.memory %q: use a byte quantity such as 512Mi or 2Gi (or set redis.maxmemory)" $limit) }}
+{{- end }}
+{{- $bytes := mulf (float64 $number) (get $units $suffix) }}
+{{- printf "%d" (int64 (floor (divf (mulf $bytes $r.maxmemoryPercent) 100))) }}
+{{- end }}
+{{- end }}
