@@ -19,11 +19,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import redis
 
-from app.queue import Guard, GuardFailed
+from app.queue import EnqueueFailed, Guard, GuardFailed
 from worker.core.names import IDEMPOTENCY_KEY
 from worker.core.redis_client import REDIS_ERRORS
 
@@ -35,6 +36,7 @@ PENDING_TTL_SECONDS = 5
 # How long a duplicate waits for the first request's publish (~1 s when Redis is down).
 PENDING_WAIT_SECONDS = PENDING_TTL_SECONDS + 1
 
+T = TypeVar("T")
 # Enqueue the task with this id, on the guard's condition and with its writes.
 Publish = Callable[[str, Guard], object]
 
@@ -45,6 +47,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def _before_publish(call: Callable[[], T]) -> T:
+    """A Redis call on the key before the task's write: its failure stored no task (at most a
+    pending claim, which lapses by itself)."""
+    try:
+        return call()
+    except redis.RedisError as exc:
+        raise EnqueueFailed(exc, stored=False) from exc
 
 
 class IdempotencyConflict(Exception):
@@ -87,11 +98,12 @@ class IdempotentSubmitter:
         while True:
             task_id = str(uuid.uuid4())
             claim = json.dumps({"state": "pending", "task_id": task_id, "fp": fingerprint})
-            if self._redis.set(slot, claim, nx=True, ex=PENDING_TTL_SECONDS):
+            claimed = partial(self._redis.set, slot, claim, nx=True, ex=PENDING_TTL_SECONDS)
+            if _before_publish(claimed):
                 if self._publish(slot, claim, task_id, fingerprint, enqueue):
                     return Submission(task_id, replayed=False)
                 continue  # the claim lapsed and another request took the key: look again
-            raw = self._redis.get(slot)
+            raw = _before_publish(partial(self._redis.get, slot))
             if raw is None:
                 continue  # the holder gave up (its publish failed) or died: claim it ourselves
             existing = json.loads(raw)
@@ -116,9 +128,13 @@ class IdempotentSubmitter:
             enqueue(task_id, guard)
         except GuardFailed:
             return False
-        except Exception:
-            # Free the key for a retry at once; if Redis is away the claim lapses on its own.
-            with contextlib.suppress(*REDIS_ERRORS):
-                self._release(keys=[slot], args=[claim])
+        except Exception as exc:
+            cause = exc.cause if isinstance(exc, EnqueueFailed) else exc
+            # Free the key for a retry at once, unless Redis did not answer: it would not
+            # answer this either (a second timeout before the 503), and the claim lapses on its
+            # own. The script frees it only if it is still our claim, not a done marker.
+            if not isinstance(cause, REDIS_ERRORS):
+                with contextlib.suppress(redis.RedisError):
+                    self._release(keys=[slot], args=[claim])
             raise
         return True

@@ -91,9 +91,9 @@ class MessageBuilder:
             if self._channel is None:
                 connection = self._celery.connection_for_write()
                 try:
-                    # No waits between attempts: the caller answers 503 at once, not after
-                    # kombu's retry intervals.
-                    connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+                    # One attempt: the caller answers 503 at once, not after kombu's retry
+                    # intervals, nor after a second socket timeout when Redis does not answer.
+                    connection.ensure_connection(max_retries=0)
                     self._channel = cast(Channel, connection.default_channel)
                 except Exception:
                     connection.release()

@@ -2,8 +2,11 @@
 
 Enqueue writes the task's record and its message in one MULTI/EXEC (see ``app.publish``), so
 a 202 is only returned for a task whose message Redis accepted, and a failed write leaves
-neither behind; the caller gets the Redis error (mapped to 503). A caller may add its own
-writes to that transaction, on a condition (a ``Guard``: the idempotency key's claim).
+neither behind; the caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task
+was stored: not when Redis refused the write or could not be reached, perhaps when it did not
+answer after the write was sent. A caller may add its own writes to that transaction, on a
+condition (a ``Guard``: the idempotency key's claim). Above the memory high watermark nothing
+is written at all (``RedisFull``).
 """
 
 from __future__ import annotations
@@ -17,17 +20,21 @@ from typing import Any, cast
 import redis
 from celery import Celery, states
 from celery.backends.base import BaseKeyValueStoreBackend
+from kombu.exceptions import OperationalError
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
+from app.memory_watermark import MemoryWatermark
 from app.publish import MessageBuilder, PreparedMessage
 from worker.core.records import TaskRecord, TaskRecords
-from worker.core.redis_client import Command, queue_commands
+from worker.core.redis_client import REDIS_ERRORS, Command, queue_commands, refusal_code
 from worker.core.status import TaskStatus, from_celery_state
 from worker.core.telemetry import current_trace_ids
 
 logger = logging.getLogger("courier.queue")
+# Opening kombu's channel (it pings Redis) failed: nothing was written.
+CHANNEL_ERRORS: tuple[type[Exception], ...] = (OperationalError, *REDIS_ERRORS)
 
 
 class TaskNotFound(LookupError):
@@ -38,6 +45,21 @@ class TaskAlreadyFinished(Exception):
     def __init__(self, state: TaskState) -> None:
         super().__init__(f"task {state.task_id} already finished with status {state.status}")
         self.state = state
+
+
+class EnqueueFailed(Exception):
+    """The task's write failed. ``stored`` is False when it certainly did not happen (Redis
+    refused it, or was not reached), None when Redis may have run it (no answer after sending)."""
+
+    def __init__(self, cause: Exception, stored: bool | None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.stored = stored
+
+
+def _failed_write(exc: Exception) -> EnqueueFailed:
+    """A failure of the write itself (EXEC sent): unknown, unless Redis refused it."""
+    return EnqueueFailed(exc, stored=False if refusal_code(exc) else None)
 
 
 class GuardFailed(Exception):
@@ -107,8 +129,10 @@ class TaskQueue:
         records: TaskRecords,
         default_queue: str,
         aredis: AsyncRedis,
+        watermark: MemoryWatermark | None = None,
     ) -> None:
         self._celery = celery
+        self._watermark = watermark
         self._records = records
         self._default_queue = default_queue
         self._redis = records.client
@@ -145,15 +169,31 @@ class TaskQueue:
         """Blocking form, for callers already off the event loop (idempotent submits).
 
         With a ``guard``: ``GuardFailed`` when its key changed before EXEC, and nothing is
-        written. redis-py reports a connection lost while watching the same way."""
+        written."""
+        if self._watermark is not None:
+            self._watermark.check()
+        if not self._messages.ready:
+            self._open_channel()
         with self._redis.pipeline(transaction=True) as pipe:
-            if guard is not None:
-                pipe.watch(guard.key)  # type: ignore[no-untyped-call]
-                if pipe.get(guard.key) != guard.expected:
-                    raise GuardFailed(guard.key)
-                pipe.multi()
+            try:
+                if guard is not None:
+                    pipe.watch(guard.key)  # type: ignore[no-untyped-call]
+                    if pipe.get(guard.key) != guard.expected:
+                        raise GuardFailed(guard.key)
+                    pipe.multi()
+                else:
+                    pipe.connection = self._redis.connection_pool.get_connection()
+            except REDIS_ERRORS as exc:
+                pipe.watching = False  # the connection is gone, and its WATCH with it
+                raise EnqueueFailed(exc, stored=False) from exc
+            except redis.ResponseError as exc:
+                raise EnqueueFailed(exc, stored=False) from exc
             message, commands = self._prepare(name, payload, options, task_id)
             queue_commands(pipe, [*commands, *(guard.also if guard else ())])
+            # EXEC ends the WATCH on the server whatever its outcome, and a connection that
+            # got no answer is dropped; redis-py's UNWATCH after it would only cost a round
+            # trip, or reconnect to an unresponsive Redis and double the time to answer 503.
+            pipe.watching = False
             # As in enqueue_async: the producer span is this write.
             with suppress_instrumentation():
                 try:
@@ -161,6 +201,8 @@ class TaskQueue:
                 except redis.WatchError as exc:
                     assert guard is not None  # only a watched transaction is aborted
                     raise GuardFailed(guard.key) from exc
+                except redis.RedisError as exc:
+                    raise _failed_write(exc) from exc
         return self._published(message)
 
     async def enqueue_async(
@@ -171,17 +213,33 @@ class TaskQueue:
         task_id: str | None = None,
     ) -> str:
         """Record and message in one round trip from the event loop: no worker thread."""
+        if self._watermark is not None:
+            self._watermark.check()
         if not self._messages.ready:
             # kombu's channel pings Redis when it opens: once, and off the loop.
-            await run_in_threadpool(self._messages.connect)
+            await run_in_threadpool(self._open_channel)
         message, commands = self._prepare(name, payload, options, task_id)
         # The producer span (open from before_task_publish to after_task_publish) is this
         # write: a Redis client span inside it would say the same again, at a price per submit.
         with suppress_instrumentation():
             async with self._aredis.pipeline(transaction=True) as pipe:
                 queue_commands(pipe, commands)
-                await pipe.execute()
+                try:
+                    # Taken apart from the write, so a failure here is known to store nothing.
+                    pipe.connection = await self._aredis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+                except REDIS_ERRORS as exc:
+                    raise EnqueueFailed(exc, stored=False) from exc
+                try:
+                    await pipe.execute()
+                except redis.RedisError as exc:
+                    raise _failed_write(exc) from exc
         return self._published(message)
+
+    def _open_channel(self) -> None:
+        try:
+            self._messages.connect()
+        except CHANNEL_ERRORS as exc:
+            raise EnqueueFailed(exc, stored=False) from exc
 
     def close(self) -> None:
         self._messages.close()

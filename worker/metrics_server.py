@@ -1,18 +1,23 @@
-"""The worker's own HTTP port: ``/metrics`` (all pool children summed) and ``/healthz``.
+"""The worker's own HTTP port: ``/metrics`` (all pool children summed), ``/healthz``, ``/readyz``.
 
 It runs in the worker's main process. ``/healthz`` answers from memory, so a liveness probe
-never touches the broker. The cluster-wide queue gauges are exported by one worker at a time,
-the holder of a short Redis lease, so ``sum()`` (celery-exporter's dashboards) and ``max()``
-(Courier's autoscaling) both read one series per queue however many workers are scraped.
+never touches the broker (a Redis outage must not restart every worker). ``/readyz`` asks Redis
+for a PING each time, so it turns 503 within about a socket timeout of Redis freezing or of a
+partition, and 200 again as soon as Redis answers. The cluster-wide queue gauges are exported
+by one worker at a time, the holder of a short Redis lease, so ``sum()`` (celery-exporter's
+dashboards) and ``max()`` (Courier's autoscaling) both read one series per queue however many
+workers are scraped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -22,7 +27,6 @@ from worker.core.metrics import queue_families
 from worker.core.multiproc import multiprocess_enabled
 from worker.core.names import QUEUE_METRICS_LEASE_KEY
 from worker.core.queue_stats import QueueInspector
-from worker.core.redis_client import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +48,34 @@ class QueueCollector(Collector):
                 return
             stats = self._inspector.stats()
             workers = self._inspector.workers_per_queue()
-        except REDIS_ERRORS as exc:
+        except redis.RedisError as exc:  # away, or refusing the lease (a full Redis)
             logger.warning("queue metrics unavailable", extra={"error": str(exc)})
             return
         yield from queue_families(stats, workers)
 
 
+class RedisProbe:
+    """Does Redis answer a PING within the client's socket timeout? None if so, else why not."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+
+    def __call__(self) -> str | None:
+        try:
+            self._redis.ping()
+        except redis.RedisError as exc:
+            return f"Redis: {type(exc).__name__}: {exc}"
+        return None
+
+
 class MetricsServer:
-    def __init__(self, host: str, port: int, queue_collector: QueueCollector) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        queue_collector: QueueCollector,
+        redis_answers: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         if multiprocess_enabled():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
@@ -76,9 +100,10 @@ class MetricsServer:
                     else:
                         self._reply(503, b'{"status": "stopped"}', "application/json")
                 elif self.path == "/readyz":
-                    ok = server.ready.is_set()
-                    body = b'{"status": "ready"}' if ok else b'{"status": "starting"}'
-                    self._reply(200 if ok else 503, body, "application/json")
+                    status, detail = server.readiness()
+                    body = {"status": status, **({"detail": detail} if detail else {})}
+                    code = 200 if status == "ready" else 503
+                    self._reply(code, json.dumps(body).encode(), "application/json")
                 else:
                     self._reply(404, b'{"detail": "not found"}', "application/json")
 
@@ -92,10 +117,20 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass  # scrapes and probes every few seconds are not worth a log line
 
+        self.redis_answers = redis_answers
         self._httpd = ThreadingHTTPServer((host, port), Handler)
         self._httpd.daemon_threads = True
         self.port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def readiness(self) -> tuple[str, str | None]:
+        """(status, why not): consuming and Redis answering, or the first thing that is not."""
+        if not self.ready.is_set():
+            return "starting", None
+        if not self.running():
+            return "stopped", None
+        problem = self.redis_answers()
+        return ("unavailable", problem) if problem else ("ready", None)
 
     def start(self) -> None:
         self._thread.start()

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.bootsteps import RUN  # type: ignore[attr-defined]
 from celery.signals import (
@@ -48,10 +49,10 @@ from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.names import ENQUEUED_AT_HEADER
 from worker.core.queue_stats import QueueInspector, deregister_worker, due_time, register_worker
-from worker.core.redis_client import REDIS_ERRORS, create_redis
+from worker.core.redis_client import create_redis
 from worker.core.settings import get_settings
 from worker.core.telemetry import flush_tracing, init_tracing
-from worker.metrics_server import MetricsServer, QueueCollector
+from worker.metrics_server import MetricsServer, QueueCollector, RedisProbe
 from worker.runner import QUEUE_WAIT
 
 logger = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ def _start_metrics_server(sender: Any, **_: Any) -> None:
     holder = f"{socket.gethostname()}:{os.getpid()}"
     collector = QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds)
     _MainProcess.server = MetricsServer(
-        settings.worker_metrics_host, settings.worker_metrics_port, collector
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        collector,
+        redis_answers=RedisProbe(create_redis(settings)),
     )
     _MainProcess.server.start()
     logger.info("worker metrics server listening", extra={"port": _MainProcess.server.port})
@@ -116,10 +120,10 @@ def _heartbeat(hostname: str, queues: list[str], concurrency: int) -> None:
     while not _MainProcess.stop.is_set():
         try:
             register_worker(client, hostname, queues, concurrency, ttl=3 * interval)
-        except REDIS_ERRORS as exc:
+        except redis.RedisError as exc:  # away, or refusing (a full Redis answers OOM)
             logger.warning("worker heartbeat failed", extra={"error": str(exc)})
         _MainProcess.stop.wait(interval)
-    with contextlib.suppress(*REDIS_ERRORS):  # its entry expires by itself
+    with contextlib.suppress(redis.RedisError):  # its entry expires by itself
         deregister_worker(client, hostname)
     client.close()
 

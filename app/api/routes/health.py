@@ -1,12 +1,14 @@
-"""/healthz (the process answers) and /readyz (Redis answers within a second)."""
+"""/healthz (the process answers) and /readyz (Redis answers within a second and takes submits)."""
 
 from __future__ import annotations
 
+import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.api.deps import RedisDep
-from worker.core.redis_client import REDIS_ERRORS
+from app.api.deps import RedisDep, SettingsDep
+from app.memory_watermark import RedisFull, check_watermark
+from worker.core.redis_client import read_memory
 
 router = APIRouter(tags=["health"])
 
@@ -16,16 +18,22 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+def _unavailable(detail: str) -> JSONResponse:
+    return JSONResponse(status_code=503, content={"status": "unavailable", "detail": detail})
+
+
 @router.get(
     "/readyz",
-    summary="Readiness: Redis is reachable",
-    responses={503: {"description": "Redis unreachable"}},
+    summary="Readiness: Redis is reachable and below its memory high watermark",
+    responses={503: {"description": "Redis unreachable, or full: the detail says which"}},
 )
-def readyz(client: RedisDep) -> JSONResponse:
+def readyz(client: RedisDep, settings: SettingsDep) -> JSONResponse:
     try:
-        client.ping()
-    except REDIS_ERRORS as exc:
-        return JSONResponse(
-            status_code=503, content={"status": "unavailable", "detail": f"Redis: {exc}"}
-        )
+        # A fresh reading, unlike submits' cached one: a probe comes every few seconds.
+        memory = read_memory(client)
+        check_watermark(memory, settings.redis_memory_high_watermark)
+    except RedisFull as exc:
+        return _unavailable(str(exc))
+    except redis.RedisError as exc:
+        return _unavailable(f"Redis: {type(exc).__name__}: {exc}")
     return JSONResponse({"status": "ready"})
