@@ -10,12 +10,10 @@ from worker.core.multiproc import ensure_multiproc_dir
 # Before anything imports prometheus_client: pool children must share one metrics directory.
 ensure_multiproc_dir("courier-worker-metrics-")
 
-from worker import kombu_fixes  # noqa: E402
 from worker.celery_config import create_celery_app  # noqa: E402
 from worker.core.settings import get_settings  # noqa: E402
 from worker.signals import connect_signals  # noqa: E402
 
-kombu_fixes.apply()
 celery_app = create_celery_app(get_settings())
 # Workers wait out a Redis restart when storing states and results, rather than failing the
 # task they run (the API keeps failing fast with 503: its app does not retry).

@@ -4,8 +4,12 @@ Why each setting is what it is, in short (the README says more):
 - JSON only: a message is data any producer can write, never code the worker unpickles.
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after the task
   ran, so a task whose worker dies is redelivered (at-least-once), not silently dropped.
+- ``broker_transport``: Courier's own (``worker/transport``): kombu's Redis transport with a
+  fetch that takes a message off its list and records it as unacknowledged in one atomic step.
 - ``visibility_timeout``: how long a delivered, unacknowledged message waits before kombu gives it
   to another worker; the restore sweep is tied to it (kombu's default sweeps every ~100 s).
+- ``health_check_interval`` + TCP keepalive: a consumer connection whose reply is overdue, or
+  whose peer stopped answering keepalive probes, is dropped and made again within seconds.
 - ``result_extended``: status shows worker, retries; STARTED is stored by the runner's start
   stamp (one round trip with the record), so Celery's own ``task_track_started`` is off.
 - ``worker_prefetch_multiplier``: small, so one worker does not hoard a burst others could run.
@@ -19,6 +23,7 @@ from celery import Celery
 from kombu import Queue
 
 from worker.core.names import RECONCILE_TASK
+from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS
 from worker.core.result_backend import backend_url
 from worker.core.settings import Settings, SettingsError
 from worker.registry import registered_tasks
@@ -26,6 +31,11 @@ from worker.runner import WorkerResources, bind_task, connect_start_stamp
 
 # Redis priorities: 0 is the highest; each step is its own list in Redis.
 PRIORITY_STEPS = [0, 3, 6, 9]
+TRANSPORT = "worker.transport:Transport"
+# A consumer's reply overdue by this many seconds means a dead link (a peek answers within its
+# own timeout, a fetch at once): the connection is dropped and made again. redis-py also PINGs a
+# pooled broker connection idle for longer before using it: at most one PING per 2 s each.
+BROKER_HEALTH_CHECK_SECONDS = 2
 
 
 def restore_interval(visibility_timeout: int) -> int:
@@ -50,12 +60,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "broker_transport": TRANSPORT,
         "broker_transport_options": {
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_interval": restore_interval(settings.broker_visibility_timeout),
             "unacked_restore_throttle": 1,
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
+            "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
+            "socket_keepalive": True,
+            "socket_keepalive_options": TCP_KEEPALIVE_OPTIONS,
             **transport_timeouts,
         },
         "redis_socket_timeout": settings.redis_socket_timeout,

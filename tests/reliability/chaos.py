@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from tests.utils.netns import NetworkLink
 from tests.utils.processes import (
     RedisServer,
     Service,
@@ -88,10 +90,17 @@ class Cluster:
     def _fields(self) -> dict[str, str]:
         return {k.removeprefix("COURIER_").lower(): v for k, v in self.env.items()}
 
-    def start_worker(self, name: str, concurrency: int = 2) -> Service:
+    def start_worker(
+        self,
+        name: str,
+        concurrency: int = 2,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> Service:
         self._starts += 1
         log = self.workdir / f"{name}-{self._starts}.log"
-        self.workers[name] = celery_worker(courier_env(self.env), log, name, concurrency)
+        variables = courier_env({**self.env, **(env or {})})
+        self.workers[name] = celery_worker(variables, log, name, concurrency, prefix=prefix)
         return self.workers[name]
 
     def submit(self, payload: dict[str, Any], **headers: str) -> tuple[int, str | None]:
@@ -288,6 +297,57 @@ def redis_restarts(
     return tally(figures, states, accepted)
 
 
+def blocked_clients(c: Cluster, address: str) -> int:
+    """Connections from ``address`` blocked in a command (BRPOP, BLMOVE) right now."""
+    client = redis.Redis(port=c.redis.port)
+    try:
+        return sum(
+            1
+            for entry in client.client_list()
+            if entry["addr"].rsplit(":", 1)[0] == address and "b" in entry["flags"]
+        )
+    finally:
+        client.close()
+
+
+def partition(cut_seconds: float = 12.0, during: int = 4, visibility_timeout: int = 5) -> Figures:
+    """Cut a worker's link to Redis (network namespace, veth down) while it waits for work,
+    submit right away (Redis answers the worker's pending blocking call into the dead link)
+    and then ``during`` more, heal it after ``cut_seconds``: every accepted task must run."""
+    figures = Figures("network partition", notes={"cut_s": cut_seconds})
+    with NetworkLink() as link:
+        bind = ("--bind", "127.0.0.1", link.host_address, "--protected-mode", "no")
+        with cluster(visibility_timeout=visibility_timeout, redis_args=bind) as c:
+            c.start_worker(
+                "partitioned",
+                env={"COURIER_REDIS_URL": f"redis://{link.host_address}:{c.redis.port}/0"},
+                prefix=link.exec_prefix,
+            )
+            wait_consuming(c)
+            # The worker is waiting in a blocking command: what Redis answers it now is lost
+            # with the link, unless that answer takes nothing off the queue.
+            wait_until(lambda: blocked_clients(c, link.inner_address), 30, "a blocked fetch")
+            ids: list[str] = []
+            started = time.monotonic()
+            link.cut()
+            try:
+                for n in range(during + 1):
+                    _, task_id = c.submit({"echo": f"partition-{n}"})
+                    assert task_id
+                    ids.append(task_id)
+                    time.sleep(min(1.0, cut_seconds / (during + 2)))
+                time.sleep(max(0.0, cut_seconds - (time.monotonic() - started)))
+            finally:
+                link.heal()
+            figures.notes["cut_for_s"] = round(time.monotonic() - started, 1)
+            _, after = c.submit({"echo": "after the partition"})
+            assert after
+            ids.append(after)
+            figures.submitted = figures.accepted = len(ids)
+            states = c.settle(ids, timeout=visibility_timeout + 120)
+    return tally(figures, states, ids)
+
+
 def redis_down_at_startup() -> Figures:
     """API and worker start without Redis, report not ready, then serve once it appears."""
     import httpx
@@ -359,6 +419,7 @@ def main() -> None:
         lambda: redis_restarts(5 if full else 2, "SIGKILL", "everysec"),
         lambda: redis_restarts(5 if full else 2, "SIGKILL", "always"),
         redis_down_at_startup,
+        partition,
     ]
     rows = []
     for run in runs:

@@ -286,9 +286,11 @@ def celery_worker(
     name: str,
     concurrency: int = 2,
     extra_args: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
 ) -> Service:
-    """A prefork worker; its metrics port is a free one unless ``env`` names it."""
-    args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
+    """A prefork worker; its metrics port is a free one unless ``env`` names it. ``prefix``
+    runs it through another command, e.g. ``ip netns exec <namespace>``."""
+    args = [*prefix, sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
     args += ["--pool=prefork", f"--concurrency={concurrency}", "--without-gossip"]
     args += ["--without-mingle", f"--hostname={name}@%h", "--loglevel=INFO", *extra_args]
     return Service(args, {"COURIER_WORKER_METRICS_PORT": str(free_port()), **env}, log)

@@ -1,0 +1,400 @@
+"""The channel: atomic fetch over the queue lists, blocking peeks to wait, kombu's bookkeeping.
+
+How one channel consumes (``worker/transport/__init__.py`` says why):
+- *fetch*: while the QoS gives credit and messages may be waiting, one ``FETCH`` script is in
+  flight on the channel's own connection (sent without waiting, read when the event loop sees
+  the reply): it takes up to the credit from the lists in priority order and records each
+  message in ``unacked`` in the same step. A reply that never arrives loses nothing: what the
+  script took is in ``unacked`` and comes back after the visibility timeout.
+- *wait*: when a fetch found nothing, one connection per list blocks in ``BLMOVE list list
+  RIGHT RIGHT`` (a peek: the tail moves onto itself, the list is unchanged). Its reply only says
+  "something arrived"; the next fetch takes it. A peek answered into a dead link takes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from queue import Empty
+from time import monotonic, time
+from typing import Any, cast
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.imports import symbol_by_name
+from kombu.utils.json import loads
+
+from worker.transport import scripts
+
+logger = logging.getLogger(__name__)
+
+FETCH = "FETCH"
+# Screens a fetched message before delivery: ``screen(client, raw, queue, *, source,
+# delivery_tag)`` returns the decoded envelope, or None when it took the message out of the way
+# (``worker.core.dead_letters.screen``); raises a Redis error when it could not (the message
+# stays in ``unacked``).
+Screen = Callable[..., dict[str, Any] | None]
+
+# kombu's stubs describe its public API; these classes extend its internals, so they are
+# subclassed as what they are at run time, untyped.
+_KombuQoS: Any = kombu_redis.QoS
+_KombuChannel: Any = kombu_redis.Channel
+_socket_readable: Callable[[Any], bool] = kombu_redis._socket_readable  # type: ignore[attr-defined]
+
+
+class QoS(_KombuQoS):  # type: ignore[misc]
+    """kombu's Redis QoS, minus the ``unacked`` write (the fetch made it), acked in one step."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        # One EVALSHA instead of MULTI, ZREM, HDEL, EXEC.
+        with self.channel.conn_or_acquire() as client:
+            self.channel.ack_script(
+                keys=[self.unacked_key, self.unacked_index_key], args=[delivery_tag], client=client
+            )
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        # kombu's, except that an entry it cannot read is logged and left, instead of raising
+        # out of the sweep and stopping it before the other entries.
+        def restore_transaction(pipe: Any) -> None:
+            entry = pipe.hget(self.unacked_key, tag)
+            if entry:
+                try:
+                    message, exchange, routing_key = loads(bytes_to_str(entry))
+                except (ValueError, TypeError, RecursionError):
+                    logger.error("unreadable unacked entry left in place", extra={"tag": tag})
+                    return
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if entry:
+                self.channel._do_restore_message(message, exchange, routing_key, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore_transaction, self.unacked_key)
+
+
+@dataclass
+class Waiter:
+    """One list's blocking peek: its own connection, and when its BLMOVE was sent."""
+
+    key: str
+    client: Any  # redis.Redis, holding its connection
+    sent_at: float | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"WAIT {self.key}"
+
+
+class Channel(_KombuChannel):  # type: ignore[misc]
+    QoS = QoS
+
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        "fetch_limit",
+        "wait_timeout",
+        "message_screen",
+    )
+    #: Most messages one fetch takes (the QoS credit bounds it first).
+    fetch_limit = 32
+    #: Server-side timeout of a blocking peek; None: the transport's ``brpop_timeout``.
+    wait_timeout: float | None = None
+    #: A ``Screen``, or its dotted path; None: kombu's decoding only.
+    message_screen: Screen | str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._waiters: dict[str, Waiter] = {}
+        self._fetching: list[tuple[str, str]] | None = None  # (list, queue) of the fetch in flight
+        self._fetch_sent_at: float | None = None
+        self._maybe_ready = True  # messages may be waiting: fetch before waiting
+        self._no_ack_queues: set[str] = set()
+        super().__init__(*args, **kwargs)
+        if self.global_keyprefix:
+            raise ValueError("Courier's transport does not support global_keyprefix")
+        self.handlers[FETCH] = self._fetch_read
+        client = self._create_client()
+        self.fetch_script = client.register_script(scripts.FETCH)
+        self.ack_script = client.register_script(scripts.ACK)
+        if isinstance(self.message_screen, str):
+            self.message_screen = symbol_by_name(self.message_screen)
+
+    # --- what kombu's poller calls ---
+
+    def consume(self) -> None:
+        """The event loop may take more: fetch when something may be waiting, else wait."""
+        if self._fetch_sent_at is not None:
+            return
+        if self._maybe_ready:
+            self._send_fetch()
+        else:
+            self._arm_waiters()
+
+    def drop_overdue_connections(self, now: float) -> None:
+        """Disconnect a connection whose reply is overdue: a half-open link never answers and
+        the event loop has no socket timeout (kombu does the same for its BRPOP)."""
+        grace = self.health_check_interval
+        if not grace:
+            return
+        pending: list[tuple[Any, float, float]] = []
+        client = self.__dict__.get("client")
+        if self._fetch_sent_at is not None and client is not None:
+            pending.append((client.connection, self._fetch_sent_at, 0.0))
+        for waiter in self._waiters.values():
+            if waiter.sent_at is not None:
+                pending.append((waiter.client.connection, waiter.sent_at, self._wait_timeout()))
+        for connection, sent_at, bound in pending:
+            sock = getattr(connection, "_sock", None)
+            waited = now - sent_at
+            if waited < bound + grace or sock is None or _socket_readable(sock):
+                continue
+            logger.warning("Redis did not answer for %.0f s; dropping the connection", waited)
+            connection.disconnect()
+
+    def _poll_error(self, type: str, **options: Any) -> Any:
+        if type == "LISTEN":
+            return super()._poll_error(type, **options)
+        return self.handlers[type]()  # reads the error, and raises it
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        client = self.__dict__.get("client")
+        if client is not None and client.connection is connection:
+            # The fetch's fate is unknown: what it took is in unacked, restored by the sweep.
+            self._fetch_sent_at = self._fetching = None
+            self._maybe_ready = True
+        for waiter in self._waiters.values():
+            if waiter.client.connection is connection:
+                waiter.sent_at = None
+                self._maybe_ready = True  # its reply may have said "something arrived"
+        super()._on_connection_disconnect(connection)
+
+    # --- fetch ---
+
+    def _fetch_lists(self) -> list[tuple[str, str]]:
+        """(list, queue) in the order kombu's BRPOP would take them: priority, then queue."""
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        return [(self._q_for_pri(q, pri), q) for pri in self.priority_steps for q in queues]
+
+    def _fetch_args(self, lists: list[tuple[str, str]], limit: int) -> tuple[list[str], list[Any]]:
+        keys = [self.unacked_key, self.unacked_index_key, *(key for key, _ in lists)]
+        specs = [("-" if q in self._no_ack_queues else "+") + q for _, q in lists]
+        return keys, [limit, time(), *specs]
+
+    def _send_fetch(self) -> None:
+        lists = self._fetch_lists()
+        if not lists:
+            return
+        credit = self.qos.can_consume_max_estimate()
+        limit = self.fetch_limit if credit is None else max(1, min(self.fetch_limit, credit))
+        keys, args = self._fetch_args(lists, limit)
+        cycle = self.connection.cycle
+        if not cycle._client_registered(self, self.client, FETCH):
+            cycle._register(self, self.client, FETCH)
+        self.client.connection.send_command("EVALSHA", scripts.FETCH_SHA, len(keys), *keys, *args)
+        self._fetching = lists
+        self._fetch_sent_at = monotonic()
+        self._maybe_ready = False
+
+    def _fetch_read(self) -> bool:
+        lists = self._fetching or []
+        self._fetch_sent_at = self._fetching = None
+        connection = self.client.connection
+        try:
+            reply = self.client.parse_response(connection, "EVALSHA")
+        except redis.exceptions.NoScriptError:
+            self.fetch_script.registered_client.script_load(scripts.FETCH)
+            self._maybe_ready = True
+            raise Empty() from None
+        except self.connection_errors:
+            connection.disconnect()
+            raise
+        if not reply:
+            raise Empty()
+        self._maybe_ready = True  # a full batch may have left more behind
+        self._deliver_fetched(lists, reply)
+        return True
+
+    def _deliver_fetched(self, lists: list[tuple[str, str]], reply: list[Any]) -> None:
+        fetched = [
+            (*lists[int(reply[i]) - 1], bytes_to_str(reply[i + 1]), reply[i + 2])
+            for i in range(0, len(reply), 3)
+        ]
+        for position, (key, queue, tag, raw) in enumerate(fetched):
+            try:
+                payload = self._screened(raw, queue, key, tag)
+                if payload is not None:
+                    self.connection._deliver(payload, queue)
+            except BaseException:
+                # Not delivered: back at the head of their lists now, not after the timeout.
+                self._restore_tags([t for _, _, t, _ in fetched[position + 1 :]])
+                raise
+        self._queue_cycle.rotate(fetched[-1][1])
+
+    def _screened(self, raw: bytes, queue: str, key: str, tag: str) -> Any:
+        """The envelope to deliver, or None when the message was taken out of the way. The
+        screen sees task messages, i.e. those of consumers that acknowledge (``tag``): a
+        no-ack consumer's (``celery inspect``'s control replies) get kombu's decoding only."""
+        screen = cast(Screen | None, self.message_screen)
+        if screen is not None and tag:
+            source = key if key != queue else None
+            with self.conn_or_acquire() as client:
+                return screen(client, raw, queue, source=source, delivery_tag=tag or None)
+        try:
+            payload = loads(bytes_to_str(raw))
+            properties = payload.get("properties") if isinstance(payload, dict) else None
+            if isinstance(properties, dict) and isinstance(properties.get("delivery_tag"), str):
+                return payload
+        except (ValueError, RecursionError):
+            pass
+        logger.error("dropped a message that is not kombu's", extra={"queue": queue})
+        if tag:
+            self.qos._remove_from_indices(tag).execute()
+        return None
+
+    def _restore_tags(self, tags: list[str]) -> None:
+        for tag in reversed([t for t in tags if t]):  # the oldest ends up next in line
+            with contextlib.suppress(*self.connection_errors):
+                self.qos.restore_by_tag(tag)  # else left in unacked: the sweep restores it
+
+    # --- wait ---
+
+    def _wait_timeout(self) -> float:
+        return float(self.wait_timeout or self.brpop_timeout or 1)
+
+    def _arm_waiters(self) -> None:
+        cycle = self.connection.cycle
+        for key, _ in self._fetch_lists():
+            waiter = self._waiters.get(key)
+            if waiter is None:
+                waiter = self._waiters[key] = Waiter(key, self._create_client(asynchronous=True))
+                self.handlers[waiter.kind] = partial(self._wait_read, key)
+            if waiter.sent_at is not None:
+                continue
+            if not cycle._client_registered(self, waiter.client, waiter.kind):
+                cycle._register(self, waiter.client, waiter.kind)
+            timeout = self._wait_timeout()
+            waiter.client.connection.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", timeout)
+            waiter.sent_at = monotonic()
+
+    def _wait_read(self, key: str) -> None:
+        waiter = self._waiters[key]
+        waiter.sent_at = None
+        connection = waiter.client.connection
+        try:
+            arrived = waiter.client.parse_response(connection, "BLMOVE") is not None
+        except self.connection_errors:
+            connection.disconnect()
+            raise
+        if key not in {k for k, _ in self._fetch_lists()}:
+            self._drop_waiter(key)  # its queue is no longer consumed
+        if arrived:
+            self._maybe_ready = True
+            if self._fetch_sent_at is None and self.qos.can_consume():
+                self._send_fetch()
+        raise Empty()
+
+    def _drop_waiter(self, key: str) -> None:
+        waiter = self._waiters.pop(key)
+        self.handlers.pop(waiter.kind, None)
+        connection = waiter.client.connection
+        if connection is not None:
+            connection.disconnect()  # the poller forgets its registration
+            waiter.client.connection = None
+            waiter.client.connection_pool.release(connection)
+
+    # --- kombu's channel API, atomic ---
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("no_ack", args[0] if args else False):
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        self._maybe_ready = True
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        for payload in self._fetch_now(queue, record=not no_ack):
+            message = self.Message(payload, channel=self)
+            if not no_ack:
+                self.qos.append(message, message.delivery_tag)
+            return message
+        return None
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        for payload in self._fetch_now(queue, record=True):
+            return payload
+        raise Empty()
+
+    def _fetch_now(self, queue: str, record: bool) -> list[dict[str, Any]]:
+        lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps]
+        keys, args = self._fetch_args(lists, 1)
+        args[2:] = [("+" if record else "-") + queue for _ in lists]
+        with self.conn_or_acquire() as client:
+            reply = self.fetch_script(keys=keys, args=args, client=client)
+            self._maybe_update_queues_expire(client, queue)
+        delivered = []
+        for i in range(0, len(reply), 3):
+            key, tag, raw = lists[int(reply[i]) - 1][0], bytes_to_str(reply[i + 1]), reply[i + 2]
+            payload = self._screened(raw, queue, key, tag)
+            if payload is not None:
+                delivered.append(payload)
+        return delivered
+
+    def _do_restore_message(
+        self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
+    ) -> None:
+        if isinstance(payload, str):  # fetched unreadable, kept as its text: back as it came
+            (pipe.lpush if leftmost else pipe.rpush)(routing_key, payload)
+            return
+        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+
+    def _flush_brpop_reauth(self) -> None:
+        if self._fetch_sent_at is None:  # never between a fetch and its reply
+            super()._flush_brpop_reauth()
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # A channel closed by a reconnect still gets the acknowledgements of the tasks it
+        # delivered. kombu then built a pool from a transport without a connection and raised
+        # AttributeError, which Celery takes for fatal (the worker hung): it is a connection
+        # error, which Celery logs; the message is in its list or in unacked either way.
+        if client is None and self._detached():
+            raise redis.ConnectionError("the channel is closed: its connection went away")
+        with super().conn_or_acquire(client) as acquired:
+            yield acquired
+
+    def _detached(self) -> bool:
+        transport = self.connection
+        return transport is None or getattr(transport, "client", None) is None
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self._detached():
+            raise redis.ConnectionError("the channel is closed: its connection went away")
+        params = super()._connparams(asynchronous=asynchronous)
+        if asynchronous:
+            params["max_connections"] = None  # a waiter per list, the fetch and pub/sub
+        return params
+
+    def close(self) -> None:
+        if self._fetch_sent_at is not None:
+            self._take_back_fetch()
+        for key in list(self._waiters):
+            with contextlib.suppress(*self.connection_errors):
+                self._drop_waiter(key)
+        super().close()
+
+    def _take_back_fetch(self) -> None:
+        """A fetch in flight at close: read what it took and put it back at once."""
+        self._fetch_sent_at = self._fetching = None
+        try:
+            reply = self.client.parse_response(self.client.connection, "EVALSHA")
+        except (*self.connection_errors, redis.ResponseError):
+            return  # whatever it took is in unacked: the sweep restores it
+        self._restore_tags([bytes_to_str(reply[i + 1]) for i in range(0, len(reply or []), 3)])
