@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -155,6 +155,7 @@ def test_the_fallback_of_a_non_ascii_name_is_readable_ascii(api: TestClient) -> 
 
 
 @given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40))
+@example(" ").via("found by hypothesis: the quoted blank came back empty")
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -82,6 +82,7 @@ def content_disposition(filename: str) -> str:
     which clients prefer. A header is Latin-1 at best: the raw name (文件.png) was a 500."""
     fallback = _ascii_fallback(filename)
     header = f'attachment; filename="{fallback}"'
-    if fallback != filename:
+    # Parsers strip blanks around a quoted value: a name with them needs filename* too.
+    if fallback != filename or filename != filename.strip():
         header += f"; filename*=UTF-8''{quote(filename, safe=ATTR_CHARS)}"
     return header
