@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from benchmarks import (
+    drain,
     execution,
     footprint,
     instrumentation,
@@ -22,6 +23,7 @@ from benchmarks import (
     latency,
     memory,
     peers,
+    redis_work,
     submit,
 )
 from benchmarks.load import require_wrk
@@ -33,7 +35,9 @@ from benchmarks.stats import Figure
 SCENARIOS: dict[str, Callable[[Plan], list[Figure]]] = {
     "submit": submit.run,
     "execution": execution.run,
+    "drain": drain.run,
     "peers": peers.run,
+    "redis-work": redis_work.run,
     "latency": latency.run,
     "instrumentation": instrumentation.run,
     "instrumentation-cpu": instrumentation_cpu.run,

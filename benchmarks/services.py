@@ -110,15 +110,20 @@ def start_courier_worker(
     name: str = "bench",
     metrics: bool = True,
     wait: bool = True,
+    app: str = "worker.celery_app",
+    loglevel: str = "WARNING",
 ) -> Worker:
-    """Courier's worker as deployed (prefork, concurrency 2); ``flags`` add or override options."""
+    """Courier's worker as deployed (prefork, concurrency 2); ``flags`` add or override options.
+
+    ``loglevel`` is Celery's ``--loglevel``; the chart ships INFO (and ``COURIER_LOG_LEVEL``
+    INFO), which the ``drain`` scenario uses, since log lines per task are part of the cost."""
     port = free_port() if metrics else 0
     env = courier_env(r, {"COURIER_WORKER_METRICS_PORT": str(port)})
     env.update(extra or {})
     args = [
-        str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker",
+        str(VENV_BIN / "celery"), "-A", app, "worker",
         "--pool=prefork", "--concurrency=2", *WORKER_FAST_FLAGS,
-        "--loglevel=WARNING", "-n", f"{name}@%h", *(flags or []),
+        f"--loglevel={loglevel}", "-n", f"{name}@%h", *(flags or []),
     ]  # fmt: skip
     proc = s.spawn(args, env)
     if wait and metrics:
@@ -127,15 +132,26 @@ def start_courier_worker(
 
 
 def start_bare_worker(
-    s: Stack, r: Redis, flags: list[str] | None = None, ignore_result: bool = False
+    s: Stack,
+    r: Redis,
+    flags: list[str] | None = None,
+    ignore_result: bool = False,
+    track_started: bool = False,
+    loglevel: str = "WARNING",
 ) -> Worker:
-    """Celery out of the box: only concurrency 2 and prefork are set, like Courier's."""
+    """Celery out of the box: only concurrency 2 and prefork are set, like Courier's.
+
+    ``track_started`` and ``loglevel="info"`` make it the seed's app as the seed ran it."""
     args = [
         str(VENV_BIN / "celery"), "-A", "benchmarks.bare_celery", "worker",
-        "--pool=prefork", "--concurrency=2", "--loglevel=WARNING", "-n", "bare@%h",
+        "--pool=prefork", "--concurrency=2", f"--loglevel={loglevel}", "-n", "bare@%h",
         *(flags or []),
     ]  # fmt: skip
-    env = {"BENCH_REDIS_URL": r.url, "BENCH_IGNORE_RESULT": "1" if ignore_result else ""}
+    env = {
+        "BENCH_REDIS_URL": r.url,
+        "BENCH_IGNORE_RESULT": "1" if ignore_result else "",
+        "BENCH_TRACK_STARTED": "1" if track_started else "",
+    }
     return Worker(s.spawn(args, env), queue="celery")
 
 

@@ -1,0 +1,156 @@
+"""Scenario ``drain``: what the chart ships against the seed's Celery app, dramatiq, and one knob
+at a time (the issue's 2x target).
+
+``execution`` compares Courier with Celery's defaults, both quiet (``--loglevel=WARNING``) and
+both fed raw messages. That is not what runs in production, and it hid most of the gap the issue
+measured from outside (0.92x in ``make bench``, 0.53x outside):
+- the chart runs the worker at ``--loglevel=INFO`` with ``COURIER_LOG_LEVEL=INFO``: Celery's
+  "received" / "succeeded" lines per task, as JSON, written by the main process;
+- the queue is filled through the API, so every task has a record the worker stamps;
+- the seed's app stores STARTED (``task_track_started``) and logs at ``info`` too.
+
+So here Courier runs with the chart's flags, its queue filled through its API (gunicorn, then
+stopped before the worker starts), against the seed's app (``bare_celery`` with
+``task_track_started``, Celery's worker defaults, ``--loglevel=info``) on its own Redis. The rate
+is a steady-state one: the time from 10 % to 90 % of the tasks done (done = neither waiting nor
+unacknowledged), so start-up, mingle and the tail are outside the window. Variants interleave
+within a run, so machine noise hits them alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from benchmarks.bare_celery import make_app
+from benchmarks.client import submit_many
+from benchmarks.enqueue import backlog, capture_template, enqueue_raw
+from benchmarks.peers import PEERS, measure_peer
+from benchmarks.plan import Plan
+from benchmarks.procs import Stack, log, stack
+from benchmarks.services import (
+    Redis,
+    start_bare_worker,
+    start_courier_api,
+    start_courier_worker,
+    start_redis,
+)
+from benchmarks.stats import Figure
+
+SCENARIO = "2b drain (chart flags)"
+CHART_LOGLEVEL = "INFO"
+STEADY_FROM, STEADY_TO = 0.10, 0.90
+
+
+@dataclass(frozen=True)
+class Courier:
+    """Courier's worker with the chart's flags; each field is one knob away from the chart."""
+
+    label: str
+    app: str = "worker.celery_app"
+    loglevel: str = CHART_LOGLEVEL
+    through_api: bool = True  # False: raw messages, so no task records exist
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Celery:
+    label: str
+    track_started: bool = True
+    loglevel: str = "info"
+
+
+CHART = Courier("courier, chart flags")
+SEED = Celery("seed's Celery app (track_started, info)")
+KNOBS = [
+    Courier("courier, kombu's stock Redis transport", app="benchmarks.stock_transport_app"),
+    Courier("courier, --loglevel=WARNING", loglevel="WARNING"),
+    Courier("courier, no task records (raw messages)", through_api=False),
+]
+CELERY_QUIET = Celery("celery defaults, WARNING, no track_started", False, "WARNING")
+DRAMATIQ = next(p for p in PEERS if "default" in p.label)
+
+
+def steady_rate(client: redis.Redis, queue: str, total: int, timeout: float) -> float:
+    """Tasks/s between 10 % and 90 % done, polled every 5 ms."""
+    marks: list[float] = []
+    deadline = time.monotonic() + timeout
+    for fraction in (STEADY_FROM, STEADY_TO):
+        target = total - int(total * fraction)  # backlog at that point
+        while backlog(client, queue) > target:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"drain stuck above {target} left of {total}")
+            time.sleep(0.005)
+        marks.append(time.monotonic())
+    return total * (STEADY_TO - STEADY_FROM) / (marks[1] - marks[0])
+
+
+def fill_courier(s: Stack, r: Redis, variant: Courier, tasks: int) -> None:
+    if variant.through_api:
+        api = start_courier_api(s, r, {"COURIER_LOG_LEVEL": variant.loglevel})
+        submit_many(api.url, tasks)
+        s.stop(api.proc)  # idle, but its CPU is not the worker's
+        return
+    from worker.celery_config import create_celery_app
+    from worker.core.settings import Settings
+
+    app = create_celery_app(Settings(redis_url=r.url))
+    enqueue_raw(capture_template(app, r.client(), "default"), r.client(), "default", tasks)
+
+
+def drain_courier(variant: Courier, plan: Plan) -> float:
+    with stack("drain-courier") as s:
+        r = start_redis(s)
+        fill_courier(s, r, variant, plan.tasks)
+        env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
+        start_courier_worker(s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel)
+        return steady_rate(r.client(), "default", plan.tasks, plan.drain_timeout)
+
+
+def drain_celery(variant: Celery, plan: Plan) -> float:
+    with stack("drain-celery") as s:
+        r = start_redis(s)
+        app = make_app(r.url, track_started=variant.track_started)
+        enqueue_raw(capture_template(app, r.client(), "celery"), r.client(), "celery", plan.tasks)
+        start_bare_worker(s, r, track_started=variant.track_started, loglevel=variant.loglevel)
+        return steady_rate(r.client(), "celery", plan.tasks, plan.drain_timeout)
+
+
+def run(plan: Plan) -> list[Figure]:
+    measures: dict[str, Callable[[], float]] = {
+        CHART.label: lambda: drain_courier(CHART, plan),
+        SEED.label: lambda: drain_celery(SEED, plan),
+        DRAMATIQ.label: lambda: measure_peer(DRAMATIQ, plan),
+        CELERY_QUIET.label: lambda: drain_celery(CELERY_QUIET, plan),
+        **{k.label: (lambda k=k: drain_courier(k, plan)) for k in KNOBS},  # type: ignore[misc]
+    }
+    rates: dict[str, list[float]] = {label: [] for label in measures}
+    for i in range(plan.runs):
+        log(f"{SCENARIO}: run {i + 1}/{plan.runs} ({plan.tasks:,} tasks per drain)")
+        for label, measure in measures.items():
+            rates[label].append(measure())
+            if label != DRAMATIQ.label:  # measure_peer logs its own
+                log(f"  {label}: {rates[label][-1]:,.0f} tasks/s")
+    chart, seed = rates[CHART.label], rates[SEED.label]
+    figures = [
+        Figure(
+            SCENARIO, "drain, Courier (chart flags)", "tasks/s", chart, SEED.label, seed,
+            target=">= 2x the seed's app", target_ratio_min=2.0,
+        ),
+        Figure(
+            SCENARIO, f"drain, {DRAMATIQ.label}", "jobs/s", rates[DRAMATIQ.label],
+            CHART.label, chart, notes="goal: Courier ahead of it (ratio < 1)",
+        ),
+        Figure(
+            SCENARIO, f"drain, {CELERY_QUIET.label}", "tasks/s", rates[CELERY_QUIET.label],
+            SEED.label, seed, notes="what `execution` compares against",
+        ),
+    ]  # fmt: skip
+    figures += [
+        Figure(SCENARIO, f"drain, {k.label}", "tasks/s", rates[k.label], CHART.label, chart)
+        for k in KNOBS
+    ]
+    return figures
