@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery import Celery, states
 from fastapi.testclient import TestClient
 
 from tests.conftest import wait_for_status
@@ -54,6 +55,25 @@ def test_status_shows_started_while_running(
     assert running["worker"].startswith("session@")  # STARTED is stored by the start stamp
     assert running["finished_at"] is None
     assert wait_for_status(live_api, task_id)["status"] == "succeeded"
+
+
+def test_a_stock_celery_client_sees_started_and_gets_the_result(
+    live_api: TestClient, submit: Callable[..., str], courier_vars: dict[str, str]
+) -> None:
+    """A plain Celery app on the same Redis (Celery's own backend, no Courier code): ``.state``
+    reads STARTED from the result key, ``.get()`` wakes on the final PUBLISH (STARTED is no
+    longer published, and nothing of this waits for it)."""
+    stock = Celery("stock", broker=courier_vars["COURIER_REDIS_URL"],
+                   backend=courier_vars["COURIER_REDIS_URL"])  # fmt: skip
+    task_id = submit("noop", {"echo": "stock", "sleep_seconds": 1.5})
+    result = stock.AsyncResult(task_id)
+    try:
+        wait_for_status(live_api, task_id, {"started"}, timeout=10)
+        assert result.state == states.STARTED
+        assert result.get(timeout=20) == "stock"
+        assert result.state == states.SUCCESS
+    finally:
+        stock.close()
 
 
 def test_noop_accepts_an_empty_body(live_api: TestClient) -> None:

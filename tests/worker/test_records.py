@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import redis
+from celery import states
 
-from worker.core.names import TASK_RECORD_KEY
-from worker.core.records import TaskRecords
+from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
+from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import queue_commands
 
 TTL = 300
@@ -35,3 +37,34 @@ def test_revoking_a_record_flags_it_and_keeps_its_ttl(redis_client: redis.Redis)
     record, _ = records.get_with_result(task_id)
     assert record is not None and record.revoked
     assert 0 < redis_client.ttl(TASK_RECORD_KEY.format(task_id=task_id)) <= TTL
+
+
+def test_started_is_stored_for_state_readers_but_not_published(
+    redis_client: redis.Redis,
+) -> None:
+    records = TaskRecords(redis_client, TTL)
+    task_id = str(uuid.uuid4())
+    create_record(records, task_id)
+    result_key = CELERY_RESULT_KEY.format(task_id=task_id)
+    started = json.dumps({"status": states.STARTED, "result": {}, "task_id": task_id})
+    with redis_client.pubsub() as pubsub:
+        pubsub.subscribe(result_key)
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        check = records.mark_started(task_id, started)
+        redis_client.publish(result_key, b"sentinel")
+        # Messages on a channel arrive in order: had STARTED been published, it came first.
+        assert pubsub.get_message(timeout=5)["data"] == b"sentinel"  # type: ignore[index]
+    assert check == StartCheck(revoked=False, finished=False)
+    assert json.loads(redis_client.get(result_key) or b"{}")["status"] == states.STARTED
+    record, stored = records.get_with_result(task_id)
+    assert record is not None and record.started_at is not None and record.executions == 1
+    assert stored is not None and json.loads(stored)["status"] == states.STARTED
+
+
+def test_a_record_read_with_no_result_stored_yet(redis_client: redis.Redis) -> None:
+    records = TaskRecords(redis_client, TTL)
+    task_id = str(uuid.uuid4())
+    create_record(records, task_id)
+    record, stored = records.get_with_result(task_id)
+    assert record is not None and record.name == "noop" and stored is None
+    assert records.get_with_result(str(uuid.uuid4())) == (None, None)

@@ -31,20 +31,32 @@ class TaskRecord:
 
 # KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
 # TTL. Returns {revoked flag, 1 when the task already finished}.
+# One HMGET says both whether the record exists (every record has a name) and whether it was
+# revoked. STARTED is stored without Celery's PUBLISH: a stock client's AsyncResult.get() waits
+# for a ready state only (it reads STARTED from the key, as .state does), Flower follows
+# events; only a get(on_message=...) callback no longer sees STARTED go by.
 _MARK_STARTED = (
     LUA_STATE_HELPERS
     + """
 local finished = is_finished(KEYS[2])
+local fields = redis.call('HMGET', KEYS[1], 'name', 'revoked')
 if not finished then
-  if redis.call('EXISTS', KEYS[1]) == 1 then
+  if fields[1] then
     redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
     redis.call('HINCRBY', KEYS[1], 'executions', 1)
   end
-  if ARGV[2] ~= '' then store_state(KEYS[2], ARGV[2], ARGV[3]) end
+  if ARGV[2] ~= '' then store_quietly(KEYS[2], ARGV[2], ARGV[3]) end
 end
-return {redis.call('HGET', KEYS[1], 'revoked') or '', finished and 1 or 0}
+return {fields[2] or '', finished and 1 or 0}
 """
 )
+
+# KEYS: the record, Celery's result. Both in one atomic step, in one command sent (a MULTI,
+# HGETALL, GET, EXEC pipeline was four): a worker writes both in one script, so two separate
+# reads could see STARTED without its start time. Returns {flat record fields, state or nil}.
+_GET_WITH_RESULT = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
 
 
 # KEYS: the record. Flags it revoked only if it still exists: an HSET on an expired record
@@ -89,6 +101,7 @@ class TaskRecords:
         self._mark_started = client.register_script(_MARK_STARTED)
         self._mark_revoked = client.register_script(_MARK_REVOKED)
         self._mark_lost = client.register_script(_MARK_LOST)
+        self._get_with_result = client.register_script(_GET_WITH_RESULT)
 
     @property
     def client(self) -> redis.Redis:
@@ -105,12 +118,10 @@ class TaskRecords:
         return [("hset", (key, None, None, fields)), ("expire", (key, self._ttl))]
 
     def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
-        """The record and Celery's stored state, read in one MULTI/EXEC: a worker writes both
-        in one script, so two separate reads could see STARTED without its start time."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hgetall(_key(task_id))
-        pipe.get(CELERY_RESULT_KEY.format(task_id=task_id))
-        raw, result = pipe.execute()
+        """The record and Celery's stored state, read in one atomic step (``_GET_WITH_RESULT``)."""
+        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
+        flat, result = self._get_with_result(keys=keys)
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         return self.parse(task_id, raw), result
 
     @staticmethod

@@ -20,7 +20,9 @@ from kombu.utils.encoding import bytes_to_str
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
 # Lua shared by every script that writes a Celery state (this backend, the worker's start
-# stamp in ``records.py``): whether a stored state is final, and the write Celery would do.
+# stamp in ``records.py``): whether a stored state is final, and the write Celery would do
+# (``store_state``: SET and PUBLISH; ``store_quietly``: the SET alone, for a state nobody waits
+# on, see ``TaskRecords.mark_started``).
 _TERMINAL_LUA = ", ".join(f"{state} = true" for state in sorted(TERMINAL_STATES))
 LUA_STATE_HELPERS = f"""
 local terminal = {{{_TERMINAL_LUA}}}
@@ -30,12 +32,15 @@ local function is_finished(key)
   local ok, meta = pcall(cjson.decode, current)
   return ok and type(meta) == 'table' and terminal[meta['status']] == true
 end
-local function store_state(key, value, ttl)
+local function store_quietly(key, value, ttl)
   if tonumber(ttl) > 0 then
     redis.call('SETEX', key, ttl, value)
   else
     redis.call('SET', key, value)
   end
+end
+local function store_state(key, value, ttl)
+  store_quietly(key, value, ttl)
   redis.call('PUBLISH', key, value)
 end
 """
