@@ -258,3 +258,48 @@ def test_celery_inspect_and_purge_work_against_a_worker_on_it(
         client = cleanup.enter_context(contextlib.closing(redis.Redis.from_url(own_redis.url)))
         assert client.llen("default") == 0
         assert client.hlen("unacked") == 2  # the running and the reserved task, still held
+
+
+def test_acknowledgements_of_one_tick_ride_in_the_next_fetch_in_one_script_call(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    publish(own_redis.url, 1, 2, 3, 4, 5)
+    messages: list[Any] = []
+    with (
+        courier_connection(own_redis.url) as connection,
+        Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda body, message: messages.append(message)],
+            accept=["json"],
+            prefetch_count=3,
+        ),
+    ):
+        connection.drain_events(timeout=10)
+        assert len(messages) == 3
+        for message in messages:
+            message.ack()
+        client.config_resetstat()
+        connection.drain_events(timeout=10)  # its poll start sends the fetch, acks inside
+        stats = client.info("commandstats")
+        assert len(messages) == 5
+        assert sorted(client.hkeys("unacked")) == sorted(
+            m.delivery_tag.encode() for m in messages[3:]
+        )
+    assert stats["cmdstat_evalsha"]["calls"] == 1  # one fetch, no ACK call of its own
+    assert stats["cmdstat_hdel"]["calls"] == 1  # three tags, one HDEL
+
+
+def test_acknowledgements_not_yet_sent_leave_when_the_channel_closes(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    publish(own_redis.url, 1, 2)
+    with courier_connection(own_redis.url) as connection:
+        channel = connection.default_channel
+        taken = [channel.basic_get(QUEUE.name) for _ in range(2)]
+        assert client.hlen("unacked") == 2
+        for message in taken:
+            assert message is not None
+            message.ack()
+    assert client.hlen("unacked") == 0
+    assert client.zcard("unacked_index") == 0

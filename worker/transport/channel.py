@@ -54,11 +54,14 @@ class QoS(_KombuQoS):  # type: ignore[misc]
         virtual.QoS.append(self, message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        # One EVALSHA instead of MULTI, ZREM, HDEL, EXEC.
-        with self.channel.conn_or_acquire() as client:
-            self.channel.ack_script(
-                keys=[self.unacked_key, self.unacked_index_key], args=[delivery_tag], client=client
-            )
+        # Sent at the event loop's next tick (``Channel.flush_acks``, the poller's poll start:
+        # microseconds later, never after a wait), with every ack of the same tick, inside the
+        # fetch their freed credit asks for when messages may be waiting, else in one ACK call.
+        if self.channel.closed or self.channel._detached():
+            # No tick will come for this channel: sent now (a connection error when it is gone).
+            self.channel.send_acks([delivery_tag])
+        else:
+            self.channel.pending_acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
@@ -113,6 +116,9 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._waiters: dict[str, Waiter] = {}
         self._fetching: list[tuple[str, str]] | None = None  # (list, queue) of the fetch in flight
+        self._fetch_acks: list[str] = []  # acknowledgements carried by the fetch in flight
+        # Acknowledged since the last poll start: sent by the next fetch or flush_acks.
+        self.pending_acks: list[str] = []
         self._fetch_sent_at: float | None = None
         self._maybe_ready = True  # messages may be waiting: fetch before waiting
         self._no_ack_queues: set[str] = set()
@@ -133,7 +139,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         if self._fetch_sent_at is not None:
             return
         if self._maybe_ready:
-            self._send_fetch()
+            self._fetch_carrying_acks()
         else:
             self._arm_waiters()
 
@@ -169,11 +175,40 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             # The fetch's fate is unknown: what it took is in unacked, restored by the sweep.
             self._fetch_sent_at = self._fetching = None
             self._maybe_ready = True
+            self._resend_acks()
         for waiter in self._waiters.values():
             if waiter.client.connection is connection:
                 waiter.sent_at = None
                 self._maybe_ready = True  # its reply may have said "something arrived"
         super()._on_connection_disconnect(connection)
+
+    # --- acknowledgements ---
+
+    def send_acks(self, tags: list[str]) -> None:
+        """Acknowledge ``tags`` in one ACK script call, on a pooled connection."""
+        with self.conn_or_acquire() as client:
+            self.ack_script(
+                keys=[self.unacked_key, self.unacked_index_key], args=tags, client=client
+            )
+
+    def flush_acks(self) -> None:
+        """The acknowledgements of this tick that no fetch carried, in one ACK script call.
+
+        Should Redis not take them, the messages stay in unacked and come back after the
+        visibility timeout, where the runner skips them as finished duplicates."""
+        tags, self.pending_acks = self.pending_acks, []
+        if tags:
+            self.send_acks(tags)
+
+    def _resend_acks(self) -> None:
+        """A fetch whose script did not run (NOSCRIPT) or whose fate is unknown (connection
+        lost): its acknowledgements go again on their own (removing twice is harmless); if
+        that fails too the messages come back after the visibility timeout and the runner
+        skips them as finished duplicates."""
+        tags, self._fetch_acks = self._fetch_acks, []
+        if tags:
+            with contextlib.suppress(*self.connection_errors):
+                self.send_acks(tags)
 
     # --- fetch ---
 
@@ -182,25 +217,39 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         queues = self._queue_cycle.consume(len(self.active_queues))
         return [(self._q_for_pri(q, pri), q) for pri in self.priority_steps for q in queues]
 
-    def _fetch_args(self, lists: list[tuple[str, str]], limit: int) -> tuple[list[str], list[Any]]:
+    def _fetch_args(
+        self, lists: list[tuple[str, str]], limit: int, acks: list[str] | None = None
+    ) -> tuple[list[str], list[Any]]:
         keys = [self.unacked_key, self.unacked_index_key, *(key for key, _ in lists)]
         specs = [("-" if q in self._no_ack_queues else "+") + q for _, q in lists]
-        return keys, [limit, time(), *specs]
+        return keys, [limit, time(), *specs, *(acks or [])]
 
-    def _send_fetch(self) -> None:
+    def _fetch_carrying_acks(self) -> None:
+        if self._send_fetch(self.pending_acks):
+            self.pending_acks = []
+
+    def _send_fetch(self, acks: list[str] | None = None) -> bool:
         lists = self._fetch_lists()
         if not lists:
-            return
+            return False
         credit = self.qos.can_consume_max_estimate()
         limit = self.fetch_limit if credit is None else max(1, min(self.fetch_limit, credit))
-        keys, args = self._fetch_args(lists, limit)
+        keys, args = self._fetch_args(lists, limit, acks)
         cycle = self.connection.cycle
         if not cycle._client_registered(self, self.client, FETCH):
             cycle._register(self, self.client, FETCH)
-        self.client.connection.send_command("EVALSHA", scripts.FETCH_SHA, len(keys), *keys, *args)
+        self._fetch_acks = list(acks or [])
+        try:
+            self.client.connection.send_command(
+                "EVALSHA", scripts.FETCH_SHA, len(keys), *keys, *args
+            )
+        except self.connection_errors:
+            self._resend_acks()
+            raise
         self._fetching = lists
         self._fetch_sent_at = monotonic()
         self._maybe_ready = False
+        return True
 
     def _fetch_read(self) -> bool:
         lists = self._fetching or []
@@ -211,10 +260,13 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         except redis.exceptions.NoScriptError:
             self.fetch_script.registered_client.script_load(scripts.FETCH)
             self._maybe_ready = True
+            self._resend_acks()
             raise Empty() from None
         except self.connection_errors:
             connection.disconnect()
+            self._resend_acks()
             raise
+        self._fetch_acks = []
         if not reply:
             raise Empty()
         self._maybe_ready = True  # a full batch may have left more behind
@@ -297,7 +349,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         if arrived:
             self._maybe_ready = True
             if self._fetch_sent_at is None and self.qos.can_consume():
-                self._send_fetch()
+                self._fetch_carrying_acks()
         raise Empty()
 
     def _drop_waiter(self, key: str) -> None:
@@ -385,6 +437,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     def close(self) -> None:
         if self._fetch_sent_at is not None:
             self._take_back_fetch()
+        with contextlib.suppress(*self.connection_errors):  # else: back after the timeout
+            self.flush_acks()
         for key in list(self._waiters):
             with contextlib.suppress(*self.connection_errors):
                 self._drop_waiter(key)
@@ -396,5 +450,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         try:
             reply = self.client.parse_response(self.client.connection, "EVALSHA")
         except (*self.connection_errors, redis.ResponseError):
+            self._resend_acks()
             return  # whatever it took is in unacked: the sweep restores it
+        self._fetch_acks = []
         self._restore_tags([bytes_to_str(reply[i + 1]) for i in range(0, len(reply or []), 3)])

@@ -5,17 +5,21 @@ kombu's ``MultiChannelPoller`` already multiplexes a channel's connections on on
 blocking peek per list, each under its own type), so the poller asks the channel to fetch or
 wait instead of sending a BRPOP, hands every reply of those types to the channel whatever the
 credit (a peek's reply carries no message: it must be read, never paused), and checks each of
-them for an overdue reply as kombu checks its BRPOP.
+them for an overdue reply as kombu checks its BRPOP. Acknowledgements made since the last poll
+start leave at the next one, all in one script call (``Channel.flush_acks``).
 """
 
 from __future__ import annotations
 
+import logging
 from time import monotonic
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
 from worker.transport.channel import Channel
+
+logger = logging.getLogger(__name__)
 
 # As in channel.py: kombu's stubs cover its public API only.
 _KombuPoller: Any = kombu_redis.MultiChannelPoller
@@ -26,7 +30,14 @@ class Poller(_KombuPoller):  # type: ignore[misc]
     def on_poll_start(self) -> None:
         for channel in self._channels:
             if channel.active_queues and channel.qos.can_consume():
-                channel.consume()
+                channel.consume()  # a fetch it sends carries the pending acknowledgements
+            try:
+                channel.flush_acks()
+            except channel.connection_errors as exc:
+                # Those messages stay in unacked: back after the visibility timeout, skipped
+                # by the runner as finished duplicates. The connection's own failure is
+                # handled where it is used next.
+                logger.warning("acknowledgements not sent", extra={"error": str(exc)})
             if channel.active_fanout_queues:
                 self._register_LISTEN(channel)
 

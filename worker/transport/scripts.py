@@ -16,11 +16,17 @@ from hashlib import sha1
 # (priority first, then queue). ARGV[1] how many messages at most, ARGV[2] the delivery time;
 # ARGV[i] for i >= 3 describes KEYS[i]: '+<queue>' when its messages are recorded as
 # unacknowledged (a consumer that acknowledges), '-<queue>' when not (no_ack: control replies).
+# ARGV[#KEYS + 1 ..]: delivery tags acknowledged, removed first (ACK's work, carried by the
+# fetch the freed credit asks for: one call and one round trip instead of two).
 # Returns {list position (1 = KEYS[3]), delivery tag ('' when not recorded), raw message, ...}.
 # A message without a usable delivery tag (not JSON, not kombu's shape) is recorded under a tag
 # of its own, its entry holding the raw text as a string, so it is never in no place at all.
 # redis.pcall: a key of another type is skipped, not an error after earlier pops.
 FETCH = """
+if #ARGV > #KEYS then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, #KEYS + 1))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, #KEYS + 1))
+end
 local limit = tonumber(ARGV[1])
 local now = ARGV[2]
 local out = {}
