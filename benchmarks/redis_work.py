@@ -15,7 +15,7 @@ one per request read from a socket: a pipeline or a script is one; ``total_net_i
    ``AsyncResult(id).state``).
 
 This suite's own polling (how it sees the drain end) is measured apart and subtracted, as is
-the dramatiq job's ``INCR`` of the completion counter.
+the dramatiq job's ``INCRBY`` of the completion counter (redis-py's ``incr``).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def measure_system(system: System, plan: Plan, n: int) -> dict[str, Work]:
         r = start_redis(s)
         client = r.client()
         submit = measure(client, lambda: system.submit(s, r, n))
-        poll = measure(client, lambda: [system.done(client, 0) for _ in range(100)])
+        poll = measure(client, lambda: [system.done(client, 1) for _ in range(100)])
         reset(client)
         started = time.monotonic()
         worker = system.start_worker(s, r)
@@ -260,7 +260,7 @@ SYSTEMS = [
            courier_status),
     System("seed's Celery app", seed_submit, seed_worker, backlog_empty("celery"), seed_status),
     System(DRAMATIQ.label, dramatiq_submit, dramatiq_worker, dramatiq_done,
-           own_per_task=Counter({"incr": 1})),
+           own_per_task=Counter({"incrby": 1})),
 ]  # fmt: skip
 
 
