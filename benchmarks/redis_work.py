@@ -45,7 +45,7 @@ from benchmarks.services import (
 )
 from benchmarks.stats import Figure
 
-SCENARIO = "4 redis work"
+SCENARIO = "7b redis work"
 STATUS_READS = 200
 POLL_SECONDS = 0.05
 SETTLE_SECONDS = 1.0
