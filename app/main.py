@@ -13,16 +13,18 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.api.errors import register_error_handlers
-from app.api.routes import artifacts, health, seed, tasks
+from app.api.routes import artifacts, dead_letters, health, seed, tasks
 from app.api.security import RateLimiter
 from app.body_limit import BodySizeLimitMiddleware
 from app.idempotency import IdempotentSubmitter
+from app.memory_watermark import MemoryWatermark
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
 from app.queue import TaskQueue
 from app.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
 from app.users import UserStore
 from worker.celery_config import create_celery_app
 from worker.core.artifacts import ArtifactStore
+from worker.core.dead_letters import DeadLetterStore
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
 from worker.core.records import TaskRecords
@@ -43,12 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client = create_redis(settings)
     aclient = create_async_redis(settings)
     celery = create_celery_app(settings)
+    watermark = MemoryWatermark(client, settings.redis_memory_high_watermark)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
         yield
         app.state.queue.close()
+        watermark.close()
         client.close()
         await aclient.aclose()
         celery.close()
@@ -64,7 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = client
     app.state.queue = TaskQueue(
-        celery, TaskRecords(client, settings.result_expires), settings.default_queue, aclient
+        celery,
+        TaskRecords(client, settings.result_expires),
+        settings.default_queue,
+        aclient,
+        watermark=watermark,
+    )
+    app.state.dead_letters = DeadLetterStore(
+        client, settings.dead_letter_max, settings.dead_letter_max_bytes
     )
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)
@@ -94,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tasks.build_router(specs))
     app.include_router(artifacts.router)
+    app.include_router(dead_letters.router)
     app.include_router(seed.router)
     if settings.metrics_enabled:
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)

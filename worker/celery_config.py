@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, states
 from kombu import Queue
 
+from worker.core.dead_letters import DeadLetterScreen
+from worker.core.errors import DeadLettered
 from worker.core.names import RECONCILE_TASK
 from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS
 from worker.core.result_backend import backend_url
@@ -123,4 +125,24 @@ def create_celery_app(settings: Settings) -> Celery:
     for spec in specs.values():
         bind_task(app, spec, resources)
     connect_start_stamp(app, resources)
+    app.conf.broker_transport_options["message_screen"] = dead_letter_screen(app, settings)
     return app
+
+
+def dead_letter_screen(app: Celery, settings: Settings) -> DeadLetterScreen:
+    """What the transport runs on every task message before Celery sees it."""
+
+    def failure(task_id: str, detail: str) -> bytes | str:
+        backend: Any = app.backend  # celery-types lacks prepare_exception
+        error = backend.prepare_exception(DeadLettered(f"dead-lettered: {detail}"))
+        encoded: bytes | str = backend.encode_meta(task_id, error, states.FAILURE)
+        return encoded
+
+    return DeadLetterScreen(
+        settings.dead_letter_max,
+        settings.dead_letter_max_bytes,
+        tasks=lambda: app.tasks.keys(),
+        queues=settings.queues,
+        failure=failure,
+        result_ttl=settings.result_expires,
+    )

@@ -2,7 +2,8 @@
 
 Where each signal fires matters under the prefork pool:
 - main process: ``celeryd_init`` (before the pool forks), ``worker_init``, ``worker_ready``,
-  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``, ``task_unknown``;
+  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``, ``task_unknown``,
+  Courier's ``message_dead_lettered``;
 - pool children: ``worker_process_init``/``_shutdown`` and ``task_prerun``/``postrun``/
   ``success``/``failure``/``retry``;
 - any publisher (API, worker retrying, beat): ``before_task_publish``/``after_task_publish``.
@@ -44,6 +45,7 @@ from celery.signals import (
 
 from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
+from worker.core.dead_letters import DeadLetter, message_dead_lettered
 from worker.core.logging import configure_logging
 from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
@@ -190,6 +192,22 @@ def _count_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
     ).inc()
 
 
+def _count_dead_lettered(
+    letter: DeadLetter, routing_key: str | None, tasks: frozenset[str], queues: frozenset[str],
+    **_: Any,
+) -> None:  # fmt: skip
+    """A message the transport set aside: a rejection to celery-exporter's dashboards (bounded
+    labels as above), and a dead letter by reason."""
+    metrics.DEAD_LETTERS.labels(
+        letter.reason, letter.queue if letter.queue in queues else UNKNOWN_QUEUE
+    ).inc()
+    metrics.TASK_REJECTED.labels(
+        letter.task if letter.task in tasks else UNKNOWN_TASK,
+        _MainProcess.hostname,
+        routing_key if routing_key in queues else UNKNOWN_QUEUE,
+    ).inc()
+
+
 # --- pool children -------------------------------------------------------------------------
 
 
@@ -258,6 +276,7 @@ def connect_signals(app: Celery) -> None:
         (task_revoked, _count_revoked),
         (task_rejected, _count_rejected),
         (task_unknown, _count_rejected),
+        (message_dead_lettered, _count_dead_lettered),
         (worker_process_init, _child_started),
         (worker_process_shutdown, _child_stopping),
         (task_prerun, _task_started),

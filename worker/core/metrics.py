@@ -47,6 +47,12 @@ TASK_RETRIED = Counter("celery_task_retried", "Failed attempts that will be retr
 TASK_REJECTED = Counter(
     "celery_task_rejected", "Messages a worker rejected (requeued or dropped).", TASK_LABELS
 )
+DEAD_LETTERS = Counter(
+    "courier_dead_letters",
+    "Messages set aside on the dead-letter list instead of run (reason: envelope, body, "
+    "headers, unknown_task).",
+    ("reason", "queue_name"),
+)
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
 TASKS_LOST = Counter(
     "courier_tasks_lost",
