@@ -72,6 +72,14 @@ return 1
 )
 
 
+# KEYS: the record, Celery's result. Both in one atomic step, as MULTI/HGETALL/GET/EXEC read
+# them, in three commands instead of four (EVALSHA and the two reads). No writes: a replica or
+# a full Redis may answer it.
+_READ = """#!lua flags=no-writes
+return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
+"""
+
+
 @dataclass(frozen=True)
 class StartCheck:
     revoked: bool  # cancelled through the API while it waited
@@ -89,6 +97,7 @@ class TaskRecords:
         self._mark_started = client.register_script(_MARK_STARTED)
         self._mark_revoked = client.register_script(_MARK_REVOKED)
         self._mark_lost = client.register_script(_MARK_LOST)
+        self._read = client.register_script(_READ)
 
     @property
     def client(self) -> redis.Redis:
@@ -105,12 +114,11 @@ class TaskRecords:
         return [("hset", (key, None, None, fields)), ("expire", (key, self._ttl))]
 
     def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
-        """The record and Celery's stored state, read in one MULTI/EXEC: a worker writes both
+        """The record and Celery's stored state, read in one atomic step: a worker writes both
         in one script, so two separate reads could see STARTED without its start time."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hgetall(_key(task_id))
-        pipe.get(CELERY_RESULT_KEY.format(task_id=task_id))
-        raw, result = pipe.execute()
+        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
+        flat, result = self._read(keys=keys)
+        raw = dict(zip(flat[::2], flat[1::2], strict=True))
         return self.parse(task_id, raw), result
 
     @staticmethod
