@@ -46,6 +46,7 @@ from celery.signals import (
 from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
 from worker.core.dead_letters import DeadLetter, message_dead_lettered
+from worker.core.envelope import REASONS
 from worker.core.logging import configure_logging
 from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
@@ -136,6 +137,9 @@ def _worker_ready(sender: Any, **_: Any) -> None:
     metrics.WORKER_UP.labels(hostname).set(1)
     metrics.WORKER_TASKS_ACTIVE.labels(hostname).set(0)
     queues = sorted(sender.app.amqp.queues.consume_from)
+    for reason in REASONS:  # series from the start: an increase() sees the first dead letter
+        for queue in queues:
+            metrics.DEAD_LETTERS.labels(reason, queue)
     concurrency = int(getattr(sender.controller, "concurrency", 1) or 1)
     threading.Thread(
         target=_heartbeat, args=(hostname, queues, concurrency), daemon=True, name="heartbeat"
