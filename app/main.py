@@ -13,16 +13,17 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.api.errors import register_error_handlers
-from app.api.routes import artifacts, dead_letters, health, seed, tasks
+from app.api.routes import artifacts, dead_letters, health, queues, seed, tasks
 from app.api.security import RateLimiter
 from app.body_limit import BodySizeLimitMiddleware
 from app.idempotency import IdempotentSubmitter
 from app.memory_watermark import MemoryWatermark
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
+from app.purge import QueuePurger
 from app.queue import TaskQueue
 from app.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
 from app.users import UserStore
-from worker.celery_config import create_celery_app
+from worker.celery_config import PRIORITY_STEPS, create_celery_app
 from worker.core.artifacts import ArtifactStore
 from worker.core.dead_letters import DeadLetterStore
 from worker.core.logging import configure_logging
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dead_letters = DeadLetterStore(
         client, settings.dead_letter_max, settings.dead_letter_max_bytes
     )
+    app.state.purger = QueuePurger(client, celery.backend, settings.result_expires, PRIORITY_STEPS)
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)
     app.state.idempotency = IdempotentSubmitter(client)
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.build_router(specs))
     app.include_router(artifacts.router)
     app.include_router(dead_letters.router)
+    app.include_router(queues.router)
     app.include_router(seed.router)
     if settings.metrics_enabled:
         app.add_route("/metrics", metrics_endpoint, include_in_schema=False)

@@ -67,6 +67,10 @@ class DeadLetterNotFound(LookupError):
     pass
 
 
+class UnknownQueue(LookupError):
+    pass
+
+
 class NotRequeueable(ValueError):
     pass
 
@@ -214,7 +218,8 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.ResponseError, _redis_refused)
     app.add_exception_handler(RedisFull, _redis_full)
     app.add_exception_handler(EnqueueFailed, _enqueue_failed)
-    for error in (TaskNotFound, UnknownTask, UserNotFound, ArtifactNotFound, DeadLetterNotFound):
+    not_found = (TaskNotFound, UnknownTask, UnknownQueue, UserNotFound, ArtifactNotFound)
+    for error in (*not_found, DeadLetterNotFound):
         app.add_exception_handler(error, _not_found)
     for error in (TaskAlreadyFinished, UsernameTaken, IdempotencyConflict, NotRequeueable):
         app.add_exception_handler(error, _conflict)

@@ -126,3 +126,11 @@ class DeadLetterRequeued(BaseModel):
     queue: str
     task_id: str | None
     status_url: str | None = Field(None, description="The task's status, when it has an id.")
+
+
+class QueuePurged(BaseModel):
+    queue: str
+    removed: int = Field(description="Messages taken off the queue's lists.")
+    revoked: int = Field(
+        description="Tasks now reading revoked (the others had finished, or carried no id)."
+    )

@@ -53,6 +53,11 @@ DEAD_LETTERS = Counter(
     "headers, unknown_task).",
     ("reason", "queue_name"),
 )
+TASKS_PURGED = Counter(
+    "courier_tasks_purged",
+    "Messages removed from a queue by DELETE /v1/queues/{name}/messages (each task revoked).",
+    ("queue_name",),
+)
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
 TASKS_LOST = Counter(
     "courier_tasks_lost",
