@@ -71,6 +71,27 @@ def test_health_answers_without_the_broker(stack: Stack) -> None:
     assert response.status_code == 200
 
 
+def test_every_task_counter_exists_at_zero_before_the_first_task(stack: Stack) -> None:
+    """Runs first in this module, before any task: a counter born at its first increment
+    hides that increment from increase() (a task that always fails had no failure ratio)."""
+    samples = stack.metrics()
+    series = {(name, dict(labels).get("name")) for name, labels in samples}
+    for task in ("noop", "send_email", "process_image", "generate_report"):
+        for counter in ("received", "started", "succeeded", "retried", "rejected", "revoked"):
+            assert (f"celery_task_{counter}_total", task) in series, (counter, task)
+        failed = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "celery_task_failed_total"
+            and dict(labels).get("name") == task
+            and dict(labels).get("exception") == "InvalidPayload"
+        ]
+        assert failed == [0], (task, failed)
+    dead = [k for k in samples if k[0] == "courier_dead_letters_total"]
+    assert len(dead) == 4 and all(samples[k] == 0 for k in dead)
+    assert not any(task and task.startswith("celery.") for _, task in series)
+
+
 def test_lifecycle_counters_sum_every_pool_child(stack: Stack) -> None:
     # Sleeping tasks overlap, so both prefork children execute some of them.
     run_all(stack.api, [("noop", {"sleep_seconds": 0.3})] * 6)
