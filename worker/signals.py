@@ -68,7 +68,7 @@ class _MainProcess:
 
     server: MetricsServer | None = None
     stop = threading.Event()
-    hostname = ""
+    hostname = ""  # the host of the worker's node name: every metric's ``hostname`` label
 
 
 # --- logging -----------------------------------------------------------------------------
@@ -158,12 +158,12 @@ def _create_series(app: Celery, hostname: str, queues: list[str]) -> None:
 
 
 def _worker_ready(sender: Any, **_: Any) -> None:
-    hostname: str = sender.hostname
-    _MainProcess.hostname = hostname
-    metrics.WORKER_UP.labels(hostname).set(1)
-    metrics.WORKER_TASKS_ACTIVE.labels(hostname).set(0)
+    hostname: str = sender.hostname  # Celery's node name: the worker registry's key
+    _MainProcess.hostname = host = metrics.host_label(hostname)
+    metrics.WORKER_UP.labels(host).set(1)
+    metrics.WORKER_TASKS_ACTIVE.labels(host).set(0)
     queues = sorted(sender.app.amqp.queues.consume_from)
-    _create_series(sender.app, hostname, queues)
+    _create_series(sender.app, host, queues)
     concurrency = int(getattr(sender.controller, "concurrency", 1) or 1)
     threading.Thread(
         target=_heartbeat, args=(hostname, queues, concurrency), daemon=True, name="heartbeat"
@@ -189,9 +189,10 @@ def _request_labels(request: Any, task: Any = None) -> tuple[str, str, str]:
     passes to ``task_revoked``, whose task name is its sender's (a Context has no ``name``)."""
     name = getattr(task, "name", None) or getattr(request, "name", None)
     name = name or getattr(request, "task", None) or UNKNOWN_TASK
-    hostname = getattr(request, "hostname", None) or _MainProcess.hostname
+    hostname = getattr(request, "hostname", None)
+    host = metrics.host_label(str(hostname)) if hostname else _MainProcess.hostname
     delivery = getattr(request, "delivery_info", None) or {}
-    return str(name), str(hostname), delivery.get("routing_key") or ""
+    return str(name), host, delivery.get("routing_key") or ""
 
 
 def _count_received(request: Any, **_: Any) -> None:
@@ -215,7 +216,7 @@ def _count_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
     name, queue = str(headers.get("task", "")), str(delivery.get("routing_key", ""))
     metrics.TASK_REJECTED.labels(
         name if name in tasks else UNKNOWN_TASK,
-        getattr(sender, "hostname", None) or _MainProcess.hostname,
+        metrics.host_label(str(getattr(sender, "hostname", None) or _MainProcess.hostname)),
         queue if queue in queues else UNKNOWN_QUEUE,
     ).inc()
 
@@ -251,7 +252,7 @@ def _child_stopping(**_: Any) -> None:
 def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
     request = task.request
     delivery = request.delivery_info or {}
-    return task.name, request.hostname or "", delivery.get("routing_key") or ""
+    return task.name, metrics.host_label(request.hostname or ""), delivery.get("routing_key") or ""
 
 
 def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
@@ -270,7 +271,7 @@ def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
 
 
 def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.WORKER_TASKS_ACTIVE.labels(sender.request.hostname or "").dec()
+    metrics.WORKER_TASKS_ACTIVE.labels(metrics.host_label(sender.request.hostname or "")).dec()
 
 
 def _task_succeeded(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,7 +105,8 @@ def test_lifecycle_counters_sum_every_pool_child(stack: Stack) -> None:
     assert total(samples, "courier_task_queue_wait_seconds_count", name="noop") >= 6
     assert total(samples, "celery_task_queue_wait_time_count", name="noop") >= 6
     hostname_up = [ls for (n, ls), v in samples.items() if n == "celery_worker_up" and v == 1]
-    assert hostname_up and dict(hostname_up[0])["hostname"].startswith("metrics@")
+    # celery-exporter's label: the host, not Celery's node name (metrics@host).
+    assert hostname_up and dict(hostname_up[0])["hostname"] == socket.gethostname()
     assert total(samples, "celery_worker_tasks_active") == 0
 
 

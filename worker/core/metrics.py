@@ -35,6 +35,13 @@ TASK_LABELS = ("name", "hostname", "queue_name")
 UNKNOWN_TASK = "unknown"
 UNKNOWN_QUEUE = "unknown"
 
+
+def host_label(nodename: str) -> str:
+    """The ``hostname`` label as celery-exporter writes it: the host of a Celery node name
+    (``celery@vm`` -> ``vm``), so the API's sent counter and the worker's metrics agree."""
+    return nodename.rpartition("@")[2]
+
+
 # --- task lifecycle (celery-exporter names) ---
 TASK_SENT = Counter("celery_task_sent", "Task messages published.", TASK_LABELS)
 TASK_RECEIVED = Counter("celery_task_received", "Tasks received by a worker.", TASK_LABELS)
