@@ -153,6 +153,7 @@ def _create_series(app: Celery, hostname: str, queues: list[str]) -> None:
                 metrics.TASK_RETRIED, metrics.TASK_REJECTED, metrics.TASK_REVOKED,
             ):  # fmt: skip
                 counter.labels(name, hostname, queue)
+            metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue)
             for exception in KNOWN_FAILURES:
                 metrics.TASK_FAILED.labels(name, hostname, queue, exception)
 
@@ -192,7 +193,7 @@ def _request_labels(request: Any, task: Any = None) -> tuple[str, str, str]:
     hostname = getattr(request, "hostname", None)
     host = metrics.host_label(str(hostname)) if hostname else _MainProcess.hostname
     delivery = getattr(request, "delivery_info", None) or {}
-    return str(name), host, delivery.get("routing_key") or ""
+    return str(name), host, _queue_label(delivery.get("routing_key"))
 
 
 def _count_received(request: Any, **_: Any) -> None:
@@ -249,10 +250,18 @@ def _child_stopping(**_: Any) -> None:
     mark_process_dead(os.getpid())
 
 
+def _queue_label(routing_key: object) -> str:
+    """A message's routing key is its producer's: only a configured queue becomes a label."""
+    if isinstance(routing_key, str) and routing_key in get_settings().queues:
+        return routing_key
+    return UNKNOWN_QUEUE
+
+
 def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
     request = task.request
     delivery = request.delivery_info or {}
-    return task.name, metrics.host_label(request.hostname or ""), delivery.get("routing_key") or ""
+    host = metrics.host_label(request.hostname or "")
+    return task.name, host, _queue_label(delivery.get("routing_key"))
 
 
 def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
@@ -268,6 +277,8 @@ def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
         setattr(request, QUEUE_WAIT, wait)
         metrics.COURIER_QUEUE_WAIT.labels(name, queue).observe(wait)
         metrics.TASK_QUEUE_WAIT_TIME.labels(name, hostname, queue).observe(wait)
+    else:
+        metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue).inc()
 
 
 def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]

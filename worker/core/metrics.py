@@ -89,6 +89,12 @@ COURIER_QUEUE_WAIT = Histogram(
     ("name", "queue_name"),
     buckets=WAIT_BUCKETS,
 )
+QUEUE_WAIT_UNMEASURED = Counter(
+    "courier_task_queue_wait_unmeasured",
+    "Executions started whose queue wait is unknown (a producer that sets neither Courier's "
+    "enqueue header nor an ETA): absent from both queue-wait histograms.",
+    ("name", "queue_name"),
+)
 
 # --- workers (each worker exports its own hostname) ---
 WORKER_UP = Gauge(

@@ -91,13 +91,14 @@ def priority_lists(queue: str, steps: Sequence[int]) -> list[str]:
 
 
 def due_time(enqueued_at: object, eta: object) -> float | None:
-    """When a message became runnable: its enqueue time, or its ETA when that is later."""
-    if not isinstance(enqueued_at, int | float):
-        return None
-    due = float(enqueued_at)
+    """When a message became runnable: its enqueue time, or its ETA when that is later. A
+    message from another producer has no enqueue time (Celery's protocol carries none): its
+    ETA, when it has one, is the best known; without either it cannot be measured (None)."""
+    due = float(enqueued_at) if isinstance(enqueued_at, int | float) else None
     if isinstance(eta, str):
-        with contextlib.suppress(ValueError):
-            due = max(due, datetime.fromisoformat(eta).timestamp())
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            at = datetime.fromisoformat(eta).timestamp()
+            due = at if due is None else max(due, at)
     return due
 
 
