@@ -6,11 +6,14 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
 
 from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, dead_letters, health, queues, seed, tasks
@@ -28,16 +31,28 @@ from worker.core.artifacts import ArtifactStore
 from worker.core.dead_letters import DeadLetterStore
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
+from worker.core.queue_stats import QueueInspector
 from worker.core.records import TaskRecords
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
 from worker.core.telemetry import init_tracing
+from worker.metrics_server import QueueCollector
 from worker.registry import registered_tasks
 from worker.signals import connect_publisher_signals
 
 # Multipart framing around an upload: headers, boundary lines.
 MULTIPART_OVERHEAD = 64 * 1024
 API_SERVICE_NAME = "courier-api"
+
+
+def queue_metrics(client: redis.Redis, settings: Settings) -> CollectorRegistry:
+    """The queue gauges, exported by this pod while it holds the lease (one holder per pod: any
+    of its gunicorn processes answers a scrape with them)."""
+    registry = CollectorRegistry(auto_describe=False)
+    inspector = QueueInspector(client, settings.queues, PRIORITY_STEPS)
+    holder = f"api@{socket.gethostname()}"
+    registry.register(QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds))
+    return registry
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -111,7 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(queues.router)
     app.include_router(seed.router)
     if settings.metrics_enabled:
-        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+        app.add_route(
+            "/metrics", metrics_endpoint(queue_metrics(client, settings)), include_in_schema=False
+        )
     # Outermost, so 413s and errors are counted too.
     app.add_middleware(
         MetricsMiddleware,
