@@ -104,20 +104,34 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
     task_prerun.connect(stamp, weak=False)
 
 
+def positional_arguments(name: str, args: tuple[Any, ...]) -> str:
+    return (
+        f"{name!r} takes its payload as keyword arguments, not {len(args)} positional "
+        "argument(s): send kwargs={...}; in a chain, a mutable signature (.s()) passes the "
+        "previous task's result as a positional argument: use an immutable one (.si(...)) "
+        "or set the payload as kwargs"
+    )
+
+
 def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task:  # type: ignore[type-arg]
     settings = resources.settings
 
     limits = settings.time_limits_for(spec.name)
     retry_on: tuple[type[Exception], ...] = (TransientError, *spec.retry_on)
 
+    # typing=False: Celery checks a call's arguments against run()'s signature when a signature
+    # is applied, also inside a worker publishing the next step of a chain, where the TypeError
+    # failed the step whose body had just succeeded. Positional arguments reach run() instead
+    # and fail there, as InvalidPayload, with what to do about them.
     @app.task(  # type: ignore[call-overload,untyped-decorator]  # stubs want int limits
         name=spec.name,
         bind=True,
+        typing=False,
         max_retries=spec.max_retries,
         soft_time_limit=limits.soft,
         time_limit=limits.hard,
     )
-    def run(self: Task, /, **kwargs: Any) -> Any:  # type: ignore[type-arg]
+    def run(self: Task, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[type-arg]
         task_id = str(self.request.id)
         check: StartCheck | None = getattr(self.request, START_CHECK, None)
         if check is not None and check.finished:
@@ -128,6 +142,8 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
             self.backend.mark_as_revoked(task_id, reason="revoked", request=self.request)
             raise Ignore()
+        if args:
+            raise InvalidPayload(positional_arguments(spec.name, args))
         try:
             payload = spec.payload.model_validate(kwargs)
         except ValidationError as exc:
