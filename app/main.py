@@ -46,12 +46,13 @@ API_SERVICE_NAME = "courier-api"
 
 
 def queue_metrics(client: redis.Redis, settings: Settings) -> CollectorRegistry:
-    """The queue gauges, exported by this pod while it holds the lease (one holder per pod: any
-    of its gunicorn processes answers a scrape with them)."""
+    """The queue gauges, exported by this pod while no worker is alive and it holds the lease
+    (one holder per pod: any of its gunicorn processes answers a scrape with them)."""
     registry = CollectorRegistry(auto_describe=False)
     inspector = QueueInspector(client, settings.queues, PRIORITY_STEPS)
     holder = f"api@{socket.gethostname()}"
-    registry.register(QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds))
+    lease = settings.queue_metrics_lease_seconds
+    registry.register(QueueCollector(inspector, holder, lease, defer_to_workers=True))
     return registry
 
 

@@ -1,5 +1,6 @@
 """The queue gauges outlive the workers: worker and API pods share one lease, so exactly one of
-them exports the backlog, and the API takes over when every worker is gone."""
+them exports the backlog; the API only while no worker is alive (it takes over when every
+worker is gone, and hands back when one returns)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def test_one_exporter_at_a_time_and_the_api_takes_over_from_dead_workers(
         "COURIER_REDIS_URL": own_redis.url,
         "COURIER_QUEUE_METRICS_LEASE_SECONDS": "2",
         "COURIER_WORKER_METRICS_PORT": str(port),
+        "COURIER_WORKER_HEARTBEAT_SECONDS": "0.5",  # a dead worker leaves the registry in 1.5 s
     }
     worker_url = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as processes:
@@ -42,11 +44,14 @@ def test_one_exporter_at_a_time_and_the_api_takes_over_from_dead_workers(
             celery_worker(courier_env(env), tmp_path / "worker.log", "lease", concurrency=1)
         )
         api = processes.enter_context(TestClient(create_app(settings_from(env))))
+        assert backlog_series(api.get("/metrics").text) == 1  # no worker alive yet: the API
         wait_until(lambda: http_ok(f"{worker_url}/readyz"), 90, "the worker")
+        # A worker is alive: the API gives the lease up at its next scrape.
         wait_until(
-            lambda: any(n == "courier_queue_backlog" for n, _ in scrape(f"{worker_url}/metrics")),
+            lambda: backlog_series(api.get("/metrics").text) == 0
+            and any(n == "courier_queue_backlog" for n, _ in scrape(f"{worker_url}/metrics")),
             10,
-            "the worker to take the lease",
+            "the worker to take the lease from the API",
         )
         assert backlog_series(api.get("/metrics").text) == 0  # the worker exports: not twice
         worker.kill()  # every worker gone at once (no clean shutdown)

@@ -56,6 +56,24 @@ return out
 """
 
 # Take or renew the lease when free or already ours; 1 when we hold it.
+# KEYS[1] the lease, KEYS[2] the worker registry. ARGV: holder, TTL (ms), now, 1 when the holder
+# defers to live workers. Returns 1 when ARGV[1] holds the lease. A deferring holder (an API pod)
+# gives the lease up, and never takes it, while a worker is alive: workers export the queue
+# gauges as celery-exporter's users expect (celery-mixin selects job=~".*celery.*"), and the API
+# only when none is left.
+_LEASE_OR_DEFER = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] == '1' and redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') > 0 then
+  if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
@@ -119,6 +137,7 @@ class QueueInspector:
         self._steps = list(steps)
         self._unacked = client.register_script(_UNACKED_BY_QUEUE)
         self._lease = client.register_script(_LEASE)
+        self._lease_or_defer = client.register_script(_LEASE_OR_DEFER)
 
     def stats(self) -> list[QueueStats]:
         pipe = self._redis.pipeline(transaction=False)
@@ -153,6 +172,11 @@ class QueueInspector:
 
     def hold_lease(self, key: str, holder: str, ttl_seconds: float) -> bool:
         return bool(self._lease(keys=[key], args=[holder, int(ttl_seconds * 1000)]))
+
+    def hold_lease_unless_workers(self, key: str, holder: str, ttl_seconds: float) -> bool:
+        """``hold_lease`` for a holder that stands in for the workers only while none lives."""
+        args: list[str | float] = [holder, int(ttl_seconds * 1000), time.time(), 1]
+        return bool(self._lease_or_defer(keys=[key, WORKERS_KEY], args=args))
 
     def workers_per_queue(self) -> dict[str, QueueWorkers]:
         """Live workers and pool processes consuming each queue, from the worker registry."""
