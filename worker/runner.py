@@ -123,9 +123,12 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
     # is applied, also inside a worker publishing the next step of a chain, where the TypeError
     # failed the step whose body had just succeeded. Positional arguments reach run() instead
     # and fail there, as InvalidPayload, with what to do about them.
+    # shared=False: the task belongs to this app; Celery's default adds it to every app the
+    # process finalizes (a team's own Celery client beside Courier's in one process).
     @app.task(  # type: ignore[call-overload,untyped-decorator]  # stubs want int limits
         name=spec.name,
         bind=True,
+        shared=False,
         typing=False,
         max_retries=spec.max_retries,
         soft_time_limit=limits.soft,

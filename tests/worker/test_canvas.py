@@ -15,7 +15,9 @@ import pytest
 from celery import Celery, Signature, chain, chord, group
 from fastapi.testclient import TestClient
 
+from tests.conftest import settings_from
 from tests.utils.processes import RedisServer
+from worker.celery_config import create_celery_app
 
 TIMEOUT = 30
 
@@ -57,3 +59,13 @@ def test_positional_arguments_fail_as_invalid_payload_not_type_error(stock: Cele
     assert result.state == "FAILURE"
     assert type(result.result).__name__ == "InvalidPayload"
     assert "2 positional argument(s)" in str(result.result)
+
+
+def test_courier_tasks_stay_on_courier_apps(redis_server: RedisServer) -> None:
+    """A team's own Celery app in a process that also builds Courier's gets none of Courier's
+    tasks (Celery shares tasks with every app by default): its calls stay plain messages."""
+    create_celery_app(settings_from({"COURIER_REDIS_URL": redis_server.url}))
+    theirs = Celery("theirs", broker=redis_server.url)
+    theirs.finalize()
+    assert "noop" not in theirs.tasks
+    theirs.close()
