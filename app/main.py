@@ -17,6 +17,7 @@ from app.api.routes import artifacts, health, seed, tasks
 from app.api.security import RateLimiter
 from app.body_limit import BodySizeLimitMiddleware
 from app.idempotency import IdempotentSubmitter
+from app.memory_watermark import MemoryWatermark
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
 from app.queue import TaskQueue
 from app.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
@@ -43,12 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client = create_redis(settings)
     aclient = create_async_redis(settings)
     celery = create_celery_app(settings)
+    watermark = MemoryWatermark(client, settings.redis_memory_high_watermark)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
         yield
         app.state.queue.close()
+        watermark.close()
         client.close()
         await aclient.aclose()
         celery.close()
@@ -63,9 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.redis = client
-    app.state.queue = TaskQueue(
-        celery, TaskRecords(client, settings.result_expires), settings.default_queue, aclient
-    )
+    records = TaskRecords(client, settings.result_expires)
+    app.state.queue = TaskQueue(celery, records, settings.default_queue, aclient, watermark)
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)
     app.state.idempotency = IdempotentSubmitter(client)

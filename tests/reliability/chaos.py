@@ -433,6 +433,7 @@ def redis_full(
         ids: list[str] = []
         echo = "x" * payload_bytes
         first_503: Any = None
+        at_first_503: dict[str, Any] = {}
         while figures.refused_503 < 20:
             figures.submitted += 1
             response = c.api.post("/v1/tasks/noop", json={"echo": echo})
@@ -440,12 +441,18 @@ def redis_full(
                 ids.append(response.json()["id"])
             elif response.status_code == 503:
                 figures.refused_503 += 1
-                first_503 = first_503 or response
+                if first_503 is None:
+                    first_503, at_first_503 = response, client.info("memory")
             else:
                 raise AssertionError(f"unexpected {response.status_code}: {response.text}")
         figures.accepted = len(ids)
         figures.notes["503_json"] = first_503.headers["content-type"] == "application/json"
         figures.notes["503_retry_after"] = first_503.headers.get("retry-after")
+        # The API's own watermark, not Redis's OOM, should be what refused first.
+        figures.notes["first_503_by_watermark"] = "submits are refused above" in first_503.text
+        figures.notes["first_503_at"] = (
+            f"{int(at_first_503['used_memory']) / int(at_first_503['maxmemory']):.0%}"
+        )
         fill_past_maxmemory(client, excess)
         full = client.info("memory")
         figures.notes["full_at"] = f"{int(full['used_memory']) / int(full['maxmemory']):.0%}"
