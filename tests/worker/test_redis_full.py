@@ -8,6 +8,7 @@ retry it could not publish.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,16 +21,18 @@ from tests.utils.processes import wait_until
 from tests.utils.prom import total
 from tests.worker.extra_tasks import ALWAYS_TRANSIENT_RETRIES, ALWAYS_TRANSIENT_TASK, INCLUDE
 from tests.worker.stack import WorkerStack, worker_stack
-from worker.core.names import NOOP_TASK
+from worker.core.names import NOOP_TASK, WORKERS_KEY
 
 MAXMEMORY = ("--maxmemory", "8mb")
 EXCESS = 256 * 1024
+HEARTBEAT = 0.5
 
 
 @pytest.fixture
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
     tmp = tmp_path_factory.mktemp("redis-full")
-    with worker_stack(tmp, "full", extra_args=(INCLUDE,), redis_args=MAXMEMORY) as s:
+    env = {"COURIER_WORKER_HEARTBEAT_SECONDS": str(HEARTBEAT)}
+    with worker_stack(tmp, "full", env, extra_args=(INCLUDE,), redis_args=MAXMEMORY) as s:
         yield s
 
 
@@ -56,6 +59,7 @@ def test_a_running_worker_finishes_its_tasks_when_redis_becomes_full(
     wait_for_status(stack.api, ids[0], {"started", "succeeded"}, timeout=30)
     fill_past_maxmemory(stack.redis, EXCESS)
     assert_full(stack.redis)
+    filled_at = time.time()
     for task_id in ids:
         done = wait_for_status(stack.api, task_id, timeout=60)
         assert done["status"] == "succeeded", done
@@ -63,6 +67,13 @@ def test_a_running_worker_finishes_its_tasks_when_redis_becomes_full(
     # Gauges, heartbeat and readiness while full: served, and the worker is still there.
     samples = stack.metrics()
     assert total(samples, "celery_task_succeeded_total", name=NOOP_TASK) == len(ids)
+    # The heartbeat still renews the worker's registry entry (its deadline is 3 beats ahead).
+    hostname = stack.redis.zrange(WORKERS_KEY, 0, 0)[0]
+
+    def renewed() -> bool:
+        return (stack.redis.zscore(WORKERS_KEY, hostname) or 0) > filled_at + 3 * HEARTBEAT
+
+    wait_until(renewed, 30, "a heartbeat while Redis is full")
     assert_full(stack.redis)
     assert stack.worker.process.poll() is None
     assert worker_errors(stack) == []
