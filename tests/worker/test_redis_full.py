@@ -77,6 +77,9 @@ def test_a_running_worker_finishes_its_tasks_when_redis_becomes_full(
     assert_full(stack.redis)
     assert stack.worker.process.poll() is None
     assert worker_errors(stack) == []
+    # The control queue's bindings are still refreshed (kombu's MULTI was refused: a warning
+    # with a traceback every second while full).
+    assert "maybe_refresh_binding_expiry" not in stack.worker.output()
 
 
 def test_a_retry_refused_by_a_full_redis_is_published_and_the_task_finishes(

@@ -397,17 +397,37 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         except redis.ResponseError as exc:
             if not headroom.is_full(exc):
                 raise
-            # The same writes (a few bytes, once per queue and start), flagged allow-oom.
-            key = self.keyprefix_queue % (exchange,)
-            member = self.sep.join([routing_key or "", pattern or "", queue or ""])
             with self.conn_or_acquire() as client:
-                if queue in self._expires:
-                    keys = [key, self._script_binding_deadlines]
-                    args = [member, exchange, self._binding_ttl(queue)]
-                    self.refresh_binding_past_maxmemory(keys=keys, args=args, client=client)
-                else:
-                    keys = [key, self.keyprefix_binding_permanent % (exchange,)]
-                    self.bind_past_maxmemory(keys=keys, args=[member], client=client)
+                self._bind_past_maxmemory(client, exchange, routing_key, pattern, queue)
+
+    def _refresh_bindings(self, queues: list[str]) -> None:
+        # kombu refreshes the TTL of expiring queues' bindings (the control queue's) in a
+        # MULTI, refused while Redis is full: a warning with a traceback every second.
+        try:
+            super()._refresh_bindings(queues)
+        except redis.ResponseError as exc:
+            if not headroom.is_full(exc):
+                raise
+            with self.conn_or_acquire() as client:
+                for queue in queues:
+                    for exchange, routing_key, args in self.state.queue_bindings(queue):
+                        kind = self.typeof(exchange)
+                        _, pattern, _ = kind.prepare_bind(queue, exchange, routing_key, args)
+                        self._bind_past_maxmemory(client, exchange, routing_key, pattern, queue)
+
+    def _bind_past_maxmemory(
+        self, client: Any, exchange: str, routing_key: str, pattern: str, queue: str
+    ) -> None:
+        """kombu's binding writes (a few bytes, rewritten in place), flagged allow-oom."""
+        key = self.keyprefix_queue % (exchange,)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        if queue in self._expires:
+            keys = [key, self._script_binding_deadlines]
+            args = [member, exchange, self._binding_ttl(queue)]
+            self.refresh_binding_past_maxmemory(keys=keys, args=args, client=client)
+        else:
+            keys = [key, self.keyprefix_binding_permanent % (exchange,)]
+            self.bind_past_maxmemory(keys=keys, args=[member], client=client)
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False
