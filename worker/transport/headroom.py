@@ -1,27 +1,27 @@
 """The consumer's writes that a full Redis (``maxmemory`` reached, ``noeviction``) must accept.
 
 Redis 7 refuses, while over maxmemory, every command that may grow memory (SET, HSET, SADD,
-LPUSH...) and every command queued into MULTI; it still runs deletions (ZREM, HDEL), PUBLISH,
-and the writes of a Lua script flagged ``allow-oom`` (``worker.core.redis_client.ALLOW_OOM``).
-Three of kombu's writes decide whether a worker can drain a full Redis at all:
+LPUSH, BLMOVE...) and every command queued into MULTI, reads included; it still runs deletions
+(ZREM, HDEL), PUBLISH, and Lua scripts flagged ``allow-oom`` (``redis_client.ALLOW_OOM``).
+Before, each of these stopped a worker on a full Redis (``Unrecoverable error:
+OutOfMemoryError``) or lost a task; what the channel (``channel.py``) does instead:
 
 - *a retry's message*: Celery's ``Task.retry`` turns a refused publish into
-  ``Reject(requeue=False)``: the message is acknowledged and the task lost, its status left at
-  ``started``. Published inside ``past_maxmemory()``, the push is an allow-oom script: it
+  ``Reject(requeue=False)``: the message is acknowledged and the task lost. Published inside
+  ``past_maxmemory()`` (the runner does it for retries), the push is an allow-oom script: it
   replaces the message acknowledged right after it, so it grows memory by about nothing.
-- *the queue bindings*: a worker declares its queues (and its control queue) at start-up with
-  SADDs; refused, the worker exited with ``Unrecoverable error: OutOfMemoryError``. The same
-  members, a few bytes each, are then added by an allow-oom script.
+- *queue declaration*: kombu's LLENs in a MULTI are sent as a plain pipeline.
+- *queue bindings*: the SADDs a starting worker sends for its queues and control queue, and
+  the periodic TTL refresh of the control queue's bindings, are retried as the same writes (a
+  few bytes, rewritten in place) in an allow-oom script.
 - *the restore sweep* takes a mutex (SET NX) and moves abandoned messages back in a MULTI: both
-  are refused. At start-up that was fatal too; it is now a warning and the sweep runs again at
-  its next interval. Abandoned messages (a worker died while Redis was full) stay in
-  ``unacked``, not lost, until Redis is below maxmemory again.
-
-And the blocking peek (``BLMOVE list list``) is refused at once, empty list or not: the channel
-takes a refusal for "something may be waiting" and fetches; it peeks again only after
-``REFUSED_PEEK_PAUSE_SECONDS``, so while Redis is full an idle worker polls (a fetch about
-once per event-loop tick, at most a second apart) instead of spinning, and a busy one, whose
-fetches return messages, never peeks.
+  refused, it logs a warning and runs again at its next interval. Abandoned messages (a worker
+  died while Redis was full) stay in ``unacked``, not lost, until Redis is below maxmemory.
+- *the blocking peek* (``BLMOVE list list``) is refused at once, empty list or not: the
+  channel takes the refusal for "something may be waiting" and fetches (``FETCH`` still runs:
+  its RPOP comes before its writes); it peeks again only after ``REFUSED_PEEK_PAUSE_SECONDS``,
+  so an idle worker polls while Redis is full instead of spinning, and a busy one, whose
+  fetches return messages, never peeks.
 """
 
 from __future__ import annotations
