@@ -29,6 +29,7 @@ from worker.core.redis_client import create_redis
 from worker.core.result_backend import CourierRedisBackend
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
+from worker.transport.headroom import past_maxmemory
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,11 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
                 settings.retry_backoff_seconds,
                 settings.retry_backoff_max_seconds,
             )
-            raise self.retry(exc=exc, countdown=countdown) from None
+            # Celery acknowledges a task whose retry it could not publish (Reject without
+            # requeue): the task would be lost. A full Redis must still take the retry, which
+            # replaces the message acknowledged right after it (worker/transport/headroom.py).
+            with past_maxmemory():
+                raise self.retry(exc=exc, countdown=countdown) from None
         check_result_size(result, settings.max_result_bytes)
         return result
 

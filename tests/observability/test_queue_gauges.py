@@ -48,8 +48,10 @@ def test_one_exporter_at_a_time_and_the_api_takes_over_from_dead_workers(
         wait_until(lambda: http_ok(f"{worker_url}/readyz"), 90, "the worker")
         # A worker is alive: the API gives the lease up at its next scrape.
         wait_until(
-            lambda: backlog_series(api.get("/metrics").text) == 0
-            and any(n == "courier_queue_backlog" for n, _ in scrape(f"{worker_url}/metrics")),
+            lambda: (
+                backlog_series(api.get("/metrics").text) == 0
+                and any(n == "courier_queue_backlog" for n, _ in scrape(f"{worker_url}/metrics"))
+            ),
             10,
             "the worker to take the lease from the API",
         )

@@ -24,6 +24,7 @@ from worker.core.names import (
     WORKER_KEY,
     WORKERS_KEY,
 )
+from worker.core.redis_client import ALLOW_OOM
 
 # Counts unacknowledged messages per routing key, split by whether their ETA is still ahead.
 # Runs inside Redis so message bodies never cross the network.
@@ -199,16 +200,27 @@ class QueueInspector:
         return {queue: QueueWorkers(w, p) for queue, (w, p) in counts.items()}
 
 
+# KEYS: the worker's entry, the registry. ARGV: queues, concurrency, TTL, deadline, hostname.
+# allow-oom: a worker draining a full Redis is alive, and its entry (the same keys rewritten
+# each beat, no growth) must say so, or the registry and courier_queue_workers read 0.
+_REGISTER = (
+    ALLOW_OOM
+    + """
+redis.call('HSET', KEYS[1], 'queues', ARGV[1], 'concurrency', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+"""
+)
+
+
 def register_worker(
     client: redis.Redis, hostname: str, queues: Sequence[str], concurrency: int, ttl: float
 ) -> None:
     """Announce a live worker until ``ttl`` seconds from now (the heartbeat renews it)."""
-    pipe = client.pipeline(transaction=True)
-    key = WORKER_KEY.format(hostname=hostname)
-    pipe.hset(key, mapping={"queues": ",".join(queues), "concurrency": concurrency})
-    pipe.expire(key, max(1, int(ttl)))
-    pipe.zadd(WORKERS_KEY, {hostname: time.time() + ttl})
-    pipe.execute()
+    keys = [WORKER_KEY.format(hostname=hostname), WORKERS_KEY]
+    args: list[str | int | float] = [",".join(queues), concurrency]
+    args += [max(1, int(ttl)), time.time() + ttl, hostname]
+    client.register_script(_REGISTER)(keys=keys, args=args)
 
 
 def deregister_worker(client: redis.Redis, hostname: str) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
-from worker.core.redis_client import Command
+from worker.core.redis_client import ALLOW_OOM, NO_WRITES, Command
 from worker.core.result_backend import LUA_STATE_HELPERS
 
 
@@ -30,9 +30,11 @@ class TaskRecord:
 
 
 # KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
-# TTL. Returns {revoked flag, 1 when the task already finished}.
+# TTL. Returns {revoked flag, 1 when the task already finished}. allow-oom: a full Redis must
+# still let an accepted task start, or the queue could never drain (``redis_client.ALLOW_OOM``).
 _MARK_STARTED = (
-    LUA_STATE_HELPERS
+    ALLOW_OOM
+    + LUA_STATE_HELPERS
     + """
 local finished = is_finished(KEYS[2])
 if not finished then
@@ -43,6 +45,17 @@ if not finished then
   if ARGV[2] ~= '' then store_state(KEYS[2], ARGV[2], ARGV[3]) end
 end
 return {redis.call('HGET', KEYS[1], 'revoked') or '', finished and 1 or 0}
+"""
+)
+
+
+# KEYS: the record, Celery's result. Returns {the record's fields and values, the stored state}.
+# A script, not MULTI/EXEC: both are atomic, but a full Redis refuses every command queued into
+# a transaction, reads included, and the status of a task must stay readable while it drains.
+_GET_WITH_RESULT = (
+    NO_WRITES
+    + """
+return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
 """
 )
 
@@ -72,14 +85,6 @@ return 1
 )
 
 
-# KEYS: the record, Celery's result. Both in one atomic step, as MULTI/HGETALL/GET/EXEC read
-# them, in three commands instead of four (EVALSHA and the two reads). No writes: a replica or
-# a full Redis may answer it.
-_READ = """#!lua flags=no-writes
-return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
-"""
-
-
 @dataclass(frozen=True)
 class StartCheck:
     revoked: bool  # cancelled through the API while it waited
@@ -97,7 +102,7 @@ class TaskRecords:
         self._mark_started = client.register_script(_MARK_STARTED)
         self._mark_revoked = client.register_script(_MARK_REVOKED)
         self._mark_lost = client.register_script(_MARK_LOST)
-        self._read = client.register_script(_READ)
+        self._get_with_result = client.register_script(_GET_WITH_RESULT)
 
     @property
     def client(self) -> redis.Redis:
@@ -117,7 +122,7 @@ class TaskRecords:
         """The record and Celery's stored state, read in one atomic step: a worker writes both
         in one script, so two separate reads could see STARTED without its start time."""
         keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
-        flat, result = self._read(keys=keys)
+        flat, result = self._get_with_result(keys=keys)
         raw = dict(zip(flat[::2], flat[1::2], strict=True))
         return self.parse(task_id, raw), result
 
