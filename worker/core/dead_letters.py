@@ -39,6 +39,7 @@ from worker.core.names import (
     DEAD_LETTERS_RAW_KEY,
     KOMBU_UNACKED_KEY,
 )
+from worker.core.redis_client import ALLOW_OOM
 from worker.core.result_backend import LUA_STATE_HELPERS
 
 logger = logging.getLogger("courier.dead_letters")
@@ -54,7 +55,7 @@ STORE_KEYS = [DEAD_LETTERS_KEY, DEAD_LETTERS_RAW_KEY, DEAD_LETTERS_INDEX_KEY]
 # ARGV: id, description (JSON), raw, now, max entries, delivery tag ('' none), failure state
 # ('' none), its TTL. Returns the number of old entries dropped to stay within the bound.
 _ADD = (
-    "#!lua flags=allow-oom\n"
+    ALLOW_OOM
     + LUA_STATE_HELPERS
     + """
 if ARGV[6] ~= '' then
@@ -81,7 +82,9 @@ return excess
 # KEYS: the three store keys, the list to push onto, the task's result. ARGV: id. Pushes the raw
 # message where a producer would (LPUSH: the back of the line) and clears the DeadLettered
 # failure stored for it, so the task can run. Returns 1, or 0 when the entry is gone.
-_REQUEUE = """#!lua flags=allow-oom
+_REQUEUE = (
+    ALLOW_OOM
+    + """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
 if not raw or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('LPUSH', KEYS[4], raw)
@@ -98,13 +101,17 @@ if current then
 end
 return 1
 """
+)
 
 # KEYS: the three store keys. ARGV: id. Returns 1 when it was there.
-_DELETE = """#!lua flags=allow-oom
+_DELETE = (
+    ALLOW_OOM
+    + """
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
+)
 
 
 @dataclass(frozen=True)
