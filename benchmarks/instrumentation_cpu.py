@@ -67,12 +67,18 @@ def _collected(output: str) -> int:
 # spans, where production batches fill. Scaled by the slowdown, exports come as often per
 # request as they would natively; what is still buffered at the end is flushed (and counted).
 _BSP_DELAY_UNDER_CALLGRIND = {"OTEL_BSP_SCHEDULE_DELAY": str(5000 * 40)}
+# The same slowdown turns Courier's sub-second Redis timeouts (a fast 503 in production) into
+# failed connects and 503s: under callgrind they are stretched to the settings' maximum.
+_REDIS_TIMEOUTS_UNDER_CALLGRIND = {
+    "COURIER_REDIS_SOCKET_TIMEOUT": "60",
+    "COURIER_REDIS_CONNECT_TIMEOUT": "60",
+}
 
 
 def _env(redis_url: str, extra: dict[str, str]) -> dict[str, str]:
     return {
         **os.environ, "PYTHONPATH": str(ROOT), "COURIER_REDIS_URL": redis_url,
-        **_BSP_DELAY_UNDER_CALLGRIND, **extra,
+        **_BSP_DELAY_UNDER_CALLGRIND, **_REDIS_TIMEOUTS_UNDER_CALLGRIND, **extra,
     }  # fmt: skip
 
 
