@@ -1,6 +1,7 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
-Enqueue writes the task's record and its message in one MULTI/EXEC (see ``app.publish``), so
+Enqueue writes the task's record and its message in one atomic step (see ``app.publish``):
+one script call from the event loop (``app.atomic_write``), a MULTI/EXEC from a thread, so
 a 202 is only returned for a task whose message Redis accepted, and a failed write leaves
 neither behind; the caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task
 was stored: not when Redis refused the write or could not be reached, perhaps when it did not
