@@ -6,29 +6,37 @@
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CollectorRegistry
 
 from app.api.errors import register_error_handlers
-from app.api.routes import artifacts, health, seed, tasks
+from app.api.routes import artifacts, dead_letters, health, queues, seed, tasks
 from app.api.security import RateLimiter
 from app.body_limit import BodySizeLimitMiddleware
 from app.idempotency import IdempotentSubmitter
+from app.memory_watermark import MemoryWatermark
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
+from app.purge import QueuePurger
 from app.queue import TaskQueue
 from app.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
 from app.users import UserStore
-from worker.celery_config import create_celery_app
+from worker.celery_config import PRIORITY_STEPS, create_celery_app
 from worker.core.artifacts import ArtifactStore
+from worker.core.dead_letters import DeadLetterStore
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
+from worker.core.queue_stats import QueueInspector
 from worker.core.records import TaskRecords
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
 from worker.core.telemetry import init_tracing
+from worker.metrics_server import QueueCollector
 from worker.registry import registered_tasks
 from worker.signals import connect_publisher_signals
 
@@ -37,18 +45,31 @@ MULTIPART_OVERHEAD = 64 * 1024
 API_SERVICE_NAME = "courier-api"
 
 
+def queue_metrics(client: redis.Redis, settings: Settings) -> CollectorRegistry:
+    """The queue gauges, exported by this pod while no worker is alive and it holds the lease
+    (one holder per pod: any of its gunicorn processes answers a scrape with them)."""
+    registry = CollectorRegistry(auto_describe=False)
+    inspector = QueueInspector(client, settings.queues, PRIORITY_STEPS)
+    holder = f"api@{socket.gethostname()}"
+    lease = settings.queue_metrics_lease_seconds
+    registry.register(QueueCollector(inspector, holder, lease, defer_to_workers=True))
+    return registry
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
     client = create_redis(settings)
     aclient = create_async_redis(settings)
     celery = create_celery_app(settings)
+    watermark = MemoryWatermark(client, settings.redis_memory_high_watermark)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
         yield
         app.state.queue.close()
+        watermark.close()
         client.close()
         await aclient.aclose()
         celery.close()
@@ -64,8 +85,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = client
     app.state.queue = TaskQueue(
-        celery, TaskRecords(client, settings.result_expires), settings.default_queue, aclient
+        celery,
+        TaskRecords(client, settings.result_expires),
+        settings.default_queue,
+        aclient,
+        watermark=watermark,
     )
+    app.state.dead_letters = DeadLetterStore(
+        client, settings.dead_letter_max, settings.dead_letter_max_bytes
+    )
+    app.state.purger = QueuePurger(client, celery.backend, settings.result_expires, PRIORITY_STEPS)
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
     app.state.users = UserStore(client)
     app.state.idempotency = IdempotentSubmitter(client)
@@ -94,9 +123,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(tasks.build_router(specs))
     app.include_router(artifacts.router)
+    app.include_router(dead_letters.router)
+    app.include_router(queues.router)
     app.include_router(seed.router)
     if settings.metrics_enabled:
-        app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+        app.add_route(
+            "/metrics", metrics_endpoint(queue_metrics(client, settings)), include_in_schema=False
+        )
     # Outermost, so 413s and errors are counted too.
     app.add_middleware(
         MetricsMiddleware,

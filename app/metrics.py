@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -117,5 +118,18 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
-async def metrics_endpoint(_: Request) -> Response:
-    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+def metrics_endpoint(
+    queue_registry: CollectorRegistry | None = None,
+) -> Callable[[Request], Awaitable[Response]]:
+    """``/metrics``: this pod's processes, then the cluster-wide queue gauges when this pod holds
+    their lease (``queue_registry``). The API pods are up whether or not any worker is, so the
+    backlog stays exported, and its alerts and a scale-from-zero autoscaler keep working, while
+    every worker is down; workers and API pods share one lease, so one of them exports it."""
+
+    async def endpoint(_: Request) -> Response:
+        body = generate_latest(_registry())
+        if queue_registry is not None:  # Redis reads (lease, lengths): off the event loop
+            body += await run_in_threadpool(generate_latest, queue_registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return endpoint

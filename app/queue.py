@@ -1,6 +1,7 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
-Enqueue writes the task's record and its message in one MULTI/EXEC (see ``app.publish``), so
+Enqueue writes the task's record and its message in one atomic step (see ``app.publish``):
+one script call from the event loop (``app.atomic_write``), a MULTI/EXEC from a thread, so
 a 202 is only returned for a task whose message Redis accepted, and a failed write leaves
 neither behind; the caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task
 was stored: not when Redis refused the write or could not be reached, perhaps when it did not
@@ -25,6 +26,7 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
+from app.atomic_write import NotReached, write_all
 from app.memory_watermark import MemoryWatermark
 from app.publish import MessageBuilder, PreparedMessage
 from worker.core.records import TaskRecord, TaskRecords
@@ -212,7 +214,8 @@ class TaskQueue:
         options: EnqueueOptions,
         task_id: str | None = None,
     ) -> str:
-        """Record and message in one round trip from the event loop: no worker thread."""
+        """Record and message in one round trip from the event loop: no worker thread, and one
+        script call rather than a MULTI/EXEC (``app.atomic_write`` says why)."""
         if self._watermark is not None:
             self._watermark.check()
         if not self._messages.ready:
@@ -222,17 +225,12 @@ class TaskQueue:
         # The producer span (open from before_task_publish to after_task_publish) is this
         # write: a Redis client span inside it would say the same again, at a price per submit.
         with suppress_instrumentation():
-            async with self._aredis.pipeline(transaction=True) as pipe:
-                queue_commands(pipe, commands)
-                try:
-                    # Taken apart from the write, so a failure here is known to store nothing.
-                    pipe.connection = await self._aredis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-                except REDIS_ERRORS as exc:
-                    raise EnqueueFailed(exc, stored=False) from exc
-                try:
-                    await pipe.execute()
-                except redis.RedisError as exc:
-                    raise _failed_write(exc) from exc
+            try:
+                await write_all(self._aredis, commands)
+            except NotReached as exc:
+                raise EnqueueFailed(exc.cause, stored=False) from exc.cause
+            except redis.RedisError as exc:
+                raise _failed_write(exc) from exc
         return self._published(message)
 
     def _open_channel(self) -> None:

@@ -67,17 +67,26 @@ def _collected(output: str) -> int:
 # spans, where production batches fill. Scaled by the slowdown, exports come as often per
 # request as they would natively; what is still buffered at the end is flushed (and counted).
 _BSP_DELAY_UNDER_CALLGRIND = {"OTEL_BSP_SCHEDULE_DELAY": str(5000 * 40)}
+# The same slowdown turns Courier's sub-second Redis timeouts (a fast 503 in production) into
+# failed connects and 503s: under callgrind they are stretched to the settings' maximum.
+_REDIS_TIMEOUTS_UNDER_CALLGRIND = {
+    "COURIER_REDIS_SOCKET_TIMEOUT": "60",
+    "COURIER_REDIS_CONNECT_TIMEOUT": "60",
+}
 
 
 def _env(redis_url: str, extra: dict[str, str]) -> dict[str, str]:
     return {
         **os.environ, "PYTHONPATH": str(ROOT), "COURIER_REDIS_URL": redis_url,
-        **_BSP_DELAY_UNDER_CALLGRIND, **extra,
+        **_BSP_DELAY_UNDER_CALLGRIND, **_REDIS_TIMEOUTS_UNDER_CALLGRIND, **extra,
     }  # fmt: skip
 
 
-def _submits(env: dict[str, str], count: int, tmp: str) -> int:
-    args = [*_callgrind(tmp), str(VENV_BIN / "python"), "-m", "benchmarks.submit_cpu", str(count)]
+def _submits(env: dict[str, str], count: int, tmp: str, target: str = "submit") -> int:
+    args = [
+        *_callgrind(tmp), str(VENV_BIN / "python"), "-m", "benchmarks.submit_cpu", str(count),
+        target,
+    ]  # fmt: skip
     out = subprocess.run(
         args, env=env, cwd=ROOT, capture_output=True, text=True, check=True, timeout=1800
     )
@@ -133,10 +142,13 @@ def _executions(
     return _collected(log_path.read_text())
 
 
-def per_submit(r: Redis, extra: dict[str, str], count: int, tmp: str) -> float:
+def per_submit(
+    r: Redis, extra: dict[str, str], count: int, tmp: str, target: str = "submit"
+) -> float:
+    """Instructions per request of ``target`` (see ``benchmarks.submit_cpu``)."""
     env = _env(r.url, {"COURIER_LOG_LEVEL": "WARNING", **extra})
     with ThreadPoolExecutor(2) as pool:  # the two runs of a mode share the two cores
-        empty, full = pool.map(lambda n: _submits(env, n, tmp), (0, count))
+        empty, full = pool.map(lambda n: _submits(env, n, tmp, target), (0, count))
     return (full - empty) / count
 
 
@@ -187,6 +199,12 @@ def run(plan: Plan) -> list[Figure]:
         for mode in modes:
             submits[mode].append(per_submit(r, envs[mode], count, str(s.tmp)))
             log(f"  submit, {mode}: {submits[mode][-1]:,.0f} instructions ({count} submits)")
+        # The wrk scenario's configuration (metrics on, tracing off), against its baselines.
+        baselines = {
+            target: [per_submit(r, METRICS_ONLY, count, str(s.tmp), target)]
+            for target in ("healthz", "bare")
+        }
+        log(f"  GET /healthz: {baselines['healthz'][0]:,.0f}, bare: {baselines['bare'][0]:,.0f}")
         producer, queue = producer_app(COURIER, r)
         template = capture_template(producer, r.client(), queue)
         for mode in task_modes:
@@ -195,9 +213,17 @@ def run(plan: Plan) -> list[Figure]:
             tasks[mode].append(per_task(r, envs[mode], count, str(s.tmp), template, queue, context))
             log(f"  task, {mode}: {tasks[mode][-1]:,.0f} instructions ({count} tasks)")
     return [
+        Figure(
+            SCENARIO, "per submit, metrics only, vs GET /healthz", "instructions",
+            submits["metrics only"], "GET /healthz", baselines["healthz"],
+        ),
+        Figure(
+            SCENARIO, "per submit, metrics only, vs bare FastAPI", "instructions",
+            submits["metrics only"], "bare FastAPI+send_task", baselines["bare"],
+        ),
         *_figures("submit", submits),
         *_figures("executed task", tasks),
-    ]
+    ]  # fmt: skip
 
 
 def _figures(what: str, counts: dict[str, list[float]]) -> list[Figure]:

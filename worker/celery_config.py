@@ -19,13 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app, states
 from kombu import Queue
 
+from worker.core.dead_letters import DeadLetterScreen
+from worker.core.errors import DeadLettered
 from worker.core.names import RECONCILE_TASK
 from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS
 from worker.core.result_backend import backend_url
-from worker.core.settings import Settings, SettingsError
+from worker.core.settings import Settings, SettingsError, get_settings
 from worker.registry import registered_tasks
 from worker.runner import WorkerResources, bind_task, connect_start_stamp
 
@@ -68,6 +70,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
             "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
+            "message_screen": f"{__name__}:screen_message",
             "socket_keepalive": True,
             "socket_keepalive_options": TCP_KEEPALIVE_OPTIONS,
             **transport_timeouts,
@@ -123,4 +126,40 @@ def create_celery_app(settings: Settings) -> Celery:
     for spec in specs.values():
         bind_task(app, spec, resources)
     connect_start_stamp(app, resources)
+    app.courier_screen = dead_letter_screen(app, settings)  # type: ignore[attr-defined]
     return app
+
+
+def screen_message(
+    client: Any, raw: bytes, queue: str, *, source: str | None, delivery_tag: str | None
+) -> dict[str, Any] | None:
+    """The transport's ``message_screen``: the screen of the app this worker runs. Named by
+    its path, not given as the object, because ``celery inspect conf``, ``stats`` and Flower
+    serialize the transport options to JSON."""
+    app: Any = current_app
+    screen = getattr(app, "courier_screen", None)
+    if screen is None:  # an app built without create_celery_app: from the environment
+        screen = app.courier_screen = dead_letter_screen(app, get_settings())
+    result: dict[str, Any] | None = screen(
+        client, raw, queue, source=source, delivery_tag=delivery_tag
+    )
+    return result
+
+
+def dead_letter_screen(app: Celery, settings: Settings) -> DeadLetterScreen:
+    """What the transport runs on every task message before Celery sees it."""
+
+    def failure(task_id: str, detail: str) -> bytes | str:
+        backend: Any = app.backend  # celery-types lacks prepare_exception
+        error = backend.prepare_exception(DeadLettered(f"dead-lettered: {detail}"))
+        encoded: bytes | str = backend.encode_meta(task_id, error, states.FAILURE)
+        return encoded
+
+    return DeadLetterScreen(
+        settings.dead_letter_max,
+        settings.dead_letter_max_bytes,
+        tasks=lambda: app.tasks.keys(),
+        queues=settings.queues,
+        failure=failure,
+        result_ttl=settings.result_expires,
+    )

@@ -32,19 +32,29 @@ logger = logging.getLogger(__name__)
 
 
 class QueueCollector(Collector):
-    def __init__(self, inspector: QueueInspector, holder: str, lease_seconds: float) -> None:
+    """The queue gauges, while ``holder`` has the lease; ``defer_to_workers``: only while no
+    worker is alive (an API pod standing in for the workers)."""
+
+    def __init__(
+        self,
+        inspector: QueueInspector,
+        holder: str,
+        lease_seconds: float,
+        defer_to_workers: bool = False,
+    ) -> None:
         self._inspector = inspector
         self._holder = holder
         self._lease_seconds = lease_seconds
+        self._hold = (
+            inspector.hold_lease_unless_workers if defer_to_workers else inspector.hold_lease
+        )
 
     def describe(self) -> list[Metric]:
         return []  # nothing to collect at registration time
 
     def collect(self) -> Iterator[Metric]:
         try:
-            if not self._inspector.hold_lease(
-                QUEUE_METRICS_LEASE_KEY, self._holder, self._lease_seconds
-            ):
+            if not self._hold(QUEUE_METRICS_LEASE_KEY, self._holder, self._lease_seconds):
                 return
             stats = self._inspector.stats()
             workers = self._inspector.workers_per_queue()

@@ -29,6 +29,7 @@ from worker.core.redis_client import create_redis
 from worker.core.result_backend import CourierRedisBackend
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
+from worker.transport.headroom import past_maxmemory
 
 logger = logging.getLogger(__name__)
 
@@ -104,20 +105,37 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
     task_prerun.connect(stamp, weak=False)
 
 
+def positional_arguments(name: str, args: tuple[Any, ...]) -> str:
+    return (
+        f"{name!r} takes its payload as keyword arguments, not {len(args)} positional "
+        "argument(s): send kwargs={...}; in a chain, a mutable signature (.s()) passes the "
+        "previous task's result as a positional argument: use an immutable one (.si(...)) "
+        "or set the payload as kwargs"
+    )
+
+
 def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task:  # type: ignore[type-arg]
     settings = resources.settings
 
     limits = settings.time_limits_for(spec.name)
     retry_on: tuple[type[Exception], ...] = (TransientError, *spec.retry_on)
 
+    # typing=False: Celery checks a call's arguments against run()'s signature when a signature
+    # is applied, also inside a worker publishing the next step of a chain, where the TypeError
+    # failed the step whose body had just succeeded. Positional arguments reach run() instead
+    # and fail there, as InvalidPayload, with what to do about them.
+    # shared=False: the task belongs to this app; Celery's default adds it to every app the
+    # process finalizes (a team's own Celery client beside Courier's in one process).
     @app.task(  # type: ignore[call-overload,untyped-decorator]  # stubs want int limits
         name=spec.name,
         bind=True,
+        shared=False,
+        typing=False,
         max_retries=spec.max_retries,
         soft_time_limit=limits.soft,
         time_limit=limits.hard,
     )
-    def run(self: Task, /, **kwargs: Any) -> Any:  # type: ignore[type-arg]
+    def run(self: Task, /, *args: Any, **kwargs: Any) -> Any:  # type: ignore[type-arg]
         task_id = str(self.request.id)
         check: StartCheck | None = getattr(self.request, START_CHECK, None)
         if check is not None and check.finished:
@@ -128,6 +146,8 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
             self.backend.mark_as_revoked(task_id, reason="revoked", request=self.request)
             raise Ignore()
+        if args:
+            raise InvalidPayload(positional_arguments(spec.name, args))
         try:
             payload = spec.payload.model_validate(kwargs)
         except ValidationError as exc:
@@ -151,7 +171,11 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
                 settings.retry_backoff_seconds,
                 settings.retry_backoff_max_seconds,
             )
-            raise self.retry(exc=exc, countdown=countdown) from None
+            # Celery acknowledges a task whose retry it could not publish (Reject without
+            # requeue): the task would be lost. A full Redis must still take the retry, which
+            # replaces the message acknowledged right after it (worker/transport/headroom.py).
+            with past_maxmemory():
+                raise self.retry(exc=exc, countdown=countdown) from None
         check_result_size(result, settings.max_result_bytes)
         return result
 

@@ -2,7 +2,8 @@
 
 Where each signal fires matters under the prefork pool:
 - main process: ``celeryd_init`` (before the pool forks), ``worker_init``, ``worker_ready``,
-  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``, ``task_unknown``;
+  ``worker_shutdown``, ``task_received``, ``task_revoked``, ``task_rejected``, ``task_unknown``,
+  Courier's ``message_dead_lettered``;
 - pool children: ``worker_process_init``/``_shutdown`` and ``task_prerun``/``postrun``/
   ``success``/``failure``/``retry``;
 - any publisher (API, worker retrying, beat): ``before_task_publish``/``after_task_publish``.
@@ -44,6 +45,8 @@ from celery.signals import (
 
 from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
+from worker.core.dead_letters import DeadLetter, message_dead_lettered
+from worker.core.envelope import REASONS
 from worker.core.logging import configure_logging
 from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
@@ -65,7 +68,7 @@ class _MainProcess:
 
     server: MetricsServer | None = None
     stop = threading.Event()
-    hostname = ""
+    hostname = ""  # the host of the worker's node name: every metric's ``hostname`` label
 
 
 # --- logging -----------------------------------------------------------------------------
@@ -128,12 +131,40 @@ def _heartbeat(hostname: str, queues: list[str], concurrency: int) -> None:
     client.close()
 
 
+# Failures Courier itself raises or reports: their series exist before the first one, so the
+# first burst of each is seen by increase() and rate() (other exceptions start at their first).
+KNOWN_FAILURES = (
+    "InvalidPayload", "PermanentError", "TransientError", "TimeLimitExceeded",
+    "SoftTimeLimitExceeded", "WorkerLostError", "DeadLettered", "MessageLost",
+)  # fmt: skip
+
+
+def _create_series(app: Celery, hostname: str, queues: list[str]) -> None:
+    """Every per-task counter at 0 for each registered task, consumed queue and this worker, as
+    celery-exporter does for what it sees: a counter born at its first increment hides that
+    increment from increase() and rate(), so a task that always fails had no failure ratio."""
+    names = sorted(name for name in app.tasks if not name.startswith("celery."))
+    for queue in queues:
+        for reason in REASONS:
+            metrics.DEAD_LETTERS.labels(reason, queue)
+        for name in names:
+            for counter in (
+                metrics.TASK_RECEIVED, metrics.TASK_STARTED, metrics.TASK_SUCCEEDED,
+                metrics.TASK_RETRIED, metrics.TASK_REJECTED, metrics.TASK_REVOKED,
+            ):  # fmt: skip
+                counter.labels(name, hostname, queue)
+            metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue)
+            for exception in KNOWN_FAILURES:
+                metrics.TASK_FAILED.labels(name, hostname, queue, exception)
+
+
 def _worker_ready(sender: Any, **_: Any) -> None:
-    hostname: str = sender.hostname
-    _MainProcess.hostname = hostname
-    metrics.WORKER_UP.labels(hostname).set(1)
-    metrics.WORKER_TASKS_ACTIVE.labels(hostname).set(0)
+    hostname: str = sender.hostname  # Celery's node name: the worker registry's key
+    _MainProcess.hostname = host = metrics.host_label(hostname)
+    metrics.WORKER_UP.labels(host).set(1)
+    metrics.WORKER_TASKS_ACTIVE.labels(host).set(0)
     queues = sorted(sender.app.amqp.queues.consume_from)
+    _create_series(sender.app, host, queues)
     concurrency = int(getattr(sender.controller, "concurrency", 1) or 1)
     threading.Thread(
         target=_heartbeat, args=(hostname, queues, concurrency), daemon=True, name="heartbeat"
@@ -159,9 +190,10 @@ def _request_labels(request: Any, task: Any = None) -> tuple[str, str, str]:
     passes to ``task_revoked``, whose task name is its sender's (a Context has no ``name``)."""
     name = getattr(task, "name", None) or getattr(request, "name", None)
     name = name or getattr(request, "task", None) or UNKNOWN_TASK
-    hostname = getattr(request, "hostname", None) or _MainProcess.hostname
+    hostname = getattr(request, "hostname", None)
+    host = metrics.host_label(str(hostname)) if hostname else _MainProcess.hostname
     delivery = getattr(request, "delivery_info", None) or {}
-    return str(name), str(hostname), delivery.get("routing_key") or ""
+    return str(name), host, _queue_label(delivery.get("routing_key"))
 
 
 def _count_received(request: Any, **_: Any) -> None:
@@ -185,8 +217,24 @@ def _count_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
     name, queue = str(headers.get("task", "")), str(delivery.get("routing_key", ""))
     metrics.TASK_REJECTED.labels(
         name if name in tasks else UNKNOWN_TASK,
-        getattr(sender, "hostname", None) or _MainProcess.hostname,
+        metrics.host_label(str(getattr(sender, "hostname", None) or _MainProcess.hostname)),
         queue if queue in queues else UNKNOWN_QUEUE,
+    ).inc()
+
+
+def _count_dead_lettered(
+    letter: DeadLetter, routing_key: str | None, tasks: frozenset[str], queues: frozenset[str],
+    **_: Any,
+) -> None:  # fmt: skip
+    """A message the transport set aside: a rejection to celery-exporter's dashboards (bounded
+    labels as above), and a dead letter by reason."""
+    metrics.DEAD_LETTERS.labels(
+        letter.reason, letter.queue if letter.queue in queues else UNKNOWN_QUEUE
+    ).inc()
+    metrics.TASK_REJECTED.labels(
+        letter.task if letter.task in tasks else UNKNOWN_TASK,
+        _MainProcess.hostname,
+        routing_key if routing_key in queues else UNKNOWN_QUEUE,
     ).inc()
 
 
@@ -202,10 +250,18 @@ def _child_stopping(**_: Any) -> None:
     mark_process_dead(os.getpid())
 
 
+def _queue_label(routing_key: object) -> str:
+    """A message's routing key is its producer's: only a configured queue becomes a label."""
+    if isinstance(routing_key, str) and routing_key in get_settings().queues:
+        return routing_key
+    return UNKNOWN_QUEUE
+
+
 def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
     request = task.request
     delivery = request.delivery_info or {}
-    return task.name, request.hostname or "", delivery.get("routing_key") or ""
+    host = metrics.host_label(request.hostname or "")
+    return task.name, host, _queue_label(delivery.get("routing_key"))
 
 
 def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
@@ -221,10 +277,12 @@ def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
         setattr(request, QUEUE_WAIT, wait)
         metrics.COURIER_QUEUE_WAIT.labels(name, queue).observe(wait)
         metrics.TASK_QUEUE_WAIT_TIME.labels(name, hostname, queue).observe(wait)
+    else:
+        metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue).inc()
 
 
 def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.WORKER_TASKS_ACTIVE.labels(sender.request.hostname or "").dec()
+    metrics.WORKER_TASKS_ACTIVE.labels(metrics.host_label(sender.request.hostname or "")).dec()
 
 
 def _task_succeeded(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
@@ -258,6 +316,7 @@ def connect_signals(app: Celery) -> None:
         (task_revoked, _count_revoked),
         (task_rejected, _count_rejected),
         (task_unknown, _count_rejected),
+        (message_dead_lettered, _count_dead_lettered),
         (worker_process_init, _child_started),
         (worker_process_shutdown, _child_stopping),
         (task_prerun, _task_started),

@@ -63,6 +63,18 @@ class InvalidOption(ValueError):
         self.field = field
 
 
+class DeadLetterNotFound(LookupError):
+    pass
+
+
+class UnknownQueue(LookupError):
+    pass
+
+
+class NotRequeueable(ValueError):
+    pass
+
+
 class PayloadTooLarge(ValueError):
     pass
 
@@ -206,9 +218,10 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(redis.ResponseError, _redis_refused)
     app.add_exception_handler(RedisFull, _redis_full)
     app.add_exception_handler(EnqueueFailed, _enqueue_failed)
-    for error in (TaskNotFound, UnknownTask, UserNotFound, ArtifactNotFound):
+    not_found = (TaskNotFound, UnknownTask, UnknownQueue, UserNotFound, ArtifactNotFound)
+    for error in (*not_found, DeadLetterNotFound):
         app.add_exception_handler(error, _not_found)
-    for error in (TaskAlreadyFinished, UsernameTaken, IdempotencyConflict):
+    for error in (TaskAlreadyFinished, UsernameTaken, IdempotencyConflict, NotRequeueable):
         app.add_exception_handler(error, _conflict)
     app.add_exception_handler(InvalidOption, _invalid_option)
     app.add_exception_handler(PayloadTooLarge, _too_large)

@@ -100,3 +100,37 @@ class UserRegistered(BaseModel):
 class UserDeleted(BaseModel):
     message: str = Field(examples=["User 1 deleted"])
     user_id: int
+
+
+class DeadLetterOut(BaseModel):
+    id: str
+    reason: str = Field(description="envelope, body, headers or unknown_task.")
+    detail: str = Field(description="What is wrong with the message.")
+    queue: str
+    task: str | None = Field(None, description="The task name it carried, if readable.")
+    task_id: str | None = Field(None, description="The task id it carried, if readable.")
+    dead_lettered_at: datetime
+    size: int = Field(description="Bytes of the raw message.")
+    truncated: bool = Field(description="Only the first COURIER_DEAD_LETTER_MAX_BYTES are kept.")
+    raw: str = Field(description="The message as it was on the queue list.")
+    raw_encoding: str = Field(description="utf-8, or base64 when the bytes are not UTF-8.")
+
+
+class DeadLetterList(BaseModel):
+    total: int = Field(description="Dead letters kept (at most COURIER_DEAD_LETTER_MAX).")
+    dead_letters: list[DeadLetterOut] = Field(description="Newest first.")
+
+
+class DeadLetterRequeued(BaseModel):
+    id: str
+    queue: str
+    task_id: str | None
+    status_url: str | None = Field(None, description="The task's status, when it has an id.")
+
+
+class QueuePurged(BaseModel):
+    queue: str
+    removed: int = Field(description="Messages taken off the queue's lists.")
+    revoked: int = Field(
+        description="Tasks now reading revoked (the others had finished, or carried no id)."
+    )

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.conftest import settings_from
-from tests.utils.processes import RedisServer, free_port
+from tests.utils.processes import RedisServer, free_port, wait_until
 from worker.core.names import TASK_RECORD_KEY
 
 
@@ -50,3 +50,49 @@ def test_an_unexpected_error_reply_is_a_json_500(api: TestClient, own_redis: Red
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/json"
     assert "WRONGTYPE" in response.json()["detail"]
+
+
+def fill_to(client: redis.Redis, fraction: float) -> None:
+    """Small writes until Redis holds ``fraction`` of its maxmemory (never past it)."""
+    maxmemory = int(client.config_get("maxmemory")["maxmemory"])
+    n = 0
+    while int(client.info("memory")["used_memory"]) < fraction * maxmemory:
+        client.set(f"filler:{n}", b"x" * 65536)
+        n += 1
+
+
+def test_submits_are_refused_above_the_memory_watermark_and_accepted_below_it(
+    api: TestClient, own_redis: RedisServer
+) -> None:
+    """Workers keep the room between the watermark and maxmemory to drain what was accepted:
+    above it a submit is a 503 JSON with Retry-After, stored nowhere, and /readyz says why."""
+    with redis.Redis.from_url(own_redis.url) as client:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory", used + 4 * 1024 * 1024)
+        assert api.post("/v1/tasks/noop", json={}).status_code == 202  # below: accepted
+        fill_to(client, 0.95)  # another producer fills Redis past the watermark (0.9)
+
+        accepted = [1]
+
+        def refused() -> dict[str, object] | None:
+            # Until the API's next reading of INFO memory (within a second), submits still pass.
+            response = api.post("/v1/tasks/noop", json={"echo": "over"})
+            accepted.extend([1] if response.status_code == 202 else [])
+            return response.json() if response.status_code == 503 else None
+
+        body = wait_until(refused, 10, "submits to be refused above the watermark", 0.05)
+        assert "Redis is full" in str(body["detail"]) and "not stored" in str(body["detail"])
+        response = api.post("/v1/tasks/noop", json={})
+        assert response.headers["Retry-After"] == "5"
+        assert response.headers["content-type"] == "application/json"
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and "Redis is full" in ready.text
+        records = list(client.scan_iter(TASK_RECORD_KEY.format(task_id="*")))
+        assert len(records) == len(accepted)  # a refused submit stored nothing
+        client.delete(*client.keys("filler:*"))
+        wait_until(
+            lambda: api.post("/v1/tasks/noop", json={}).status_code == 202,
+            10,
+            "submits accepted again once Redis has room",
+            0.05,
+        )

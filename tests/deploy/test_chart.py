@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -448,15 +449,47 @@ def test_monitoring_off_renders_no_monitoring_objects(render: Render) -> None:
     assert [m for m in find(manifests, "ConfigMap") if "dashboard" in m["metadata"]["name"]] == []
 
 
+def monitor_jobs(manifests: list[Manifest]) -> list[str]:
+    """The job label each monitor sets (API's ServiceMonitor, then the workers' PodMonitor)."""
+    api = find(manifests, "ServiceMonitor")[0]["spec"]["endpoints"][0]
+    worker = find(manifests, "PodMonitor")
+    worker_endpoint = next(m for m in worker if m["metadata"]["name"].endswith("worker"))["spec"][
+        "podMetricsEndpoints"
+    ][0]
+    return [
+        next(r["replacement"] for r in e["relabelings"] if r["targetLabel"] == "job")
+        for e in (api, worker_endpoint)
+    ]
+
+
+def test_scrape_jobs_are_named_for_the_dashboards_rules_and_celery_mixin(
+    default_manifests: list[Manifest], render: Render
+) -> None:
+    """celery-mixin's alerts select job=~".*celery.*": the workers' job matches it, the API's
+    is its own; every rule selector names exactly these two jobs."""
+    api_job, worker_job = monitor_jobs(default_manifests)
+    assert re.fullmatch(".*celery.*", worker_job) and not re.fullmatch(".*celery.*", api_job)
+    rules = find(default_manifests, "PrometheusRule")[0]
+    exprs = [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
+    selectors = {m for e in exprs for m in re.findall(r'job=~"([^"]*)"', e)}
+    assert selectors == {f"{api_job}|{worker_job}"}
+    custom = render({"monitoring": {"podMonitor": {"jobName": "tasks-celery"}}})
+    assert monitor_jobs(custom)[1] == "tasks-celery"
+
+
 def test_rules_and_dashboards_come_from_deploy_monitoring(
     default_manifests: list[Manifest],
 ) -> None:
-    """When deploy/monitoring has rule files and dashboards, the chart ships exactly those."""
+    """When deploy/monitoring has rule files and dashboards, the chart ships exactly those, the
+    rules' job selector narrowed to the jobs its monitors give the release's series."""
+    jobs = "|".join(monitor_jobs(default_manifests))
     rule_files = sorted((MONITORING / "rules").glob("*.yaml"))
     groups = [
         group
         for path in rule_files
-        for group in (yaml.safe_load(path.read_text()) or {}).get("groups", [])
+        for group in (
+            yaml.safe_load(path.read_text().replace('job=~".*courier.*"', f'job=~"{jobs}"')) or {}
+        ).get("groups", [])
     ]
     rules = find(default_manifests, "PrometheusRule")
     if groups:

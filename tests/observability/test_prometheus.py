@@ -34,7 +34,17 @@ MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "rules" / "courier.rules.yaml"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
 # What Grafana substitutes before it sends a query.
-GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$queue": ".*", "${datasource}": ""}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "30s",
+    "$queue": ".*",
+    "$namespace": ".*",
+    "$job": ".*courier.*",  # the dashboards' default
+    "${datasource}": "",
+}
+# The chart's job names (tests/deploy/test_chart.py): celery-mixin's job=~".*celery.*" selects
+# the workers'. A third job scrapes the worker again, as a celery-exporter exporting the same
+# metric names would be: dashboards and rules must not count it.
+API_JOB, WORKER_JOB, OTHER_EXPORTER_JOB = "courier-api", "courier-celery-worker", "celery-exporter"
 
 
 def tool(name: str) -> str:
@@ -107,9 +117,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
-            {"job_name": "courier-api", "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]},
+            {"job_name": API_JOB, "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]},
             {
-                "job_name": "courier-worker",
+                "job_name": WORKER_JOB,
+                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
+            },
+            {
+                "job_name": OTHER_EXPORTER_JOB,
                 "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
             },
         ],
@@ -215,3 +229,84 @@ def test_every_rule_expression_is_valid_and_every_signal_has_series(prometheus: 
         rule.get("alert") or rule["record"] for rule in rules()
     }
     assert all(r["health"] == "ok" for g in loaded for r in g["rules"])
+
+
+def test_dashboards_and_rules_count_courier_once_beside_another_exporter(prometheus: str) -> None:
+    """The same worker is scraped twice (its own job and another exporter's): Courier's
+    queries and signals see it once, where unscoped queries doubled every figure."""
+
+    def value(expr: str) -> float:
+        result = _query(prometheus, expr)["data"]["result"]
+        assert len(result) == 1, (expr, result)
+        return float(result[0]["value"][1])
+
+    assert value("sum(celery_worker_up)") == 2  # what an unscoped query sees
+    workers = next(q for name, q in dashboard_queries() if "sum(celery_worker_up" in q)
+    assert value(workers) == 1
+    wait_until(lambda: _has_series(prometheus, "courier:workers_up:sum"), 30, "the signal")
+    assert value("courier:workers_up:sum") == 1
+
+
+def test_celery_mixin_selector_finds_the_workers_series(prometheus: str) -> None:
+    """celery-mixin's alerts (CeleryTaskHighFailRate, CeleryHighQueueLength, CeleryWorkerDown)
+    select job=~".*celery.*" on these metrics: with the chart's job names they find Courier's."""
+    for metric in (
+        "celery_task_failed_total", "celery_task_succeeded_total", "celery_queue_length",
+        "celery_worker_up",
+    ):  # fmt: skip
+        result = _query(prometheus, f'{metric}{{job=~".*celery.*"}}')["data"]["result"]
+        assert WORKER_JOB in {r["metric"]["job"] for r in result}, metric
+    api = _query(prometheus, 'courier_http_requests_total{job=~".*celery.*"}')["data"]["result"]
+    assert api == []  # the API is not a Celery worker to the mixin
+
+
+def test_with_every_worker_down_the_backlog_is_exported_and_its_alert_goes_pending(
+    tmp_path: Path,
+) -> None:
+    """The total outage: no worker at all, tasks queued. The API pods export the backlog (the
+    lease is free), so the backlog signal has data and CourierBacklogWithoutWorkers is pending
+    in a real Prometheus (firing after its 2 minutes), where before nothing exported the queue
+    gauges and no backlog alert could fire."""
+    api_port, prom_port = free_port(), free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": API_JOB, "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}
+        ],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    with contextlib.ExitStack() as processes:
+        redis_server = processes.enter_context(RedisServer(tmp_path / "redis"))
+        env = {
+            "COURIER_REDIS_URL": redis_server.url,
+            "COURIER_API_BIND": f"127.0.0.1:{api_port}",
+        }
+        processes.enter_context(gunicorn(courier_env(env), tmp_path / "api.log"))
+        processes.enter_context(
+            Service(
+                [tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={tmp_path / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{prom_port}"],
+                {},
+                tmp_path / "prometheus.log",
+            )
+        )  # fmt: skip
+        api_url, url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{prom_port}"
+        wait_until(lambda: http_ok(f"{api_url}/readyz"), 60, "the API")
+        for _ in range(5):
+            assert httpx.post(f"{api_url}/v1/tasks/noop", json={}).status_code == 202
+        wait_until(lambda: http_ok(f"{url}/-/ready"), 60, "prometheus")
+
+        def pending() -> list[dict[str, Any]] | None:
+            alerts = httpx.get(f"{url}/api/v1/alerts", timeout=5).json()["data"]["alerts"]
+            found = [
+                a for a in alerts if a["labels"]["alertname"] == "CourierBacklogWithoutWorkers"
+            ]
+            return found or None
+
+        alerts = wait_until(pending, 60, "the no-worker backlog alert")
+        assert alerts[0]["state"] in ("pending", "firing")
+        assert alerts[0]["labels"]["queue_name"] == "default"
+        backlog = _query(url, "courier:queue_backlog:max")["data"]["result"]
+        assert [float(r["value"][1]) for r in backlog] == [5.0]

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import socket
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -71,6 +78,27 @@ def test_health_answers_without_the_broker(stack: Stack) -> None:
     assert response.status_code == 200
 
 
+def test_every_task_counter_exists_at_zero_before_the_first_task(stack: Stack) -> None:
+    """Runs first in this module, before any task: a counter born at its first increment
+    hides that increment from increase() (a task that always fails had no failure ratio)."""
+    samples = stack.metrics()
+    series = {(name, dict(labels).get("name")) for name, labels in samples}
+    for task in ("noop", "send_email", "process_image", "generate_report"):
+        for counter in ("received", "started", "succeeded", "retried", "rejected", "revoked"):
+            assert (f"celery_task_{counter}_total", task) in series, (counter, task)
+        failed = [
+            value
+            for (name, labels), value in samples.items()
+            if name == "celery_task_failed_total"
+            and dict(labels).get("name") == task
+            and dict(labels).get("exception") == "InvalidPayload"
+        ]
+        assert failed == [0], (task, failed)
+    dead = [k for k in samples if k[0] == "courier_dead_letters_total"]
+    assert len(dead) == 4 and all(samples[k] == 0 for k in dead)
+    assert not any(task and task.startswith("celery.") for _, task in series)
+
+
 def test_lifecycle_counters_sum_every_pool_child(stack: Stack) -> None:
     # Sleeping tasks overlap, so both prefork children execute some of them.
     run_all(stack.api, [("noop", {"sleep_seconds": 0.3})] * 6)
@@ -83,7 +111,8 @@ def test_lifecycle_counters_sum_every_pool_child(stack: Stack) -> None:
     assert total(samples, "courier_task_queue_wait_seconds_count", name="noop") >= 6
     assert total(samples, "celery_task_queue_wait_time_count", name="noop") >= 6
     hostname_up = [ls for (n, ls), v in samples.items() if n == "celery_worker_up" and v == 1]
-    assert hostname_up and dict(hostname_up[0])["hostname"].startswith("metrics@")
+    # celery-exporter's label: the host, not Celery's node name (metrics@host).
+    assert hostname_up and dict(hostname_up[0])["hostname"] == socket.gethostname()
     assert total(samples, "celery_worker_tasks_active") == 0
 
 
@@ -100,6 +129,56 @@ def test_failures_carry_the_exception_and_retries_are_counted(stack: Stack) -> N
         total(samples, "celery_task_failed_total", name="process_image", exception="PermanentError")
         == 1
     )
+
+
+# A producer that knows nothing of Courier, in a process of its own (this one has Courier's
+# publish signals connected, which stamp every publish).
+STOCK_PRODUCER = """
+import sys
+from celery import Celery
+stock = Celery("stock", broker=sys.argv[1], backend=sys.argv[1])
+stock.send_task("noop", kwargs={}, queue="default").get(timeout=20)
+stock.send_task("noop", kwargs={}, queue="default", countdown=0.2).get(timeout=20)
+"""
+
+
+def test_a_stock_producers_tasks_are_measured_by_eta_or_counted_as_unmeasured(
+    stack: Stack,
+) -> None:
+    """Celery's protocol carries no send time: a task from a producer without Courier's header
+    is measured from its ETA when it has one, else counted in ..._unmeasured_total."""
+    before = stack.metrics()
+    waits = total(before, "courier_task_queue_wait_seconds_count", name="noop")
+    unmeasured = total(before, "courier_task_queue_wait_unmeasured_total", name="noop")
+    url = stack.api.app.state.settings.redis_url
+    subprocess.run([sys.executable, "-c", STOCK_PRODUCER, url], check=True, timeout=60)
+    after = stack.metrics()
+    assert total(after, "courier_task_queue_wait_unmeasured_total", name="noop") == unmeasured + 1
+    assert total(after, "courier_task_queue_wait_seconds_count", name="noop") == waits + 1
+
+
+def test_a_routing_key_that_is_no_queue_never_becomes_a_label(stack: Stack) -> None:
+    """Straight onto the list, as any producer could: the routing key is the producer's."""
+    made_up = f"made-up-{uuid.uuid4().hex}"
+    task_id = str(uuid.uuid4())
+    body = base64.b64encode(json.dumps([[], {}, {}]).encode()).decode()
+    envelope = {
+        "body": body,
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": "noop", "id": task_id},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": "", "routing_key": made_up},
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    url = stack.api.app.state.settings.redis_url
+    with redis.Redis.from_url(url) as client:
+        client.lpush("default", json.dumps(envelope))
+        wait_until(lambda: client.exists(f"celery-task-meta-{task_id}"), 20, "the task to run")
+    queues = {dict(labels).get("queue_name") for (_, labels) in stack.metrics()}
+    assert made_up not in queues and "unknown" in queues
 
 
 def test_backlog_counts_waiting_and_reserved_messages(stack: Stack) -> None:

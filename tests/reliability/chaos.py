@@ -406,23 +406,101 @@ def redis_down_at_startup() -> Figures:
     return figures
 
 
+def fill_past_maxmemory(client: redis.Redis, excess: int) -> None:
+    """Leave Redis ``excess`` bytes above its maxmemory with a key of another producer: one
+    large write taken while Redis was just below (``noeviction`` checks before a write, not
+    after). The limit is lifted around it, as the submits may have left Redis at the line."""
+    memory = client.info("memory")
+    limit = int(memory["maxmemory"])
+    size = max(0, limit - int(memory["used_memory"])) + excess
+    client.config_set("maxmemory", 0)
+    try:
+        client.set("other-producer:filler", b"f" * size)
+    finally:
+        client.config_set("maxmemory", limit)
+
+
+def redis_full(
+    maxmemory_mb: int = 8, payload_bytes: int = 2000, excess: int = 512 * 1024, workers: int = 1
+) -> Figures:
+    """Fill Redis through the API until it answers 503, push it past maxmemory with another
+    producer's key, then start workers: they must start and drain everything accepted, with
+    no manual step, although each result stored is larger than the message it replaces."""
+    figures = Figures(f"redis full: maxmemory {maxmemory_mb} MB, noeviction")
+    redis_args = ("--maxmemory", f"{maxmemory_mb}mb")
+    with cluster(visibility_timeout=30, redis_args=redis_args) as c:
+        client = redis.Redis(port=c.redis.port)
+        ids: list[str] = []
+        echo = "x" * payload_bytes
+        first_503: Any = None
+        at_first_503: dict[str, Any] = {}
+        while figures.refused_503 < 20:
+            figures.submitted += 1
+            response = c.api.post("/v1/tasks/noop", json={"echo": echo})
+            if response.status_code == 202:
+                ids.append(response.json()["id"])
+            elif response.status_code == 503:
+                figures.refused_503 += 1
+                if first_503 is None:
+                    first_503, at_first_503 = response, client.info("memory")
+            else:
+                raise AssertionError(f"unexpected {response.status_code}: {response.text}")
+        figures.accepted = len(ids)
+        figures.notes["503_json"] = first_503.headers["content-type"] == "application/json"
+        figures.notes["503_retry_after"] = first_503.headers.get("retry-after")
+        # The API's own watermark, not Redis's OOM, should be what refused first.
+        figures.notes["first_503_by_watermark"] = "submits are refused above" in first_503.text
+        figures.notes["first_503_at"] = (
+            f"{int(at_first_503['used_memory']) / int(at_first_503['maxmemory']):.0%}"
+        )
+        fill_past_maxmemory(client, excess)
+        full = client.info("memory")
+        figures.notes["full_at"] = f"{int(full['used_memory']) / int(full['maxmemory']):.0%}"
+        ready = c.api.get("/readyz")
+        figures.notes["readyz"] = ready.status_code
+        figures.notes["readyz_says_full"] = "Redis is full" in ready.json().get("detail", "")
+        status_while_full = c.api.get(f"/v1/tasks/{ids[0]}")
+        figures.notes["status_read_while_full"] = status_while_full.status_code
+        started = time.monotonic()
+        for n in range(workers):
+            c.start_worker(f"drainer{n}")
+        states = c.settle(ids, timeout=60 + len(ids) * 0.2)
+        figures.notes["drain_s"] = round(time.monotonic() - started, 1)
+        drained = client.info("memory")
+        figures.notes["after_drain"] = (
+            f"{int(drained['used_memory']) / int(drained['maxmemory']):.0%}"
+        )
+        figures.notes["workers_alive"] = sum(w.process.poll() is None for w in c.workers.values())
+        figures.notes["unrecoverable"] = sum(
+            "Unrecoverable error" in w.output() for w in c.workers.values()
+        )
+        client.close()
+    return tally(figures, states, ids)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Courier's fault-injection figures")
     parser.add_argument("--quick", action="store_true", help="test-suite scale")
+    parser.add_argument("--only", help="run the scenarios whose name contains this")
     args = parser.parse_args()
     full = not args.quick
-    runs = [
-        lambda: worker_loss(500 if full else 60, 20 if full else 4, 5 if full else 1),
-        graceful_scale_down,
-        grace_exceeded,
-        lambda: redis_restarts(5 if full else 2, "SIGTERM", "everysec"),
-        lambda: redis_restarts(5 if full else 2, "SIGKILL", "everysec"),
-        lambda: redis_restarts(5 if full else 2, "SIGKILL", "always"),
-        redis_down_at_startup,
-        partition,
-    ]
+    runs = {
+        "worker-loss": lambda: worker_loss(
+            500 if full else 60, 20 if full else 4, 5 if full else 1
+        ),
+        "graceful": graceful_scale_down,
+        "grace-exceeded": grace_exceeded,
+        "redis-sigterm": lambda: redis_restarts(5 if full else 2, "SIGTERM", "everysec"),
+        "redis-sigkill": lambda: redis_restarts(5 if full else 2, "SIGKILL", "everysec"),
+        "redis-sigkill-always": lambda: redis_restarts(5 if full else 2, "SIGKILL", "always"),
+        "redis-down-at-startup": redis_down_at_startup,
+        "partition": partition,
+        "redis-full": lambda: redis_full(64 if full else 8, workers=2 if full else 1),
+    }
     rows = []
-    for run in runs:
+    for name, run in runs.items():
+        if args.only and args.only not in name:
+            continue
         figures = run()
         print(figures.row(), file=sys.stderr, flush=True)
         rows.append(figures.row())

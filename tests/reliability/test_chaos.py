@@ -43,3 +43,19 @@ def test_api_and_worker_start_without_redis_and_become_ready_when_it_appears() -
     assert figures.notes["api_ready_without_redis"] == 503, figures
     assert figures.notes["worker_ready_without_redis"] == 503, figures
     assert figures.succeeded == 1, figures
+
+
+def test_a_full_redis_refuses_submits_then_drains_everything_accepted() -> None:
+    # 16 MB: between two of the API's slow memory readings (1 s apart below 80 %) the submits
+    # of this loop add well under 10 % of it, so the watermark is seen before maxmemory.
+    figures = chaos.redis_full(maxmemory_mb=16)
+    notes = figures.notes
+    assert figures.accepted > 0 and figures.refused_503 == 20, figures
+    assert notes["first_503_by_watermark"], figures
+    assert int(notes["first_503_at"].rstrip("%")) < 100, figures
+    assert notes["503_json"] and notes["503_retry_after"] == "5", figures
+    assert notes["readyz"] == 503 and notes["readyz_says_full"], figures
+    assert notes["status_read_while_full"] == 200, figures
+    assert (notes["workers_alive"], notes["unrecoverable"]) == (1, 0), figures
+    assert (figures.lost, figures.succeeded) == (0, figures.accepted), figures
+    assert figures.duplicated == 0, figures

@@ -50,9 +50,10 @@ def worker_stack(
     env: Mapping[str, str] | None = None,
     concurrency: int = 1,
     extra_args: tuple[str, ...] = (),
+    redis_args: tuple[str, ...] = (),
 ) -> Iterator[WorkerStack]:
     with contextlib.ExitStack() as cleanup:
-        server = RedisServer(tmp / "redis")
+        server = RedisServer(tmp / "redis", extra_args=redis_args)
         cleanup.callback(server.stop)
         server.start()
         port = free_port()

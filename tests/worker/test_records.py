@@ -8,6 +8,7 @@ import uuid
 import redis
 from celery import states
 
+from tests.utils.processes import RedisServer
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
 from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import queue_commands
@@ -68,3 +69,23 @@ def test_a_record_read_with_no_result_stored_yet(redis_client: redis.Redis) -> N
     record, stored = records.get_with_result(task_id)
     assert record is not None and record.name == "noop" and stored is None
     assert records.get_with_result(str(uuid.uuid4())) == (None, None)
+
+
+def test_a_status_read_is_one_round_trip_of_three_commands(own_redis: RedisServer) -> None:
+    """Counted by Redis itself (INFO commandstats): EVALSHA and its two reads (MULTI, HGETALL,
+    GET, EXEC before). Issue #16's target for a status read is at most 3."""
+    client = redis.Redis.from_url(own_redis.url)
+    records = TaskRecords(client, TTL)
+    task_id = str(uuid.uuid4())
+    create_record(records, task_id)
+    records.mark_started(task_id, b'{"status": "STARTED"}')
+    records.get_with_result(task_id)  # loads the script
+    client.config_resetstat()
+    record, result = records.get_with_result(task_id)
+    stats = client.info("commandstats")
+    client.close()
+    assert record is not None and record.started_at is not None
+    assert result == b'{"status": "STARTED"}'
+    calls = {name: int(value["calls"]) for name, value in stats.items()}
+    calls.pop("cmdstat_config|resetstat", None)
+    assert calls == {"cmdstat_evalsha": 1, "cmdstat_hgetall": 1, "cmdstat_get": 1}

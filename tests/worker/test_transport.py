@@ -252,6 +252,12 @@ def test_celery_inspect_and_purge_work_against_a_worker_on_it(
         assert running in celery_command(variables, *inspect, "active")
         assert reserved in celery_command(variables, *inspect, "reserved")
         assert "pong" in celery_command(variables, *inspect, "ping")
+        # What Flower asks for: the transport options travel as JSON (a screen object did not).
+        stats = json.loads(celery_command(variables, *inspect, "stats"))
+        options = next(iter(stats.values()))["broker"]["transport_options"]
+        assert options["message_screen"] == "worker.celery_config:screen_message"
+        conf = json.loads(celery_command(variables, *inspect, "conf"))
+        assert next(iter(conf.values()))["broker_transport"] == "worker.transport:Transport"
         for _ in range(3):
             submit()  # no credit left: they stay in the list
         assert "Purged 3 messages" in celery_command(variables, "purge", "-f")

@@ -19,3 +19,9 @@ class InvalidPayload(PermanentError):
 class MessageLost(PermanentError):
     """The task's message vanished from Redis before any worker started it (a purge, a deleted
     queue list): set by the periodic reconcile, since no worker will ever report on it."""
+
+
+class DeadLettered(PermanentError):
+    """The task's message could not be run as it was (malformed, or naming a task no worker
+    here has) and was moved to the dead-letter list: stored as its failure so its status is
+    true; requeueing the dead letter clears it."""

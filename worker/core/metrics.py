@@ -35,6 +35,13 @@ TASK_LABELS = ("name", "hostname", "queue_name")
 UNKNOWN_TASK = "unknown"
 UNKNOWN_QUEUE = "unknown"
 
+
+def host_label(nodename: str) -> str:
+    """The ``hostname`` label as celery-exporter writes it: the host of a Celery node name
+    (``celery@vm`` -> ``vm``), so the API's sent counter and the worker's metrics agree."""
+    return nodename.rpartition("@")[2]
+
+
 # --- task lifecycle (celery-exporter names) ---
 TASK_SENT = Counter("celery_task_sent", "Task messages published.", TASK_LABELS)
 TASK_RECEIVED = Counter("celery_task_received", "Tasks received by a worker.", TASK_LABELS)
@@ -46,6 +53,17 @@ TASK_FAILED = Counter(
 TASK_RETRIED = Counter("celery_task_retried", "Failed attempts that will be retried.", TASK_LABELS)
 TASK_REJECTED = Counter(
     "celery_task_rejected", "Messages a worker rejected (requeued or dropped).", TASK_LABELS
+)
+DEAD_LETTERS = Counter(
+    "courier_dead_letters",
+    "Messages set aside on the dead-letter list instead of run (reason: envelope, body, "
+    "headers, unknown_task).",
+    ("reason", "queue_name"),
+)
+TASKS_PURGED = Counter(
+    "courier_tasks_purged",
+    "Messages removed from a queue by DELETE /v1/queues/{name}/messages (each task revoked).",
+    ("queue_name",),
 )
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
 TASKS_LOST = Counter(
@@ -70,6 +88,12 @@ COURIER_QUEUE_WAIT = Histogram(
     "Seconds from enqueue (or ETA, when later) to start, from the producer's header timestamp.",
     ("name", "queue_name"),
     buckets=WAIT_BUCKETS,
+)
+QUEUE_WAIT_UNMEASURED = Counter(
+    "courier_task_queue_wait_unmeasured",
+    "Executions started whose queue wait is unknown (a producer that sets neither Courier's "
+    "enqueue header nor an ETA): absent from both queue-wait histograms.",
+    ("name", "queue_name"),
 )
 
 # --- workers (each worker exports its own hostname) ---

@@ -28,6 +28,11 @@ RECONCILE_LAST_RUN_KEY = KEY_PREFIX + "reconcile:last_run"
 # Where the reconcile's SCAN over task records resumes, when its last run hit its budget.
 RECONCILE_CURSOR_KEY = KEY_PREFIX + "reconcile:cursor"
 
+# Dead letters: id -> JSON description (hash), id -> raw message bytes (hash), id -> time (zset).
+DEAD_LETTERS_KEY = KEY_PREFIX + "dead-letters"
+DEAD_LETTERS_RAW_KEY = KEY_PREFIX + "dead-letters:raw"
+DEAD_LETTERS_INDEX_KEY = KEY_PREFIX + "dead-letters:index"
+
 # Task names.
 NOOP_TASK = "noop"
 SEND_EMAIL_TASK = "send_email"

@@ -24,6 +24,7 @@ from worker.core.names import (
     WORKER_KEY,
     WORKERS_KEY,
 )
+from worker.core.redis_client import ALLOW_OOM
 
 # Counts unacknowledged messages per routing key, split by whether their ETA is still ahead.
 # Runs inside Redis so message bodies never cross the network.
@@ -56,6 +57,24 @@ return out
 """
 
 # Take or renew the lease when free or already ours; 1 when we hold it.
+# KEYS[1] the lease, KEYS[2] the worker registry. ARGV: holder, TTL (ms), now, 1 when the holder
+# defers to live workers. Returns 1 when ARGV[1] holds the lease. A deferring holder (an API pod)
+# gives the lease up, and never takes it, while a worker is alive: workers export the queue
+# gauges as celery-exporter's users expect (celery-mixin selects job=~".*celery.*"), and the API
+# only when none is left.
+_LEASE_OR_DEFER = """
+local holder = redis.call('GET', KEYS[1])
+if ARGV[4] == '1' and redis.call('ZCOUNT', KEYS[2], ARGV[3], '+inf') > 0 then
+  if holder == ARGV[1] then redis.call('DEL', KEYS[1]) end
+  return 0
+end
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _LEASE = """
 local holder = redis.call('GET', KEYS[1])
 if holder == false or holder == ARGV[1] then
@@ -91,13 +110,14 @@ def priority_lists(queue: str, steps: Sequence[int]) -> list[str]:
 
 
 def due_time(enqueued_at: object, eta: object) -> float | None:
-    """When a message became runnable: its enqueue time, or its ETA when that is later."""
-    if not isinstance(enqueued_at, int | float):
-        return None
-    due = float(enqueued_at)
+    """When a message became runnable: its enqueue time, or its ETA when that is later. A
+    message from another producer has no enqueue time (Celery's protocol carries none): its
+    ETA, when it has one, is the best known; without either it cannot be measured (None)."""
+    due = float(enqueued_at) if isinstance(enqueued_at, int | float) else None
     if isinstance(eta, str):
-        with contextlib.suppress(ValueError):
-            due = max(due, datetime.fromisoformat(eta).timestamp())
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            at = datetime.fromisoformat(eta).timestamp()
+            due = at if due is None else max(due, at)
     return due
 
 
@@ -118,6 +138,7 @@ class QueueInspector:
         self._steps = list(steps)
         self._unacked = client.register_script(_UNACKED_BY_QUEUE)
         self._lease = client.register_script(_LEASE)
+        self._lease_or_defer = client.register_script(_LEASE_OR_DEFER)
 
     def stats(self) -> list[QueueStats]:
         pipe = self._redis.pipeline(transaction=False)
@@ -153,6 +174,11 @@ class QueueInspector:
     def hold_lease(self, key: str, holder: str, ttl_seconds: float) -> bool:
         return bool(self._lease(keys=[key], args=[holder, int(ttl_seconds * 1000)]))
 
+    def hold_lease_unless_workers(self, key: str, holder: str, ttl_seconds: float) -> bool:
+        """``hold_lease`` for a holder that stands in for the workers only while none lives."""
+        args: list[str | float] = [holder, int(ttl_seconds * 1000), time.time(), 1]
+        return bool(self._lease_or_defer(keys=[key, WORKERS_KEY], args=args))
+
     def workers_per_queue(self) -> dict[str, QueueWorkers]:
         """Live workers and pool processes consuming each queue, from the worker registry."""
         now = time.time()
@@ -174,16 +200,27 @@ class QueueInspector:
         return {queue: QueueWorkers(w, p) for queue, (w, p) in counts.items()}
 
 
+# KEYS: the worker's entry, the registry. ARGV: queues, concurrency, TTL, deadline, hostname.
+# allow-oom: a worker draining a full Redis is alive, and its entry (the same keys rewritten
+# each beat, no growth) must say so, or the registry and courier_queue_workers read 0.
+_REGISTER = (
+    ALLOW_OOM
+    + """
+redis.call('HSET', KEYS[1], 'queues', ARGV[1], 'concurrency', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+"""
+)
+
+
 def register_worker(
     client: redis.Redis, hostname: str, queues: Sequence[str], concurrency: int, ttl: float
 ) -> None:
     """Announce a live worker until ``ttl`` seconds from now (the heartbeat renews it)."""
-    pipe = client.pipeline(transaction=True)
-    key = WORKER_KEY.format(hostname=hostname)
-    pipe.hset(key, mapping={"queues": ",".join(queues), "concurrency": concurrency})
-    pipe.expire(key, max(1, int(ttl)))
-    pipe.zadd(WORKERS_KEY, {hostname: time.time() + ttl})
-    pipe.execute()
+    keys = [WORKER_KEY.format(hostname=hostname), WORKERS_KEY]
+    args: list[str | int | float] = [",".join(queues), concurrency]
+    args += [max(1, int(ttl)), time.time() + ttl, hostname]
+    client.register_script(_REGISTER)(keys=keys, args=args)
 
 
 def deregister_worker(client: redis.Redis, hostname: str) -> None:

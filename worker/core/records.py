@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
-from worker.core.redis_client import Command
+from worker.core.redis_client import ALLOW_OOM, NO_WRITES, Command
 from worker.core.result_backend import LUA_STATE_HELPERS
 
 
@@ -30,13 +30,15 @@ class TaskRecord:
 
 
 # KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
-# TTL. Returns {revoked flag, 1 when the task already finished}.
+# TTL. Returns {revoked flag, 1 when the task already finished}. allow-oom: a full Redis must
+# still let an accepted task start, or the queue could never drain (``redis_client.ALLOW_OOM``).
 # One HMGET says both whether the record exists (every record has a name) and whether it was
 # revoked. STARTED is stored without Celery's PUBLISH: a stock client's AsyncResult.get() waits
 # for a ready state only (it reads STARTED from the key, as .state does), Flower follows
 # events; only a get(on_message=...) callback no longer sees STARTED go by.
 _MARK_STARTED = (
-    LUA_STATE_HELPERS
+    ALLOW_OOM
+    + LUA_STATE_HELPERS
     + """
 local finished = is_finished(KEYS[2])
 local fields = redis.call('HMGET', KEYS[1], 'name', 'revoked')
@@ -51,12 +53,15 @@ return {fields[2] or '', finished and 1 or 0}
 """
 )
 
-# KEYS: the record, Celery's result. Both in one atomic step, in one command sent (a MULTI,
-# HGETALL, GET, EXEC pipeline was four): a worker writes both in one script, so two separate
-# reads could see STARTED without its start time. Returns {flat record fields, state or nil}.
-_GET_WITH_RESULT = """
+# KEYS: the record, Celery's result. Returns {the record's fields and values, the stored state}.
+# A script, not MULTI/EXEC: both are atomic, but a full Redis refuses every command queued into
+# a transaction, reads included, and the status of a task must stay readable while it drains.
+_GET_WITH_RESULT = (
+    NO_WRITES
+    + """
 return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
 """
+)
 
 
 # KEYS: the record. Flags it revoked only if it still exists: an HSET on an expired record
@@ -118,7 +123,8 @@ class TaskRecords:
         return [("hset", (key, None, None, fields)), ("expire", (key, self._ttl))]
 
     def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
-        """The record and Celery's stored state, read in one atomic step (``_GET_WITH_RESULT``)."""
+        """The record and Celery's stored state, read in one atomic step: a worker writes both
+        in one script, so two separate reads could see STARTED without its start time."""
         keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
         flat, result = self._get_with_result(keys=keys)
         raw = dict(zip(flat[::2], flat[1::2], strict=True))

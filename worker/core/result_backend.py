@@ -16,6 +16,8 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from worker.core.redis_client import ALLOW_OOM
+
 # Terminal Celery states: a stored state in this set is never overwritten.
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
@@ -45,8 +47,11 @@ local function store_state(key, value, ttl)
 end
 """
 
+# allow-oom: a finished task's state must be stored even when Redis is full, or the task could
+# never finish and the queue never drain (``redis_client.ALLOW_OOM`` says why that is bounded).
 _SET_UNLESS_FINISHED = (
-    LUA_STATE_HELPERS
+    ALLOW_OOM
+    + LUA_STATE_HELPERS
     + """
 if is_finished(KEYS[1]) then return 0 end
 store_state(KEYS[1], ARGV[1], ARGV[2])

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(3600, ge=1)
     result_expires: int = Field(86400, ge=1)
 
+    # --- dead letters: messages no worker can run (malformed, or naming an unknown task) ---
+    # The newest this many are kept (older ones are dropped, oldest first), each with at most
+    # this many bytes of the raw message (a longer one is kept cut, and cannot be requeued).
+    dead_letter_max: int = Field(1000, ge=1, le=1_000_000)
+    dead_letter_max_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024)
+
     # --- queues and workers ---
     queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_QUEUE])
     worker_prefetch_multiplier: int = Field(1, ge=1)

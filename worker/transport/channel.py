@@ -27,9 +27,10 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.imports import symbol_by_name
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
-from worker.transport import scripts
+from worker.core.redis_client import refusal_code
+from worker.transport import headroom, scripts
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,16 @@ class QoS(_KombuQoS):  # type: ignore[misc]
         else:
             self.channel.pending_acks.append(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        # A refusing Redis (full: the mutex's SET is refused) is no reason to stop the worker,
+        # which kombu's start-up call would: the sweep runs again at its next interval.
+        try:
+            super().restore_visible(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if refusal_code(exc) is None:
+                raise
+            logger.warning("abandoned messages not restored yet: %s", exc)
 
     def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
         # kombu's, except that an entry it cannot read is logged and left, instead of raising
@@ -112,6 +123,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     wait_timeout: float | None = None
     #: A ``Screen``, or its dotted path; None: kombu's decoding only.
     message_screen: Screen | str | None = None
+    #: When Redis last refused a peek (full): peeks pause, fetches poll (``headroom``).
+    _peek_refused_at = float("-inf")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._waiters: dict[str, Waiter] = {}
@@ -129,6 +142,11 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         client = self._create_client()
         self.fetch_script = client.register_script(scripts.FETCH)
         self.ack_script = client.register_script(scripts.ACK)
+        self.push_past_maxmemory = client.register_script(headroom.PUSH)
+        self.bind_past_maxmemory = client.register_script(headroom.BIND)
+        self.refresh_binding_past_maxmemory = client.register_script(
+            headroom.ALLOW_OOM + kombu_redis.REFRESH_BINDING  # type: ignore[attr-defined]
+        )
         if isinstance(self.message_screen, str):
             self.message_screen = symbol_by_name(self.message_screen)
 
@@ -321,6 +339,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         return float(self.wait_timeout or self.brpop_timeout or 1)
 
     def _arm_waiters(self) -> None:
+        if monotonic() - self._peek_refused_at < headroom.REFUSED_PEEK_PAUSE_SECONDS:
+            return
         cycle = self.connection.cycle
         for key, _ in self._fetch_lists():
             waiter = self._waiters.get(key)
@@ -344,6 +364,14 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         except self.connection_errors:
             connection.disconnect()
             raise
+        except redis.ResponseError as exc:
+            if refusal_code(exc) is None:
+                raise
+            # A full Redis refuses BLMOVE at once (it may grow memory), empty list or not: fetch
+            # instead (FETCH still runs), and peek again only after a pause, so that an idle
+            # worker polls about once per event-loop tick instead of spinning.
+            self._peek_refused_at = monotonic()
+            arrived = True
         if key not in {k for k, _ in self._fetch_lists()}:
             self._drop_waiter(key)  # its queue is no longer consumed
         if arrived:
@@ -398,6 +426,60 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             if payload is not None:
                 delivered.append(payload)
         return delivered
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        if not headroom.publishing_past_maxmemory():
+            return super()._put(queue, message, **kwargs)  # type: ignore[no-any-return]
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            self.push_past_maxmemory(keys=[key], args=[dumps(message)], client=client)
+        return None
+
+    def _size(self, queue: str) -> int:
+        # kombu's LLENs in a MULTI, which a full Redis refuses (even reads, once queued): a
+        # worker declaring its queues at start-up then exited. A size needs no atomicity.
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))
+            return sum(size for size in pipe.execute() if isinstance(size, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        except redis.ResponseError as exc:
+            if not headroom.is_full(exc):
+                raise
+            with self.conn_or_acquire() as client:
+                self._bind_past_maxmemory(client, exchange, routing_key, pattern, queue)
+
+    def _refresh_bindings(self, queues: list[str]) -> None:
+        # kombu refreshes the TTL of expiring queues' bindings (the control queue's) in a
+        # MULTI, refused while Redis is full: a warning with a traceback every second.
+        try:
+            super()._refresh_bindings(queues)
+        except redis.ResponseError as exc:
+            if not headroom.is_full(exc):
+                raise
+            with self.conn_or_acquire() as client:
+                for queue in queues:
+                    for exchange, routing_key, args in self.state.queue_bindings(queue):
+                        kind = self.typeof(exchange)
+                        _, pattern, _ = kind.prepare_bind(queue, exchange, routing_key, args)
+                        self._bind_past_maxmemory(client, exchange, routing_key, pattern, queue)
+
+    def _bind_past_maxmemory(
+        self, client: Any, exchange: str, routing_key: str, pattern: str, queue: str
+    ) -> None:
+        """kombu's binding writes (a few bytes, rewritten in place), flagged allow-oom."""
+        key = self.keyprefix_queue % (exchange,)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        if queue in self._expires:
+            keys = [key, self._script_binding_deadlines]
+            args = [member, exchange, self._binding_ttl(queue)]
+            self.refresh_binding_past_maxmemory(keys=keys, args=args, client=client)
+        else:
+            keys = [key, self.keyprefix_binding_permanent % (exchange,)]
+            self.bind_past_maxmemory(keys=keys, args=[member], client=client)
 
     def _do_restore_message(
         self, payload: Any, exchange: str, routing_key: str, pipe: Any, leftmost: bool = False

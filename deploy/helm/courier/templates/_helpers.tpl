@@ -235,7 +235,19 @@ checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha
 
 {{/* The backlog query KEDA evaluates: each pod exports the same gauge, hence max by queue_name. */}}
 {{- define "courier.backlogQuery" -}}
-{{- printf "sum(max by (queue_name) (courier_queue_backlog{namespace=%q, queue_name=~%q}))" .Release.Namespace (join "|" .Values.config.queues) }}
+{{- printf "sum(max by (queue_name) (courier_queue_backlog{namespace=%q, %s, queue_name=~%q}))" .Release.Namespace (include "courier.jobSelector" .) (join "|" .Values.config.queues) }}
+{{- end }}
+
+{{/* Prometheus job names of the release's scrape targets (the monitors set them): the worker's
+contains "celery", so celery-mixin's default selector job=~".*celery.*" finds it. */}}
+{{- define "courier.apiJob" -}}
+{{- .Values.monitoring.serviceMonitor.jobName | default (printf "%s-api" (include "courier.fullname" .)) }}
+{{- end }}
+{{- define "courier.workerJob" -}}
+{{- .Values.monitoring.podMonitor.jobName | default (printf "%s-celery-worker" (include "courier.fullname" .)) }}
+{{- end }}
+{{- define "courier.jobSelector" -}}
+{{- printf "job=~\"%s|%s\"" (include "courier.apiJob" .) (include "courier.workerJob" .) }}
 {{- end }}
 
 {{/* Redis maxmemory: redis.maxmemory as given, else redis.maxmemoryPercent of the redis

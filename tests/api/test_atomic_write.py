@@ -1,0 +1,85 @@
+"""A submit's one-script write stores exactly what the MULTI/EXEC of the same commands stored."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.asyncio import Redis as AsyncRedis
+
+from app.atomic_write import NotReached, script_arguments, write_all
+from tests.utils.processes import RedisServer, free_port
+from worker.core.redis_client import Command, queue_commands
+
+COMMANDS: list[Command] = [
+    ("hset", ("rec", None, None, {"name": "noop", "queue": "default", "enqueued_at": 1.25})),
+    ("expire", ("rec", 86400)),
+    ("lpush", ("q", '{"body": "\\u00e9", "n": 1}')),
+]
+
+
+@pytest.fixture
+def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    with redis.Redis.from_url(own_redis.url) as sync:
+        yield sync
+
+
+def _stored(client: redis.Redis) -> tuple[dict[bytes, bytes], int, list[bytes]]:
+    return client.hgetall("rec"), client.ttl("rec"), client.lrange("q", 0, -1)
+
+
+def _write(url: str, commands: list[Command]) -> None:
+    async def run() -> None:
+        aclient = AsyncRedis.from_url(url)
+        try:
+            await write_all(aclient, commands)
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(run())
+
+
+def test_script_arguments_are_the_commands_arguments() -> None:
+    keys, argv = script_arguments(COMMANDS)
+    assert keys == ["rec", "rec", "q"]
+    assert argv[:8] == [7, "HSET", "name", "noop", "queue", "default", "enqueued_at", 1.25]
+    assert argv[8:] == [2, "EXPIRE", 86400, 2, "LPUSH", '{"body": "\\u00e9", "n": 1}']
+
+
+def test_the_script_stores_what_the_transaction_stored(
+    client: redis.Redis, own_redis: RedisServer
+) -> None:
+    with client.pipeline(transaction=True) as pipe:
+        queue_commands(pipe, COMMANDS)
+        pipe.execute()
+    by_transaction = _stored(client)
+    client.flushall()
+    _write(own_redis.url, COMMANDS)
+    assert _stored(client) == by_transaction
+
+
+def test_a_flushed_script_cache_is_refilled_in_the_same_call(
+    client: redis.Redis, own_redis: RedisServer
+) -> None:
+    client.script_flush()
+    _write(own_redis.url, COMMANDS)
+    assert client.llen("q") == 1
+    _write(own_redis.url, COMMANDS)  # now by EVALSHA
+    assert client.llen("q") == 2
+
+
+def test_a_refused_write_stores_nothing(client: redis.Redis, own_redis: RedisServer) -> None:
+    client.replicaof("127.0.0.1", free_port())
+    try:
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            _write(own_redis.url, COMMANDS)
+    finally:
+        client.replicaof("NO", "ONE")
+    assert _stored(client) == ({}, -2, [])
+
+
+def test_an_unreachable_redis_is_not_reached() -> None:
+    with pytest.raises(NotReached):
+        _write(f"redis://127.0.0.1:{free_port()}/0", COMMANDS)

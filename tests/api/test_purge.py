@@ -1,0 +1,82 @@
+"""DELETE /v1/queues/{name}/messages: a purge that leaves no status saying ``queued``.
+
+``celery purge`` deletes the lists and leaves every record ``queued`` (until the reconcile calls
+the tasks lost); this one revokes each task it removes, in the same script.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from tests.conftest import settings_from
+from tests.utils.processes import RedisServer
+
+API_KEY = "purge-test-key"
+AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture
+def api(own_redis: RedisServer) -> Iterator[TestClient]:
+    env = {
+        "COURIER_REDIS_URL": own_redis.url,
+        "COURIER_API_KEYS": API_KEY,
+        "COURIER_QUEUES": "default,reports",
+    }
+    with TestClient(create_app(settings_from(env)), headers=AUTH) as client:
+        yield client
+
+
+def test_purge_removes_every_waiting_message_and_revokes_each_task(
+    api: TestClient, own_redis: RedisServer
+) -> None:
+    ours = [api.post("/v1/tasks/noop", json={"echo": n}).json()["id"] for n in range(3)]
+    ours += [
+        api.post("/v1/tasks/noop", json={}, params={"priority": p}).json()["id"] for p in (0, 9)
+    ]
+    other = api.post("/v1/tasks/noop", json={}, params={"queue": "reports"}).json()["id"]
+    stock = Celery("stock", broker=own_redis.url, backend=own_redis.url)
+    foreign = stock.send_task("noop", kwargs={}, queue="default").id  # no Courier record
+    with redis.Redis.from_url(own_redis.url) as client:
+        client.lpush("default", "not a message at all")
+
+        response = api.delete("/v1/queues/default/messages")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"queue": "default", "removed": 7, "revoked": 6}
+        assert [key for key in client.scan_iter("default*")] == []
+        assert client.llen("reports") == 1  # another queue is untouched
+    for task_id in ours:
+        status = api.get(f"/v1/tasks/{task_id}").json()
+        assert status["status"] == "revoked", status
+        assert "purged through DELETE /v1/queues/default/messages" in status["error"]["message"]
+    assert api.get(f"/v1/tasks/{other}").json()["status"] == "queued"
+    assert stock.AsyncResult(foreign).state == "REVOKED"  # what a stock client reads
+    assert json.loads(stock.backend.get(f"celery-task-meta-{foreign}"))["task_id"] == foreign
+    again = api.delete("/v1/queues/default/messages")
+    assert again.json() == {"queue": "default", "removed": 0, "revoked": 0}
+
+
+def test_purge_takes_a_long_queue_in_batches(api: TestClient, own_redis: RedisServer) -> None:
+    with redis.Redis.from_url(own_redis.url) as client:
+        raw = api.post("/v1/tasks/noop", json={}).json()["id"]
+        message = client.lindex("default", 0)
+        assert message is not None and raw.encode() in message
+        client.lpush("default", *[message] * 1200)  # the same task: revoked once, then finished
+    response = api.delete("/v1/queues/default/messages")
+    assert response.json() == {"queue": "default", "removed": 1201, "revoked": 1}
+
+
+def test_purge_answers_404_for_a_queue_that_is_not_configured(api: TestClient) -> None:
+    response = api.delete("/v1/queues/celery/messages")
+    assert response.status_code == 404
+    assert "configured queues" in response.json()["detail"]
+    assert api.delete("/v1/queues/default/messages", headers={"X-API-Key": ""}).status_code in (
+        401,
+        403,
+    )

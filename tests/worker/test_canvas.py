@@ -1,0 +1,71 @@
+"""Celery's canvas from a stock client (no Courier code) against Courier's worker.
+
+Before: a mutable ``chain(noop.s(), noop.s())`` marked step 1 FAILURE after its body ran
+(Celery's argument check raised ``TypeError`` in the worker while publishing step 2), and
+``args=[...]`` failed with a TypeError from Celery's internals (Flower's async-apply answered
+500). Now a step's body that succeeded is SUCCESS, and a task given positional arguments fails
+with an ``InvalidPayload`` saying what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery, Signature, chain, chord, group
+from fastapi.testclient import TestClient
+
+from tests.conftest import settings_from
+from tests.utils.processes import RedisServer
+from worker.celery_config import create_celery_app
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def stock(redis_server: RedisServer, live_api: TestClient) -> Iterator[Celery]:
+    app = Celery("stock", broker=redis_server.url, backend=redis_server.url)
+    app.conf.task_default_queue = "default"  # Courier's queue (Celery's own default: celery)
+    yield app
+    app.close()
+
+
+def test_a_mutable_chain_keeps_the_parents_success_and_fails_the_child_clearly(
+    stock: Celery,
+) -> None:
+    result = chain(
+        stock.signature("noop", kwargs={"echo": "first"}), stock.signature("noop")
+    ).apply_async()
+    assert result.parent.get(timeout=TIMEOUT) == "first"
+    assert result.parent.state == "SUCCESS"
+    result.get(timeout=TIMEOUT, propagate=False)
+    assert result.state == "FAILURE"
+    assert type(result.result).__name__ == "InvalidPayload"
+    assert ".si(" in str(result.result) and "keyword" in str(result.result)
+
+
+def test_immutable_chains_groups_and_chords_run(stock: Celery) -> None:
+    def si(echo: object) -> Signature:
+        return stock.signature("noop", kwargs={"echo": echo}, immutable=True)
+
+    assert chain(si(1), si(2)).apply_async().get(timeout=TIMEOUT) == 2
+    assert group(si(n) for n in range(3)).apply_async().get(timeout=TIMEOUT) == [0, 1, 2]
+    assert chord([si(n) for n in range(3)])(si("all done")).get(timeout=TIMEOUT) == "all done"
+
+
+def test_positional_arguments_fail_as_invalid_payload_not_type_error(stock: Celery) -> None:
+    result = stock.send_task("noop", args=[1, 2])
+    result.get(timeout=TIMEOUT, propagate=False)
+    assert result.state == "FAILURE"
+    assert type(result.result).__name__ == "InvalidPayload"
+    assert "2 positional argument(s)" in str(result.result)
+
+
+def test_courier_tasks_stay_on_courier_apps(redis_server: RedisServer) -> None:
+    """A team's own Celery app in a process that also builds Courier's gets none of Courier's
+    tasks (Celery shares tasks with every app by default): its calls stay plain messages."""
+    create_celery_app(settings_from({"COURIER_REDIS_URL": redis_server.url}))
+    theirs = Celery("theirs", broker=redis_server.url)
+    theirs.finalize()
+    assert "noop" not in theirs.tasks
+    theirs.close()
