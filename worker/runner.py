@@ -98,8 +98,10 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
             started = backend.started_meta(task_id, sender.request)
             # Before the execution span opens, so no span could have a parent (client_spans):
             # the instrumentation would format the command for nothing.
+            delivery = sender.request.delivery_info or {}
+            queue = str(delivery.get("routing_key") or "")
             with suppress_instrumentation():
-                check = resources.records.mark_started(task_id, started)
+                check = resources.records.mark_started(task_id, started, sender.name, queue)
             setattr(sender.request, START_CHECK, check)
 
     task_prerun.connect(stamp, weak=False)

@@ -69,3 +69,24 @@ def test_courier_tasks_stay_on_courier_apps(redis_server: RedisServer) -> None:
     theirs.finalize()
     assert "noop" not in theirs.tasks
     theirs.close()
+
+
+def test_a_task_from_another_producer_gets_a_record_and_a_true_status(
+    stock: Celery, live_api: TestClient
+) -> None:
+    """Sent by a stock client (no Courier record): before, GET /v1/tasks/{id} and the seed's
+    /tasks/{id} answered 404 after it succeeded; the worker now creates its record at start."""
+    result = stock.send_task("noop", kwargs={"echo": "foreign"})
+    assert result.get(timeout=TIMEOUT) == "foreign"
+    status = live_api.get(f"/v1/tasks/{result.id}").json()
+    assert status["status"] == "succeeded" and status["result"] == "foreign"
+    assert (status["name"], status["queue"], status["executions"]) == ("noop", "default", 1)
+    assert status["started_at"] is not None
+    assert live_api.get(f"/tasks/{result.id}").json()["status"] == "SUCCESS"
+    chained = chain(
+        stock.signature("noop", kwargs={"echo": 1}, immutable=True),
+        stock.signature("noop", kwargs={"echo": 2}, immutable=True),
+    ).apply_async()
+    assert chained.get(timeout=TIMEOUT) == 2
+    assert live_api.get(f"/v1/tasks/{chained.id}").json()["status"] == "succeeded"
+    assert live_api.get("/v1/tasks/00000000-0000-4000-8000-000000000000").status_code == 404

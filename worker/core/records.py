@@ -30,7 +30,10 @@ class TaskRecord:
 
 
 # KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
-# TTL. Returns {revoked flag, 1 when the task already finished}. allow-oom: a full Redis must
+# TTL, the task's name and queue ('' for none). Returns {revoked flag, 1 when the task already
+# finished}. A task without a record (sent by another producer: a stock Celery client, Flower,
+# a chain's next step) gets one here, with the usual TTL, so its status reads true; its
+# enqueue time is unknown and reads as its start. allow-oom: a full Redis must
 # still let an accepted task start, or the queue could never drain (``redis_client.ALLOW_OOM``).
 # One HMGET says both whether the record exists (every record has a name) and whether it was
 # revoked. STARTED is stored without Celery's PUBLISH: a stock client's AsyncResult.get() waits
@@ -46,6 +49,10 @@ if not finished then
   if fields[1] then
     redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
     redis.call('HINCRBY', KEYS[1], 'executions', 1)
+  elseif ARGV[4] ~= '' then
+    redis.call('HSET', KEYS[1], 'name', ARGV[4], 'queue', ARGV[5], 'enqueued_at', ARGV[1],
+      'started_at', ARGV[1], 'executions', 1)
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
   end
   if ARGV[2] ~= '' then store_quietly(KEYS[2], ARGV[2], ARGV[3]) end
 end
@@ -147,15 +154,17 @@ class TaskRecords:
             executions=int(fields.get("executions", 0)),
         )
 
-    def mark_started(self, task_id: str, started_state: bytes | str = b"") -> StartCheck:
+    def mark_started(
+        self, task_id: str, started_state: bytes | str = b"", name: str = "", queue: str = ""
+    ) -> StartCheck:
         """Stamp the start of an attempt, store Celery's STARTED state (``started_state``, kept
         as long as records), and say whether the attempt should run at all.
 
-        A script keeps it to one round trip, never recreates an expired record without a TTL
-        and never puts STARTED over a finished state.
+        A script keeps it to one round trip, never leaves a record without a TTL and never
+        puts STARTED over a finished state; with ``name``, a missing record is created.
         """
         keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
-        args = [time.time(), started_state, self._ttl]
+        args = [time.time(), started_state, self._ttl, name, queue]
         revoked, finished = self._mark_started(keys=keys, args=args)
         return StartCheck(revoked=revoked == b"1", finished=bool(finished))
 
