@@ -159,7 +159,6 @@ def dead_letter_screen(app: Celery, settings: Settings) -> DeadLetterScreen:
         settings.dead_letter_max,
         settings.dead_letter_max_bytes,
         tasks=lambda: app.tasks.keys(),
-        queues=settings.queues,
         failure=failure,
         result_ttl=settings.result_expires,
     )

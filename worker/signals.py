@@ -223,18 +223,15 @@ def _count_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
 
 
 def _count_dead_lettered(
-    letter: DeadLetter, routing_key: str | None, tasks: frozenset[str], queues: frozenset[str],
-    **_: Any,
-) -> None:  # fmt: skip
+    letter: DeadLetter, routing_key: str | None, tasks: frozenset[str], **_: Any
+) -> None:
     """A message the transport set aside: a rejection to celery-exporter's dashboards (bounded
     labels as above), and a dead letter by reason."""
-    metrics.DEAD_LETTERS.labels(
-        letter.reason, letter.queue if letter.queue in queues else UNKNOWN_QUEUE
-    ).inc()
+    metrics.DEAD_LETTERS.labels(letter.reason, _queue_label(letter.queue)).inc()
     metrics.TASK_REJECTED.labels(
         letter.task if letter.task in tasks else UNKNOWN_TASK,
         _MainProcess.hostname,
-        routing_key if routing_key in queues else UNKNOWN_QUEUE,
+        _queue_label(routing_key),
     ).inc()
 
 

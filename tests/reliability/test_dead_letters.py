@@ -69,18 +69,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "COURIER_WORKER_METRICS_PORT": port,
         }
         worker = celery_worker(courier_env(env), tmp / "worker.log", "dead", concurrency=1)
-        api = processes.enter_context(TestClient(create_app(settings_from(env))))
+        # Authenticated by default; the auth test takes the key away.
+        api = processes.enter_context(TestClient(create_app(settings_from(env)), headers=AUTH))
         client = redis.Redis.from_url(server.url)
         processes.callback(client.close)
         built = Stack(api, client, worker, f"http://127.0.0.1:{port}/metrics", env, tmp)
         processes.callback(lambda: built.worker.stop())  # the one running then (see below)
-        wait_for_status_auth(api, submit_noop(built, "warm"), timeout=60)
+        wait_for_status(api, submit_noop(built, "warm"), timeout=60)
         yield built
-
-
-def wait_for_status_auth(api: TestClient, task_id: str, timeout: float = 20) -> dict[str, Any]:
-    api.headers.update(AUTH)
-    return wait_for_status(api, task_id, timeout=timeout)
 
 
 def envelope(
@@ -113,14 +109,14 @@ def envelope(
 
 
 def dead_letters(stack: Stack) -> list[dict[str, Any]]:
-    response = stack.api.get("/v1/dead-letters", headers=AUTH, params={"limit": 1000})
+    response = stack.api.get("/v1/dead-letters", params={"limit": 1000})
     assert response.status_code == 200, response.text
     letters: list[dict[str, Any]] = response.json()["dead_letters"]
     return letters
 
 
 def submit_noop(stack: Stack, echo: str) -> str:
-    response = stack.api.post("/v1/tasks/noop", json={"echo": echo}, headers=AUTH)
+    response = stack.api.post("/v1/tasks/noop", json={"echo": echo})
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
@@ -130,7 +126,7 @@ def push_then_run(stack: Stack, raw: bytes | str) -> None:
     pid = stack.worker.pid
     stack.redis.lpush("default", raw)
     after = submit_noop(stack, "after poison")
-    assert wait_for_status_auth(stack.api, after)["result"] == "after poison"
+    assert wait_for_status(stack.api, after)["result"] == "after poison"
     assert stack.worker.process.poll() is None, stack.worker.output()[-3000:]
     assert stack.worker.pid == pid
 
@@ -200,7 +196,7 @@ def test_the_task_a_dead_letter_names_reads_failed_and_a_stock_client_is_answere
     stack.redis.expire(record, 600)
     raw = json.dumps(envelope(body=[[], [1, 2], {}], headers={"id": task_id}))
     push_then_run(stack, raw)
-    status = wait_for_status_auth(stack.api, task_id)
+    status = wait_for_status(stack.api, task_id)
     assert status["status"] == "failed"
     assert status["error"]["type"] == "DeadLettered"
     assert "kwargs" in status["error"]["message"]
@@ -226,7 +222,7 @@ def test_an_unknown_task_is_kept_and_runs_once_requeued_to_a_worker_that_has_it(
     stack.worker.stop()
     env = {**courier_env(stack.env), "COURIER_RETRY_BACKOFF_SECONDS": "0.05"}
     with celery_worker(env, stack.tmp / "deployed.log", "deployed", 1, (INCLUDE,)) as deployed:
-        response = stack.api.post(f"/v1/dead-letters/{letter['id']}/requeue", headers=AUTH)
+        response = stack.api.post(f"/v1/dead-letters/{letter['id']}/requeue")
         assert response.status_code == 200, response.text
         assert response.json()["task_id"] == task_id
         assert response.json()["status_url"].endswith(f"/v1/tasks/{task_id}")
@@ -235,30 +231,30 @@ def test_an_unknown_task_is_kept_and_runs_once_requeued_to_a_worker_that_has_it(
         wait_until(lambda: result.state == "FAILURE", 60, "the requeued task to run")
         assert type(result.result).__name__ == "TransientError"
         assert deployed.process.poll() is None
-    assert stack.api.get(f"/v1/dead-letters/{letter['id']}", headers=AUTH).status_code == 404
+    assert stack.api.get(f"/v1/dead-letters/{letter['id']}").status_code == 404
     # The module's worker back for the tests after this one.
     stack.worker = celery_worker(courier_env(stack.env), stack.tmp / "worker2.log", "dead2", 1)
     warm = submit_noop(stack, "warm again")
-    wait_for_status_auth(stack.api, warm, timeout=60)
+    wait_for_status(stack.api, warm, timeout=60)
 
 
 def test_dead_letter_api_lists_newest_first_gets_and_deletes(stack: Stack) -> None:
     raws = [json.dumps(envelope(body=[n])) for n in range(3)]
     for raw in raws:
         push_then_run(stack, raw)
-    listed = stack.api.get("/v1/dead-letters", headers=AUTH, params={"limit": 3}).json()
+    listed = stack.api.get("/v1/dead-letters", params={"limit": 3}).json()
     assert listed["total"] >= 3
     assert [letter["raw"] for letter in listed["dead_letters"]] == raws[::-1]
     first = listed["dead_letters"][0]
-    one = stack.api.get(f"/v1/dead-letters/{first['id']}", headers=AUTH)
+    one = stack.api.get(f"/v1/dead-letters/{first['id']}")
     assert one.status_code == 200 and one.json() == first
     assert one.json()["raw_encoding"] == "utf-8"
-    deleted = stack.api.delete(f"/v1/dead-letters/{first['id']}", headers=AUTH)
+    deleted = stack.api.delete(f"/v1/dead-letters/{first['id']}")
     assert deleted.status_code == 204
-    again = stack.api.delete(f"/v1/dead-letters/{first['id']}", headers=AUTH)
+    again = stack.api.delete(f"/v1/dead-letters/{first['id']}")
     assert again.status_code == 404 and "not found" in again.json()["detail"]
-    assert stack.api.get(f"/v1/dead-letters/{first['id']}", headers=AUTH).status_code == 404
-    requeue = stack.api.post(f"/v1/dead-letters/{first['id']}/requeue", headers=AUTH)
+    assert stack.api.get(f"/v1/dead-letters/{first['id']}").status_code == 404
+    requeue = stack.api.post(f"/v1/dead-letters/{first['id']}/requeue")
     assert requeue.status_code == 404
 
 

@@ -45,7 +45,7 @@ from worker.core.result_backend import LUA_STATE_HELPERS
 logger = logging.getLogger("courier.dead_letters")
 
 # Sent by the consumer for each message set aside (the worker's signals count it):
-# ``letter`` (DeadLetter), ``routing_key`` (the producer's, unchecked), ``tasks``, ``queues``.
+# ``letter`` (DeadLetter), ``routing_key`` (the producer's, unchecked), ``tasks``.
 message_dead_lettered = Signal(name="message_dead_lettered")
 
 UNACKED_INDEX_KEY = KOMBU_UNACKED_KEY + "_index"
@@ -252,8 +252,7 @@ class DeadLetterScreen:
 
     ``tasks()``: the task names this worker runs (read at first use: Celery's registry is
     complete once the app is finalized); ``failure(task_id, detail)``: the encoded
-    FAILURE state for a dead-lettered task (the result backend's encoding); ``queues``: the
-    configured queue names (metric labels stay bounded).
+    FAILURE state for a dead-lettered task (the result backend's encoding).
     """
 
     def __init__(
@@ -261,7 +260,6 @@ class DeadLetterScreen:
         max_count: int,
         max_bytes: int,
         tasks: Callable[[], Collection[str]],
-        queues: Collection[str],
         failure: Callable[[str, str], bytes | str] | None = None,
         result_ttl: int = 0,
     ) -> None:
@@ -269,7 +267,6 @@ class DeadLetterScreen:
         self.max_bytes = max_bytes
         self._tasks = tasks
         self._task_names: frozenset[str] | None = None
-        self.queues = frozenset(queues)
         self.failure = failure
         self.result_ttl = result_ttl
         self._store: DeadLetterStore | None = None  # made with the first client it is given
@@ -331,5 +328,4 @@ class DeadLetterScreen:
             letter=letter,
             routing_key=unfit.routing_key,
             tasks=self.tasks,
-            queues=self.queues,
         )
