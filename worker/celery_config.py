@@ -5,7 +5,8 @@ Why each setting is what it is, in short (the README says more):
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after the task
   ran, so a task whose worker dies is redelivered (at-least-once), not silently dropped.
 - ``broker_transport``: Courier's own (``worker/transport``): kombu's Redis transport with a
-  fetch that takes a message off its list and records it as unacknowledged in one atomic step.
+  fetch that takes a message off its list and records it as unacknowledged in one atomic step;
+  with Sentinel, the same transport on a Sentinel-managed pool, and the same result backend.
 - ``visibility_timeout``: how long a delivered, unacknowledged message waits before kombu gives it
   to another worker; the restore sweep is tied to it (kombu's default sweeps every ~100 s).
 - ``health_check_interval`` + TCP keepalive: a consumer connection whose reply is overdue, or
@@ -25,7 +26,7 @@ from kombu import Queue
 from worker.core.dead_letters import DeadLetterScreen
 from worker.core.errors import DeadLettered
 from worker.core.names import RECONCILE_TASK
-from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS
+from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS, sentinel_options
 from worker.core.result_backend import backend_url
 from worker.core.settings import Settings, SettingsError, get_settings
 from worker.registry import registered_tasks
@@ -34,6 +35,7 @@ from worker.runner import WorkerResources, bind_task, connect_start_stamp
 # Redis priorities: 0 is the highest; each step is its own list in Redis.
 PRIORITY_STEPS = [0, 3, 6, 9]
 TRANSPORT = "worker.transport:Transport"
+SENTINEL_TRANSPORT = "worker.transport:SentinelTransport"
 # A consumer's reply overdue by this many seconds means a dead link (a peek answers within its
 # own timeout, a fetch at once): the connection is dropped and made again. redis-py also PINGs a
 # pooled broker connection idle for longer before using it: at most one PING per 2 s each.
@@ -50,6 +52,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.redis_socket_timeout,
         "socket_connect_timeout": settings.redis_connect_timeout,
     }
+    # Where the primary is, when Sentinel says (the URL then gives db, password and TLS only).
+    sentinel = sentinel_options(settings)
+    sentinel_options_only = {"sentinel": sentinel} if sentinel else {}
     return {
         "task_serializer": "json",
         "result_serializer": "json",
@@ -62,7 +67,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
-        "broker_transport": TRANSPORT,
+        "broker_transport": SENTINEL_TRANSPORT if sentinel else TRANSPORT,
         "broker_transport_options": {
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_interval": restore_interval(settings.broker_visibility_timeout),
@@ -74,7 +79,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "socket_keepalive": True,
             "socket_keepalive_options": TCP_KEEPALIVE_OPTIONS,
             **transport_timeouts,
+            **sentinel_options_only,
         },
+        "result_backend_transport_options": sentinel_options_only,
         "redis_socket_timeout": settings.redis_socket_timeout,
         "redis_socket_connect_timeout": settings.redis_connect_timeout,
         "redis_retry_on_timeout": True,
@@ -114,7 +121,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def create_celery_app(settings: Settings) -> Celery:
-    app = Celery("courier", broker=settings.redis_url, backend=backend_url(settings.redis_url))
+    backend = backend_url(settings.redis_url, sentinel=settings.uses_sentinel)
+    app = Celery("courier", broker=settings.redis_url, backend=backend)
     app.conf.update(celery_config(settings))
     resources = WorkerResources(settings)
     specs = registered_tasks()

@@ -176,12 +176,14 @@ await() {
     fi
 }
 
+# Through Courier's own client: with COURIER_REDIS_SENTINELS set, the primary Sentinel names.
 redis_answers() {
     "$BIN/python" - <<'PY'
-import os, sys
+import sys
 try:
-    import redis
-    redis.Redis.from_url(os.environ["COURIER_REDIS_URL"], socket_connect_timeout=1).ping()
+    from worker.core.redis_client import create_redis
+    from worker.core.settings import load_settings
+    create_redis(load_settings()).ping()
 except (Exception, KeyboardInterrupt):
     sys.exit(1)
 PY
@@ -198,6 +200,11 @@ trap 'exit 143' TERM
 trap 'exit 129' HUP
 
 if ! redis_answers; then
+    if [[ -n "${COURIER_REDIS_SENTINELS:-}" ]]; then
+        echo "No Redis primary found through the Sentinels at $COURIER_REDIS_SENTINELS" \
+            "(master ${COURIER_REDIS_SENTINEL_MASTER:-unset}); start them or unset COURIER_REDIS_SENTINELS." >&2
+        exit 1
+    fi
     read -r host port < <("$BIN/python" -c 'import os,urllib.parse as u; p=u.urlparse(os.environ["COURIER_REDIS_URL"]); print(p.hostname or "localhost", p.port or 6379)')
     if [[ "$host" != "localhost" && "$host" != "127.0.0.1" ]]; then
         echo "No Redis answers at $COURIER_REDIS_URL; start it or point COURIER_REDIS_URL at one." >&2

@@ -9,17 +9,27 @@ Three ways a command can fail, and what each says about its effect:
   timeouts) and running it twice when the first copy got through; these clients never retry.
   A connection that died while idle in the pool is replaced before it is handed out (redis-py
   checks each one), so no retry is needed for that.
+
+With Sentinel (``COURIER_REDIS_SENTINELS``), every client here, the broker transport's and the
+result backend's get their connections from redis-py's ``SentinelConnectionPool``
+(``sentinel_pool``): each new connection asks the Sentinels for the primary's address, and a
+connection that finds the primary demoted (a ``READONLY`` reply, or ``UNBLOCKED`` on a blocked
+command) is dropped and its command raised as a ``ConnectionError``: a failover is a reconnect.
+A ``READONLY`` refusal thus arrives as "no answer" (conservative: the command did not run).
 """
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -50,16 +60,105 @@ def connection_options(settings: Settings) -> dict[str, Any]:
 
 def create_redis(settings: Settings) -> redis.Redis:
     """A pooled client: a timeout is an error after ``redis_socket_timeout``, never retried."""
-    return redis.Redis.from_url(
-        settings.redis_url, retry=Retry(NoBackoff(), 0), **connection_options(settings)
-    )
+    options = {"retry": Retry(NoBackoff(), 0), **connection_options(settings)}
+    sentinel = sentinel_options(settings)
+    if sentinel is None:
+        return redis.Redis.from_url(settings.redis_url, **options)
+    kwargs = redis.connection.parse_url(settings.redis_url)  # type: ignore[no-untyped-call]
+    return _SentinelRedis.from_pool(sentinel_pool(sentinel, {**kwargs, **options}))
 
 
 def create_async_redis(settings: Settings) -> redis.asyncio.Redis:
     """The asyncio twin of ``create_redis``, for the API's event loop (same options)."""
-    return redis.asyncio.Redis.from_url(
-        settings.redis_url, retry=AsyncRetry(NoBackoff(), 0), **connection_options(settings)
+    options = {"retry": AsyncRetry(NoBackoff(), 0), **connection_options(settings)}
+    sentinel = sentinel_options(settings)
+    if sentinel is None:
+        return redis.asyncio.Redis.from_url(settings.redis_url, **options)
+    kwargs = redis.asyncio.connection.parse_url(settings.redis_url)
+    pool = sentinel_pool(sentinel, {**kwargs, **options}, asyncio=True)
+    return _AsyncSentinelRedis.from_pool(pool)
+
+
+# --- Sentinel ------------------------------------------------------------------------------
+
+# The TLS options a ``rediss://`` URL may carry; the Sentinels are reached with the same ones.
+_TLS_QUERY_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def sentinel_options(settings: Settings) -> dict[str, Any] | None:
+    """Where the primary is found, as plain data (the broker transport and the result backend
+    take it among their options, which ``celery inspect conf`` and Flower print as JSON; Celery
+    hides the values of keys naming a password). None without Sentinel."""
+    if not settings.uses_sentinel:
+        return None
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout,
+        "socket_connect_timeout": settings.redis_connect_timeout,
+        "socket_keepalive": True,
+        "socket_keepalive_options": TCP_KEEPALIVE_OPTIONS,
+    }
+    if settings.redis_sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    url = urlsplit(settings.redis_url)
+    if url.scheme == "rediss":
+        # A deployment that encrypts its data connections encrypts the Sentinels' too.
+        query = dict(parse_qsl(url.query))
+        sentinel_kwargs["ssl"] = True
+        sentinel_kwargs.update({k: query[k] for k in _TLS_QUERY_OPTIONS if k in query})
+    return {
+        "sentinels": [[address.host, address.port] for address in settings.redis_sentinels],
+        "master_name": settings.redis_sentinel_master,
+        "sentinel_kwargs": sentinel_kwargs,
+    }
+
+
+def sentinel_pool(
+    options: Mapping[str, Any], connection_kwargs: Mapping[str, Any], *, asyncio: bool = False
+) -> Any:
+    """redis-py's ``SentinelConnectionPool`` for the primary named in ``options``
+    (``sentinel_options``), whose connections are made with ``connection_kwargs`` (a direct
+    connection's: host and port are dropped, a TLS connection class stays TLS)."""
+    kwargs = {k: v for k, v in connection_kwargs.items() if k not in ("host", "port")}
+    kwargs["connection_class"] = _sentinel_managed(kwargs.get("connection_class"), asyncio)
+    module: Any = redis.asyncio.sentinel if asyncio else redis.sentinel
+    manager = module.Sentinel(
+        [(host, int(port)) for host, port in options["sentinels"]],
+        sentinel_kwargs=dict(options["sentinel_kwargs"]),
     )
+    return module.SentinelConnectionPool(options["master_name"], manager, **kwargs)
+
+
+def _sentinel_managed(connection_class: type | None, asyncio: bool) -> type:
+    """The Sentinel-managed twin of a direct connection class (TLS or not)."""
+    module: Any = redis.asyncio.sentinel if asyncio else redis.sentinel
+    plain: Any = redis.asyncio if asyncio else redis
+    managed: type = module.SentinelManagedConnection
+    if connection_class is None or issubclass(connection_class, managed):
+        return connection_class or managed
+    if issubclass(connection_class, plain.SSLConnection):
+        tls: type = module.SentinelManagedSSLConnection
+        return tls
+    if issubclass(connection_class, plain.UnixDomainSocketConnection):
+        raise ValueError("Sentinel names TCP addresses: COURIER_REDIS_URL cannot be a socket")
+    return managed
+
+
+class _SentinelRedis(redis.Redis):
+    """Closes the connections to the Sentinels with the client (redis-py leaves them open)."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.connection_pool.sentinel_manager.close()  # type: ignore[attr-defined]
+
+
+class _AsyncSentinelRedis(redis.asyncio.Redis):
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            await self.connection_pool.sentinel_manager.aclose()  # type: ignore[attr-defined]
 
 
 # A Redis command as (redis-py method name, arguments), queued later on a pipeline.

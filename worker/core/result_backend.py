@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import redis.sentinel
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker.core.redis_client import ALLOW_OOM
+from worker.core.redis_client import ALLOW_OOM, sentinel_pool
 
 # Terminal Celery states: a stored state in this set is never overwritten.
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
@@ -111,8 +112,29 @@ class CourierRedisBackend(RedisBackend):
         self._guarded_set(keys=[key], args=[value, int(ttl or 0)])
 
 
+class CourierSentinelBackend(CourierRedisBackend):
+    """The same backend on the primary Sentinel names (``COURIER_REDIS_SENTINELS``).
+
+    The URL stays ``COURIER_REDIS_URL`` (database, password, TLS options); the Sentinels come
+    from ``result_backend_transport_options["sentinel"]`` (``redis_client.sentinel_options``).
+    Celery's own ``sentinel://`` backend would do, but it stores results its own way, without
+    the rule above. A write that meets a demoted primary fails as a connection error, which a
+    worker retries (``result_backend_always_retry``) on a new connection to the new primary;
+    storing a state twice is harmless (the script refuses to overwrite a finished one)."""
+
+    connection_class_ssl: Any = redis.sentinel.SentinelManagedSSLConnection
+
+    def _get_pool(self, **params: Any) -> Any:
+        backend: Any = self  # celery-types lacks _transport_options
+        options = backend._transport_options.get("sentinel")
+        if not options:
+            raise ValueError("CourierSentinelBackend needs the 'sentinel' transport option")
+        return sentinel_pool(options, params)
+
+
 BACKEND_PATH = f"{__name__}:CourierRedisBackend"
+SENTINEL_BACKEND_PATH = f"{__name__}:CourierSentinelBackend"
 
 
-def backend_url(redis_url: str) -> str:
-    return f"{BACKEND_PATH}+{redis_url}"
+def backend_url(redis_url: str, sentinel: bool = False) -> str:
+    return f"{SENTINEL_BACKEND_PATH if sentinel else BACKEND_PATH}+{redis_url}"

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.core.names import DEFAULT_QUEUE
@@ -24,6 +24,43 @@ class TimeLimits(BaseModel):
 
     soft: float | None = Field(None, gt=0)
     hard: float | None = Field(None, gt=0)
+
+
+# Sentinel's own port, for an address given without one.
+DEFAULT_SENTINEL_PORT = 26379
+
+
+class SentinelAddress(BaseModel):
+    """One Sentinel, ``host:port`` in ``COURIER_REDIS_SENTINELS`` (``[v6 address]:port`` too)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(DEFAULT_SENTINEL_PORT, ge=1, le=65535)
+
+    @classmethod
+    def parse(cls, text: str) -> SentinelAddress:
+        host, port = text, ""
+        if text.startswith("["):  # [::1]:26379
+            host, _, rest = text[1:].partition("]")
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not host:port")
+            port = rest[1:]
+        elif text.count(":") == 1:
+            host, port = text.split(":")
+        elif ":" in text:
+            raise ValueError(f"{text!r}: write an IPv6 address as [address]:port")
+        if not host.strip():
+            raise ValueError(f"{text!r}: no host")
+        if not port.strip():
+            return cls(host=host.strip())
+        if not port.strip().isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{text!r}: the port is not a number from 1 to 65535")
+        return cls(host=host.strip(), port=int(port))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 class Settings(BaseSettings):
@@ -39,6 +76,13 @@ class Settings(BaseSettings):
     # Submits are refused (503) once Redis holds this share of its maxmemory, so workers always
     # have room to take, acknowledge and finish what was accepted (no effect without maxmemory).
     redis_memory_high_watermark: float = Field(0.9, gt=0, le=1)
+    # Redis Sentinel: with both set, every client (API, worker, beat, Flower, health checks) asks
+    # these Sentinels for the primary of this master name and follows failovers; the host and
+    # port of redis_url are then unused, its database, password and TLS options still apply.
+    redis_sentinels: Annotated[list[SentinelAddress], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str | None = Field(None, min_length=1, pattern=r"^\S+$")
+    # The Sentinels' own password (their requirepass), when they have one.
+    redis_sentinel_password: SecretStr | None = None
     # kombu restores a delivered-but-unacknowledged message after this many seconds.
     broker_visibility_timeout: int = Field(3600, ge=1)
     result_expires: int = Field(86400, ge=1)
@@ -123,6 +167,34 @@ class Settings(BaseSettings):
             value = [q.strip() for q in value.split(",") if q.strip()]
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            entries = [entry.strip() for entry in value.split(",")]
+            if any(not entry for entry in entries) and value.strip():
+                raise ValueError("an empty entry in the comma-separated host:port list")
+            value = [SentinelAddress.parse(entry) for entry in entries if entry]
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_complete(self) -> Settings:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ValueError(
+                "COURIER_REDIS_SENTINELS is set but COURIER_REDIS_SENTINEL_MASTER is not:"
+                " name the master the Sentinels monitor"
+            )
+        if self.redis_sentinel_master and not self.redis_sentinels:
+            raise ValueError(
+                "COURIER_REDIS_SENTINEL_MASTER is set but COURIER_REDIS_SENTINELS is not:"
+                " give the Sentinels' host:port list"
+            )
+        return self
+
+    @property
+    def uses_sentinel(self) -> bool:
+        return bool(self.redis_sentinels)
+
     @field_validator("task_time_limits", mode="before")
     @classmethod
     def _decode_limits(cls, value: object) -> object:
@@ -169,6 +241,8 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         lines = [
             f"  COURIER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else f"  {err['msg']}"  # a rule over several variables names them itself
             for err in exc.errors()
         ]
         raise SettingsError("invalid Courier settings:\n" + "\n".join(lines)) from None

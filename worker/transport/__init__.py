@@ -45,13 +45,14 @@ Trade-offs:
 - Dead links are found by the replies' deadlines (a peek answers within its timeout, a fetch at
   once: overdue by ``health_check_interval`` means the link is dead) and by TCP keepalive.
 - Redis Cluster and ``global_keyprefix`` are not supported (the scripts name all their keys).
-- Sentinel builds on the same classes: ``class SentinelChannel(Channel,
-  kombu.transport.redis.SentinelChannel)`` resolves to kombu's Sentinel pool under this fetch.
+- Sentinel: ``SentinelTransport`` (``sentinel.py``) is this transport with its connections
+  taken from a Sentinel-managed pool of the current primary; nothing else differs.
 """
 
 from __future__ import annotations
 
 from worker.transport.channel import Channel, QoS
 from worker.transport.poller import Poller, Transport
+from worker.transport.sentinel import SentinelChannel, SentinelTransport
 
-__all__ = ["Channel", "Poller", "QoS", "Transport"]
+__all__ = ["Channel", "Poller", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]

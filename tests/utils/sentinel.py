@@ -1,0 +1,234 @@
+"""Three redis-servers (a primary, two replicas) watched by three Sentinels, on loopback.
+
+Every process is real and stopped with the cluster (``tests/utils/processes.py`` tracks them).
+The Sentinels decide fast: a primary that does not answer for ``DOWN_AFTER_MS`` is down, and
+with two of three agreeing a replica is promoted within a second or two. The data servers and
+the Sentinels have different passwords, as a deployment may, so a client that mixes them up
+fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import redis
+
+from tests.utils.processes import (
+    RUNNING,
+    STOP_TIMEOUT,
+    RedisServer,
+    _stop_process,
+    _wait_killed,
+    free_port,
+    wait_until,
+)
+
+MASTER = "courier"
+DATA_PASSWORD = "data-secret"
+SENTINEL_PASSWORD = "sentinel-secret"
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+
+
+class SentinelProcess:
+    """One redis-sentinel with its own config file (Sentinel rewrites it as it learns)."""
+
+    def __init__(self, workdir: Path, primary_port: int) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "sentinel.conf"
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"port {self.port}",
+                    "bind 127.0.0.1",
+                    f"dir {workdir}",
+                    f"requirepass {SENTINEL_PASSWORD}",
+                    f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
+                    f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2",
+                    f"sentinel auth-pass {MASTER} {DATA_PASSWORD}",
+                    f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
+                    f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
+                    f"sentinel parallel-syncs {MASTER} 2",
+                    "",
+                ]
+            )
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            port=self.port, password=SENTINEL_PASSWORD, socket_timeout=1, decode_responses=True
+        )
+
+    def start(self) -> None:
+        log = (self.workdir / "sentinel.log").open("ab")
+        self.process = subprocess.Popen(
+            ["redis-server", str(self.config), "--sentinel"], stdout=log, stderr=log
+        )
+        log.close()
+        RUNNING[self.process.pid] = self
+        with self.client() as client:
+            wait_until(lambda: _pings(client), 30, f"redis-sentinel on port {self.port}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                _stop_process(process, STOP_TIMEOUT, group=False)
+            finally:
+                RUNNING.pop(process.pid, None)
+
+    def kill(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                _wait_killed(process, group=False)
+            finally:
+                RUNNING.pop(process.pid, None)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+class SentinelCluster:
+    """``with SentinelCluster(tmp_path) as cluster:`` three Redis, three Sentinels, all up."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        auth = ("--requirepass", DATA_PASSWORD, "--masterauth", DATA_PASSWORD)
+        primary = RedisServer(workdir / "redis-0", extra_args=auth)
+        replica_of = ("--replicaof", "127.0.0.1", str(primary.port))
+        self.servers = [primary] + [
+            RedisServer(workdir / f"redis-{i}", extra_args=(*auth, *replica_of)) for i in (1, 2)
+        ]
+        self.sentinels = [
+            SentinelProcess(workdir / f"sentinel-{i}", primary.port) for i in range(3)
+        ]
+
+    def __enter__(self) -> Self:
+        with contextlib.ExitStack() as stack:
+            stack.callback(self.stop)
+            for server in self.servers:
+                server.start()
+            for replica in self.servers[1:]:
+                wait_until(lambda r=replica: _in_sync(r), 30, f"replica {replica.port} in sync")
+            for sentinel in self.sentinels:
+                sentinel.start()
+            # Each Sentinel has found the replicas and the two other Sentinels.
+            wait_until(self._sentinels_see_everyone, 30, "the Sentinels to find each other")
+            stack.pop_all()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.stop()
+
+    # --- what clients are given ---
+
+    @property
+    def url(self) -> str:
+        """``COURIER_REDIS_URL``: the data password and database; its host is not used."""
+        return f"redis://:{DATA_PASSWORD}@127.0.0.1:1/0"
+
+    def courier_vars(self) -> dict[str, str]:
+        return {
+            "COURIER_REDIS_URL": self.url,
+            "COURIER_REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
+            "COURIER_REDIS_SENTINEL_MASTER": MASTER,
+            "COURIER_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+        }
+
+    # --- what the test asks and does ---
+
+    def primary_port(self) -> int:
+        """The primary as the first Sentinel that answers names it."""
+        for sentinel in self.sentinels:
+            if sentinel.process is None:
+                continue
+            with contextlib.suppress(redis.RedisError), sentinel.client() as client:
+                host, port = client.sentinel_get_master_addr_by_name(MASTER)
+                return int(port)
+        raise RuntimeError("no Sentinel answers")
+
+    def server(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def data_client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=DATA_PASSWORD, socket_timeout=2)
+
+    def wait_for_new_primary(self, old: int, timeout: float = 30) -> int:
+        """Until every live Sentinel names another primary, and that one says it is one."""
+
+        def switched() -> int | None:
+            ports = set()
+            for sentinel in self.sentinels:
+                if sentinel.process is None:
+                    continue
+                with contextlib.suppress(redis.RedisError), sentinel.client() as client:
+                    ports.add(int(client.sentinel_get_master_addr_by_name(MASTER)[1]))
+            if len(ports) != 1 or old in ports:
+                return None
+            port = ports.pop()
+            with contextlib.suppress(redis.RedisError), self.data_client(port) as client:
+                if client.info("replication")["role"] == "master":
+                    return port
+            return None
+
+        return wait_until(switched, timeout, f"a primary other than {old}", interval=0.1)
+
+    def kill_primary(self) -> int:
+        """SIGKILL the primary; returns its port."""
+        port = self.primary_port()
+        self.server(port).kill()
+        return port
+
+    def demote_primary(self) -> int:
+        """``SENTINEL FAILOVER``: a planned switch; the old primary becomes a replica. Returns
+        the old primary's port."""
+        port = self.primary_port()
+
+        def started() -> bool:
+            for sentinel in self.sentinels:
+                if sentinel.process is None:
+                    continue
+                with contextlib.suppress(redis.RedisError), sentinel.client() as client:
+                    return bool(client.execute_command("SENTINEL", "FAILOVER", MASTER))
+            return False
+
+        # NOGOODSLAVE while the replicas are still catching up: asked again until taken.
+        wait_until(started, 30, "Sentinel to accept a failover", interval=0.2)
+        return port
+
+    def _sentinels_see_everyone(self) -> bool:
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client() as client:
+                    master = client.sentinel_master(MASTER)
+                    if int(master["num-slaves"]) < 2 or int(master["num-other-sentinels"]) < 2:
+                        return False
+            except redis.RedisError:
+                return False
+        return True
+
+
+def _in_sync(server: RedisServer) -> bool:
+    try:
+        with redis.Redis(port=server.port, password=DATA_PASSWORD) as client:
+            return client.info("replication").get("master_link_status") == "up"
+    except redis.RedisError:
+        return False
