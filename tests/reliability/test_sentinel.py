@@ -1,0 +1,286 @@
+"""Redis Sentinel: every client finds the primary through Sentinel and follows a failover.
+
+Real processes throughout: three redis-servers and three Sentinels (``tests/utils/sentinel.py``),
+the API under gunicorn, a prefork Celery worker, beat. The data servers and the Sentinels have
+different passwords, and ``COURIER_REDIS_URL`` names a port where nothing listens: a client that
+did not go through Sentinel, or mixed up the passwords, fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.main import create_app
+from tests.conftest import settings_from
+from tests.utils.processes import (
+    celery_beat,
+    celery_worker,
+    courier_env,
+    free_port,
+    gunicorn,
+    http_ok,
+    wait_until,
+)
+from tests.utils.sentinel import SentinelCluster
+from worker.celery_config import create_celery_app
+from worker.core.names import RECONCILE_TASK
+from worker.core.redis_client import create_async_redis, create_redis
+from worker.core.result_backend import CourierSentinelBackend
+from worker.transport import SentinelChannel
+
+# Tasks fetched from a primary that died before replicating the acknowledgement come back
+# after the visibility timeout: short here, so the test sees them run again.
+VISIBILITY_TIMEOUT = 10
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelCluster]:
+    with SentinelCluster(tmp_path_factory.mktemp("sentinel")) as running:
+        yield running
+
+
+def served_by(client: redis.Redis) -> int:
+    return int(client.info("server")["tcp_port"])
+
+
+def test_the_sync_and_asyncio_clients_find_the_primary_through_sentinel(
+    cluster: SentinelCluster,
+) -> None:
+    settings = settings_from(cluster.courier_vars())
+    primary = cluster.primary_port()
+    client = create_redis(settings)
+    try:
+        assert served_by(client) == primary
+        assert client.set("sentinel-probe", "sync")
+    finally:
+        client.close()
+
+    async def asyncio_side() -> int:
+        aclient = create_async_redis(settings)
+        try:
+            assert await aclient.set("sentinel-probe", "asyncio")
+            return int((await aclient.info("server"))["tcp_port"])
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(asyncio_side()) == primary
+
+
+def test_the_broker_transport_and_result_backend_find_the_primary_through_sentinel(
+    cluster: SentinelCluster,
+) -> None:
+    app = create_celery_app(settings_from(cluster.courier_vars()))
+    primary = cluster.primary_port()
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            assert isinstance(channel, SentinelChannel)
+            assert served_by(channel.client) == primary
+            channel._put("sentinel-probe-queue", {"body": "x", "properties": {}})
+        assert isinstance(app.backend, CourierSentinelBackend)
+        app.backend.store_result("sentinel-probe-task", 42, "SUCCESS")
+        with cluster.data_client(primary) as direct:
+            assert direct.llen("sentinel-probe-queue") == 1
+            assert app.backend.get_key_for_task("sentinel-probe-task") in direct.keys("celery-*")
+    finally:
+        app.close()
+
+
+def test_the_api_reads_and_writes_the_primary_through_sentinel(cluster: SentinelCluster) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings_from(cluster.courier_vars()))) as api:
+        assert api.get("/readyz").status_code == 200
+        accepted = api.post("/v1/tasks/noop", json={"echo": "via sentinel"})
+        assert accepted.status_code == 202, accepted.text
+        task_id = accepted.json()["id"]
+        assert api.get(f"/v1/tasks/{task_id}").json()["status"] == "queued"
+    with cluster.data_client(cluster.primary_port()) as direct:
+        assert direct.llen("default") >= 1
+
+
+def test_beat_sends_its_schedule_through_sentinel(
+    cluster: SentinelCluster, tmp_path: Path
+) -> None:
+    env = courier_env(
+        {
+            **cluster.courier_vars(),
+            "COURIER_QUEUES": "beat-only",
+            "COURIER_RECONCILE_INTERVAL_SECONDS": "0.5",
+            "COURIER_BEAT_SCHEDULE_FILE": str(tmp_path / "schedule"),
+        }
+    )
+    with cluster.data_client(cluster.primary_port()) as direct, celery_beat(
+        env, tmp_path / "beat.log"
+    ) as beat:
+        wait_until(lambda: direct.llen("beat-only") >= 2, 30, "beat's messages on the primary")
+        assert RECONCILE_TASK.encode() in (direct.lindex("beat-only", 0) or b"")
+        assert beat.process.poll() is None
+
+
+# --- failover, end to end ------------------------------------------------------------------
+
+
+@dataclass
+class Submitter:
+    """A well-behaved client: submits continuously; a 503 or a dropped connection is retried
+    with the same Idempotency-Key until it is accepted (or the test ends)."""
+
+    base: str
+    accepted: dict[str, str] = field(default_factory=dict)  # Idempotency-Key -> task id
+    refused: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    errors: list[str] = field(default_factory=list)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=5) as http:
+            while not self.stop.is_set():
+                key = uuid.uuid4().hex
+                while not self.stop.is_set():
+                    try:
+                        response = http.post(
+                            "/v1/tasks/noop",
+                            json={"echo": key},
+                            headers={"Idempotency-Key": key},
+                        )
+                    except httpx.HTTPError:
+                        self.refused += 1
+                        time.sleep(0.05)
+                        continue
+                    if response.status_code in (202, 200):
+                        self.accepted[key] = response.json()["id"]
+                        break
+                    if response.status_code != 503:
+                        self.errors.append(f"{response.status_code} {response.text}")
+                        return
+                    self.refused += 1
+                    time.sleep(0.05)
+                time.sleep(0.02)
+
+
+@dataclass
+class ReadyzWatch:
+    url: str
+    seen: list[tuple[float, int]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=3) as http:
+            while not self.stop.is_set():
+                try:
+                    code = http.get(self.url).status_code
+                except httpx.HTTPError:
+                    code = 0
+                self.seen.append((time.monotonic(), code))
+                time.sleep(0.1)
+
+    def codes_after(self, moment: float) -> list[int]:
+        return [code for at, code in self.seen if at >= moment]
+
+
+def start_thread(target: object) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)  # type: ignore[arg-type]
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def failover_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
+    with SentinelCluster(tmp_path / "cluster") as running:
+        yield running
+
+
+@pytest.mark.parametrize("fault", ["kill", "demote"])
+def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
+    failover_cluster: SentinelCluster, tmp_path: Path, fault: str
+) -> None:
+    cluster = failover_cluster
+    api_port, worker_metrics = free_port(), free_port()
+    env = courier_env(
+        {
+            **cluster.courier_vars(),
+            "COURIER_API_BIND": f"127.0.0.1:{api_port}",
+            "COURIER_API_WORKERS": "1",
+            "COURIER_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+            "COURIER_WORKER_METRICS_PORT": str(worker_metrics),
+            "COURIER_WORKER_METRICS_HOST": "127.0.0.1",
+        }
+    )
+    base = f"http://127.0.0.1:{api_port}"
+    with gunicorn(env, tmp_path / "api.log") as api, celery_worker(
+        env, tmp_path / "worker.log", "failover"
+    ) as worker:
+        wait_until(lambda: http_ok(f"{base}/readyz"), 60, "the API")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_metrics}/readyz"), 60, "the worker")
+        submitter, api_ready = Submitter(base), ReadyzWatch(f"{base}/readyz")
+        worker_ready = ReadyzWatch(f"http://127.0.0.1:{worker_metrics}/readyz")
+        threads = [start_thread(w.run) for w in (submitter, api_ready, worker_ready)]
+        http = httpx.Client(base_url=base, timeout=5)
+
+        def succeeded(task_id: str) -> bool:
+            try:
+                return http.get(f"/v1/tasks/{task_id}").json().get("status") == "succeeded"
+            except (httpx.HTTPError, ValueError):
+                return False
+
+        try:
+            wait_until(lambda: len(submitter.accepted) >= 20, 30, "the first accepted tasks")
+            first = list(submitter.accepted.values())[0]
+            wait_until(lambda: succeeded(first), 30, "the first task to run")
+
+            worker_pid = worker.pid
+            old = cluster.kill_primary() if fault == "kill" else cluster.demote_primary()
+            fault_at = time.monotonic()
+            new = cluster.wait_for_new_primary(old)
+            switched_at = time.monotonic()
+            before = len(submitter.accepted)
+            # Submits go on through the new primary, and the worker runs them.
+            wait_until(lambda: len(submitter.accepted) >= before + 20, 60, "submits to resume")
+            newest = list(submitter.accepted.values())[-1]
+            wait_until(lambda: succeeded(newest), 60, "a task submitted after the switch")
+            resumed_at = time.monotonic()
+        finally:
+            submitter.stop.set()
+            for thread in threads[:1]:
+                thread.join(15)
+
+        # Every accepted task ends succeeded: none lost, none left with a wrong status.
+        pending = set(submitter.accepted.values())
+
+        def all_done() -> bool:
+            pending.difference_update({t for t in list(pending) if succeeded(t)})
+            return not pending
+
+        try:
+            wait_until(all_done, 4 * VISIBILITY_TIMEOUT, "every accepted task to succeed", 0.5)
+        finally:
+            api_ready.stop.set()
+            worker_ready.stop.set()
+            http.close()
+        report = (
+            f"{fault}: accepted {len(submitter.accepted)}, refused {submitter.refused},"
+            f" switch {switched_at - fault_at:.1f}s, tasks again {resumed_at - fault_at:.1f}s,"
+            f" still pending {len(pending)}"
+        )
+        print(report)
+        assert not submitter.errors, submitter.errors
+        assert new != old
+        # No restart: the same worker process (and API) served before and after.
+        assert worker.process.poll() is None and worker.pid == worker_pid
+        assert api.process.poll() is None
+        assert "Unrecoverable error" not in worker.output()
+        # Readiness: both end ready; the API said 503 while no primary answered (a kill).
+        for watch in (api_ready, worker_ready):
+            assert watch.seen[-1][1] == 200, watch.seen[-5:]
+        if fault == "kill":
+            assert 503 in api_ready.codes_after(fault_at), report
