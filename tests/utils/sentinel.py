@@ -191,6 +191,28 @@ class SentinelCluster:
 
         return wait_until(switched, timeout, f"a primary other than {old}", interval=0.1)
 
+    def wait_settled(self, primary: int, timeout: float = 60) -> None:
+        """Until every live server other than ``primary`` is its replica with the link up: an
+        old primary still taking writes (until Sentinel converts it, up to ~10 s after a
+        forced failover) has lost them by then, so statuses read after this are final."""
+
+        def settled() -> bool:
+            for server in self.servers:
+                if server.process is None or server.port == primary:
+                    continue
+                try:
+                    with self.data_client(server.port) as client:
+                        info = client.info("replication")
+                except redis.RedisError:
+                    return False
+                if info["role"] != "slave" or int(info["master_port"]) != primary:
+                    return False
+                if info.get("master_link_status") != "up":
+                    return False
+            return True
+
+        wait_until(settled, timeout, f"every replica to follow {primary}", interval=0.2)
+
     def kill_primary(self) -> int:
         """SIGKILL the primary; returns its port."""
         port = self.primary_port()
