@@ -89,3 +89,64 @@ def test_per_task_limits_override_the_global_ones(monkeypatch: pytest.MonkeyPatc
     settings = load_settings()
     assert settings.time_limits_for("process_image").model_dump() == {"soft": 50, "hard": 60}
     assert settings.time_limits_for("noop").model_dump() == {"soft": None, "hard": 100}
+
+
+def test_sentinels_are_read_as_a_comma_separated_host_port_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COURIER_REDIS_SENTINELS", "s1:26380, [::1]:26381,s3")
+    monkeypatch.setenv("COURIER_REDIS_SENTINEL_MASTER", "courier")
+    monkeypatch.setenv("COURIER_REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+    settings = load_settings()
+    assert [str(address) for address in settings.redis_sentinels] == [
+        "s1:26380", "[::1]:26381", "s3:26379",
+    ]  # fmt: skip
+    assert settings.uses_sentinel and settings.redis_sentinel_master == "courier"
+    assert settings.redis_sentinel_password is not None
+    assert settings.redis_sentinel_password.get_secret_value() == "sentinel-secret"
+
+
+def test_without_sentinel_settings_nothing_uses_sentinel(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("COURIER_REDIS_SENTINELS", "COURIER_REDIS_SENTINEL_MASTER"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert not settings.uses_sentinel and settings.redis_sentinels == []
+
+
+@pytest.mark.parametrize(
+    ("sentinels", "complaint"),
+    [
+        ("s1:port", "not a number"),
+        ("s1:70000", "not a number from 1 to 65535"),
+        (":26379", "no host"),
+        ("s1,,s2", "empty entry"),
+        ("fe80::1:26379", "IPv6"),
+    ],
+)
+def test_a_bad_sentinel_address_is_named_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, sentinels: str, complaint: str
+) -> None:
+    monkeypatch.setenv("COURIER_REDIS_SENTINELS", sentinels)
+    monkeypatch.setenv("COURIER_REDIS_SENTINEL_MASTER", "courier")
+    with pytest.raises(SettingsError, match="COURIER_REDIS_SENTINELS") as error:
+        load_settings()
+    assert complaint in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("variables", "missing"),
+    [
+        ({"COURIER_REDIS_SENTINELS": "s1:26379"}, "COURIER_REDIS_SENTINEL_MASTER is not"),
+        ({"COURIER_REDIS_SENTINEL_MASTER": "courier"}, "COURIER_REDIS_SENTINELS is not"),
+    ],
+)
+def test_sentinels_and_master_name_come_together(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], missing: str
+) -> None:
+    for name in ("COURIER_REDIS_SENTINELS", "COURIER_REDIS_SENTINEL_MASTER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=missing) as error:
+        load_settings()
+    assert "COURIER_:" not in str(error.value)

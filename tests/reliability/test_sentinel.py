@@ -256,7 +256,7 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
 
         try:
             wait_until(lambda: len(submitter.accepted) >= 20, 30, "the first accepted tasks")
-            first = list(submitter.accepted.values())[0]
+            first = next(iter(submitter.accepted.values()))
             wait_until(lambda: succeeded(first), 30, "the first task to run")
 
             worker_pid = worker.pid

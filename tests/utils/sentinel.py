@@ -161,7 +161,7 @@ class SentinelCluster:
             if sentinel.process is None:
                 continue
             with contextlib.suppress(redis.RedisError), sentinel.client() as client:
-                host, port = client.sentinel_get_master_addr_by_name(MASTER)
+                _, port = client.sentinel_get_master_addr_by_name(MASTER)
                 return int(port)
         raise RuntimeError("no Sentinel answers")
 
