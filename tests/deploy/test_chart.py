@@ -26,6 +26,7 @@ from tests.deploy.conftest import (
     secret_value,
     workloads,
 )
+from worker.core.names import DEFAULT_QUEUE
 
 MONITORING = CHART.parent.parent / "monitoring"
 
@@ -215,7 +216,7 @@ def test_hpa_scales_the_worker_on_queue_backlog_per_replica(
     assert len(external) == 1
     assert external[0]["metric"]["name"] == "courier_queue_backlog"
     assert external[0]["target"]["type"] == "AverageValue"
-    assert external[0]["metric"]["selector"]["matchExpressions"][0]["values"] == ["default"]
+    assert external[0]["metric"]["selector"]["matchExpressions"][0]["values"] == [DEFAULT_QUEUE]
     assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
     behavior = hpa["spec"]["behavior"]
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0

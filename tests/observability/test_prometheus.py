@@ -29,6 +29,7 @@ from tests.utils.processes import (
     wait_until,
 )
 from tests.utils.smtp import SmtpServer
+from worker.core.names import DEFAULT_QUEUE
 
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "rules" / "courier.rules.yaml"
@@ -307,6 +308,6 @@ def test_with_every_worker_down_the_backlog_is_exported_and_its_alert_goes_pendi
 
         alerts = wait_until(pending, 60, "the no-worker backlog alert")
         assert alerts[0]["state"] in ("pending", "firing")
-        assert alerts[0]["labels"]["queue_name"] == "default"
+        assert alerts[0]["labels"]["queue_name"] == DEFAULT_QUEUE
         backlog = _query(url, "courier:queue_backlog:max")["data"]["result"]
         assert [float(r["value"][1]) for r in backlog] == [5.0]
