@@ -48,6 +48,16 @@ def test_a_stock_client_that_names_no_queue_reaches_the_workers(
         assert live_api.get(f"/tasks/{result.id}").json()["status"] == "SUCCESS"
 
 
+def test_a_stock_client_naming_another_configured_queue_reaches_it(
+    stock: Celery, live_api: TestClient
+) -> None:
+    """The session's workers consume every queue of COURIER_QUEUES (here also ``reports``): how
+    an upgrade drains the old ``default`` queue while ``COURIER_QUEUES`` lists it."""
+    sent = stock.send_task("noop", kwargs={"echo": "routed"}, queue="reports")
+    assert sent.get(timeout=TIMEOUT) == "routed"
+    assert live_api.get(f"/v1/tasks/{sent.id}").json()["queue"] == "reports"
+
+
 def test_a_mutable_chain_keeps_the_parents_success_and_fails_the_child_clearly(
     stock: Celery,
 ) -> None:
