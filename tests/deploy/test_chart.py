@@ -242,7 +242,11 @@ def test_keda_mode_emits_a_scaled_object_and_no_hpa(render: Render) -> None:
     scaled = one(manifests, "ScaledObject", "courier-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "courier-worker"
     prometheus = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
-    assert "max by (queue_name) (courier_queue_backlog{" in prometheus["metadata"]["query"]
+    query = prometheus["metadata"]["query"]
+    assert "max by (queue_name) (courier_queue_backlog{" in query
+    # The API pods export the backlog while no worker is up: KEDA can scale up from zero.
+    assert 'job=~"courier-api|courier-celery-worker"' in query
+    assert f'queue_name=~"{DEFAULT_QUEUE}"' in query
     assert prometheus["metricType"] == "AverageValue"
     assert "replicas" not in one(manifests, "Deployment", "courier-worker")["spec"]
 
