@@ -34,6 +34,8 @@ from worker.core.names import DEFAULT_QUEUE
 MONITORING = ROOT / "deploy" / "monitoring"
 RULES = MONITORING / "rules" / "courier.rules.yaml"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
+# A series a dashboard query reads, with its selector (empty when it has none).
+SERIES = re.compile(r"\b((?:celery|courier)[a-z0-9_:]*)(\{[^}]*\}|)")
 # What Grafana substitutes before it sends a query.
 GRAFANA_VARIABLES = {
     "$__rate_interval": "30s",
@@ -95,6 +97,14 @@ def test_every_alert_has_a_unit_test() -> None:
     assert alerts <= tested, alerts - tested
 
 
+def test_every_rule_reads_courier_jobs_only() -> None:
+    """Each series a rule reads is scoped to Courier's jobs (the chart narrows the selector to
+    its own two), or is a signal recorded so; celery-exporter's same names are not counted."""
+    for rule in rules():
+        for metric, selector in SERIES.findall(rule["expr"]):
+            assert metric.startswith("courier:") or 'job=~".*courier.*"' in selector, rule
+
+
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.stem)
 def test_dashboards_are_well_formed(path: Path) -> None:
     dashboard = json.loads(path.read_text())
@@ -106,6 +116,12 @@ def test_dashboards_are_well_formed(path: Path) -> None:
         assert {"h", "w", "x", "y"} <= set(grid) and grid["x"] + grid["w"] <= 24
         assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"])
         assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            for metric, selector in SERIES.findall(target["expr"]):
+                # Scoped, or another exporter of the same names doubles the figure; a recorded
+                # signal (courier:...) is scoped to Courier's jobs by its rule.
+                assert 'namespace=~"$namespace"' in selector, (metric, target["expr"])
+                assert metric.startswith("courier:") or 'job=~"$job"' in selector, metric
 
 
 @pytest.fixture(scope="module")
