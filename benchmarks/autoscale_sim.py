@@ -31,6 +31,7 @@ from benchmarks.hpa import Autoscaler, chart_spec
 from benchmarks.procs import log, stack
 from benchmarks.report import RESULTS, machine_info
 from benchmarks.services import start_redis
+from worker.core.names import DEFAULT_QUEUE
 
 TIME_SCALE = 0.1
 SYNC_SECONDS = 15 * TIME_SCALE
@@ -38,7 +39,7 @@ TARGET_BACKLOG = 10  # the chart's targetBacklogPerReplica
 MIN_REPLICAS, MAX_REPLICAS = 1, 8
 TASK_SECONDS = 0.05
 TRICKLE_PER_SECOND = 30
-QUEUE = "default"
+QUEUE = DEFAULT_QUEUE
 
 
 @dataclass

@@ -39,6 +39,7 @@ from benchmarks.services import (
     start_redis,
 )
 from benchmarks.stats import Figure
+from worker.core.names import DEFAULT_QUEUE
 
 SCENARIO = "2b drain (chart flags)"
 CHART_LOGLEVEL = "INFO"
@@ -98,7 +99,7 @@ def fill_courier(s: Stack, r: Redis, variant: Courier, tasks: int) -> None:
     from worker.core.settings import Settings
 
     app = create_celery_app(Settings(redis_url=r.url))
-    enqueue_raw(capture_template(app, r.client(), "default"), r.client(), "default", tasks)
+    enqueue_raw(capture_template(app, r.client(), DEFAULT_QUEUE), r.client(), DEFAULT_QUEUE, tasks)
 
 
 def drain_courier(variant: Courier, plan: Plan) -> float:
@@ -107,7 +108,7 @@ def drain_courier(variant: Courier, plan: Plan) -> float:
         fill_courier(s, r, variant, plan.tasks)
         env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
         start_courier_worker(s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel)
-        return steady_rate(r.client(), "default", plan.tasks, plan.drain_timeout)
+        return steady_rate(r.client(), DEFAULT_QUEUE, plan.tasks, plan.drain_timeout)
 
 
 def drain_celery(variant: Celery, plan: Plan) -> float:

@@ -18,6 +18,7 @@ from benchmarks.plan import Plan
 from benchmarks.procs import log, stack
 from benchmarks.services import Redis, start_bare_worker, start_courier_worker, start_redis
 from benchmarks.stats import Figure
+from worker.core.names import DEFAULT_QUEUE
 
 SCENARIO = "2 execution"
 # Courier's default drain rates of this suite run, by plan, so the peers scenario (which runs
@@ -58,7 +59,7 @@ def producer_app(variant: Variant, r: Redis) -> tuple[Celery, str]:
     from worker.celery_config import create_celery_app
     from worker.core.settings import Settings
 
-    return create_celery_app(Settings(redis_url=r.url)), "default"
+    return create_celery_app(Settings(redis_url=r.url)), DEFAULT_QUEUE
 
 
 def measure_drain(

@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 
 from benchmarks.procs import LOOPBACK, Stack, http_ok
 from benchmarks.services import Redis, Worker, start_courier_worker
+from worker.core.names import DEFAULT_QUEUE
 
-BACKLOG = re.compile(r'^courier_queue_backlog\{[^}]*queue_name="default"[^}]*\}\s+(\S+)$', re.M)
+BACKLOG = re.compile(
+    rf'^courier_queue_backlog\{{[^}}]*queue_name="{DEFAULT_QUEUE}"[^}}]*\}}\s+(\S+)$', re.M
+)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from benchmarks.services import (
     start_redis,
 )
 from benchmarks.stats import Figure
+from worker.core.names import DEFAULT_QUEUE
 
 SCENARIO = "7 redis"
 EXPIRES = 5
@@ -43,7 +44,7 @@ def measure_courier(plan: Plan) -> tuple[float, float]:
         submit_many(api.url, plan.footprint_tasks)
         queued = used_memory(client)
         start_courier_worker(s, r)
-        wait_drained(client, "default", plan.drain_timeout)
+        wait_drained(client, DEFAULT_QUEUE, plan.drain_timeout)
         stored = used_memory(client)
     n = plan.footprint_tasks
     return (queued - before) / n, (stored - before) / n
@@ -74,7 +75,7 @@ def measure_expiry(plan: Plan) -> tuple[float, float, float]:
         start_courier_worker(s, r, extra=env)
         before, keys_before = used_memory(client), client.dbsize()
         submit_many(api.url, plan.footprint_tasks)
-        wait_drained(client, "default", plan.drain_timeout)
+        wait_drained(client, DEFAULT_QUEUE, plan.drain_timeout)
         peak = used_memory(client)
         drained_at = time.monotonic()
         # Redis expires keys in its active cycle: wait (a few TTLs at most) until the task keys

@@ -25,6 +25,7 @@ from benchmarks.services import (
     start_redis,
 )
 from benchmarks.stats import Figure
+from worker.core.names import DEFAULT_QUEUE
 
 SCENARIO = "6 memory"
 SAMPLE_SECONDS = 5.0
@@ -61,7 +62,7 @@ def run(plan: Plan) -> list[Figure]:
         worker = start_courier_worker(s, r)
         log(f"{SCENARIO}: Courier, {plan.memory_tasks:,} tasks")
         submit_many(api.url, plan.memory_tasks)
-        wait_drained(r.client(), "default", plan.drain_timeout)
+        wait_drained(r.client(), DEFAULT_QUEUE, plan.drain_timeout)
         api_rss = [largest_child_mib(api.proc)]
         pool_rss = [largest_child_mib(worker.proc)]
         log(f"  after warm-up: api {api_rss[0]:.1f} MiB, pool child {pool_rss[0]:.1f} MiB")

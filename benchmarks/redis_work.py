@@ -44,6 +44,7 @@ from benchmarks.services import (
     start_redis,
 )
 from benchmarks.stats import Figure
+from worker.core.names import DEFAULT_QUEUE
 
 SCENARIO = "7b redis work"
 STATUS_READS = 200
@@ -256,7 +257,7 @@ def dramatiq_done(client: redis.Redis, n: int) -> bool:
 
 
 SYSTEMS = [
-    System("courier (chart flags)", courier_submit, courier_worker, backlog_empty("default"),
+    System("courier (chart flags)", courier_submit, courier_worker, backlog_empty(DEFAULT_QUEUE),
            courier_status),
     System("seed's Celery app", seed_submit, seed_worker, backlog_empty("celery"), seed_status),
     System(DRAMATIQ.label, dramatiq_submit, dramatiq_worker, dramatiq_done,

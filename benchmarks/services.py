@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import redis
 
 from benchmarks.procs import LOOPBACK, VENV_BIN, Stack, free_port, http_ok, wait_until
+from worker.core.names import DEFAULT_QUEUE
 
 WORKER_FAST_FLAGS = ["--without-gossip", "--without-mingle"]
 
@@ -98,7 +99,7 @@ def start_bare_api(s: Stack, r: Redis) -> Api:
 class Worker:
     proc: subprocess.Popen[bytes]
     metrics_port: int = 0
-    queue: str = "default"
+    queue: str = DEFAULT_QUEUE
     extra: dict[str, str] = field(default_factory=dict)
 
 

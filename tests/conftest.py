@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.utils.processes import RedisServer, Service, celery_worker, courier_env, wait_until
 from tests.utils.smtp import SmtpServer
+from worker.core.names import DEFAULT_QUEUE
 from worker.core.settings import Settings
 
 pytest_plugins = ["tests.utils.reaper"]
@@ -71,7 +72,7 @@ def courier_vars(redis_server: RedisServer, smtp_server: SmtpServer) -> dict[str
         "COURIER_MAX_PAYLOAD_BYTES": "4096",
         "COURIER_MAX_RESULT_BYTES": "2048",
         "COURIER_MAX_UPLOAD_BYTES": str(256 * 1024),
-        "COURIER_QUEUES": "default,reports",
+        "COURIER_QUEUES": f"{DEFAULT_QUEUE},reports",
     }
 
 

@@ -6,8 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from celery import Celery
 
 from tests.utils.processes import ROOT, courier_env
+from worker.celery_config import create_celery_app
+from worker.core.names import DEFAULT_QUEUE
 from worker.core.settings import Settings, SettingsError, load_settings
 
 
@@ -20,7 +23,13 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.result_expires == 86400
     assert settings.max_upload_bytes == 10 * 1024 * 1024
     assert settings.email_backend == "console"
-    assert settings.queues == ["default"]
+    assert settings.queues == [DEFAULT_QUEUE]
+
+
+def test_the_default_queue_is_celerys_own_so_stock_producers_reach_the_workers() -> None:
+    stock = Celery("stock")
+    assert DEFAULT_QUEUE == stock.conf.task_default_queue == "celery"
+    stock.close()
 
 
 def test_queues_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,6 +37,16 @@ def test_queues_are_read_comma_separated(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = load_settings()
     assert settings.queues == ["high", "default", "low"]
     assert settings.default_queue == "high"
+
+
+def test_celerys_default_queue_exchange_and_routing_key_follow_the_first_queue() -> None:
+    """What a Courier process publishes with no queue goes where Courier's default is."""
+    for queues in ([DEFAULT_QUEUE], ["high", "low"]):
+        app = create_celery_app(Settings(queues=queues))
+        assert app.conf.task_default_queue == queues[0]
+        assert app.conf.task_default_exchange == app.conf.task_default_routing_key == queues[0]
+        assert [queue.name for queue in app.conf.task_queues] == queues
+        app.close()
 
 
 @pytest.mark.parametrize(

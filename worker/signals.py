@@ -132,7 +132,9 @@ def _heartbeat(hostname: str, queues: list[str], concurrency: int) -> None:
 
 
 # Failures Courier itself raises or reports: their series exist before the first one, so the
-# first burst of each is seen by increase() and rate() (other exceptions start at their first).
+# first burst of each is seen by increase() and rate(). Another exception's series starts at its
+# first failure, as in celery-exporter: courier_task_failures_total, which has no exception
+# label and exists from the start, is what the failure ratio counts.
 KNOWN_FAILURES = (
     "InvalidPayload", "PermanentError", "TransientError", "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "WorkerLostError", "DeadLettered", "MessageLost",
@@ -151,6 +153,7 @@ def _create_series(app: Celery, hostname: str, queues: list[str]) -> None:
             for counter in (
                 metrics.TASK_RECEIVED, metrics.TASK_STARTED, metrics.TASK_SUCCEEDED,
                 metrics.TASK_RETRIED, metrics.TASK_REJECTED, metrics.TASK_REVOKED,
+                metrics.TASK_FAILURES,
             ):  # fmt: skip
                 counter.labels(name, hostname, queue)
             metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue)
@@ -291,7 +294,9 @@ def _task_succeeded(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
 
 
 def _task_failed(sender: Task, exception: BaseException | None = None, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.TASK_FAILED.labels(*_task_labels(sender), type(exception).__name__).inc()
+    labels = _task_labels(sender)
+    metrics.TASK_FAILED.labels(*labels, type(exception).__name__).inc()
+    metrics.TASK_FAILURES.labels(*labels).inc()
 
 
 def _task_retried(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]

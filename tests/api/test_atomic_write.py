@@ -11,10 +11,11 @@ from redis.asyncio import Redis as AsyncRedis
 
 from app.atomic_write import NotReached, script_arguments, write_all
 from tests.utils.processes import RedisServer, free_port
+from worker.core.names import DEFAULT_QUEUE
 from worker.core.redis_client import Command, queue_commands
 
 COMMANDS: list[Command] = [
-    ("hset", ("rec", None, None, {"name": "noop", "queue": "default", "enqueued_at": 1.25})),
+    ("hset", ("rec", None, None, {"name": "noop", "queue": DEFAULT_QUEUE, "enqueued_at": 1.25})),
     ("expire", ("rec", 86400)),
     ("lpush", ("q", '{"body": "\\u00e9", "n": 1}')),
 ]
@@ -44,7 +45,7 @@ def _write(url: str, commands: list[Command]) -> None:
 def test_script_arguments_are_the_commands_arguments() -> None:
     keys, argv = script_arguments(COMMANDS)
     assert keys == ["rec", "rec", "q"]
-    assert argv[:8] == [7, "HSET", "name", "noop", "queue", "default", "enqueued_at", 1.25]
+    assert argv[:8] == [7, "HSET", "name", "noop", "queue", DEFAULT_QUEUE, "enqueued_at", 1.25]
     assert argv[8:] == [2, "EXPIRE", 86400, 2, "LPUSH", '{"body": "\\u00e9", "n": 1}']
 
 

@@ -20,7 +20,7 @@ from celery.signals import after_task_publish, before_task_publish
 from app.publish import MessageBuilder
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
-from worker.core.names import ENQUEUED_AT_HEADER
+from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
 from worker.core.redis_client import queue_commands
 from worker.core.settings import Settings
 from worker.signals import connect_publisher_signals
@@ -33,7 +33,7 @@ VOLATILE_HEADERS = {"id", "root_id", ENQUEUED_AT_HEADER}
 @pytest.fixture
 def celery_app(own_redis: RedisServer) -> Iterator[Celery]:
     connect_publisher_signals()
-    app = create_celery_app(Settings(redis_url=own_redis.url, queues=["default", "reports"]))
+    app = create_celery_app(Settings(redis_url=own_redis.url, queues=[DEFAULT_QUEUE, "reports"]))
     yield app
     app.close()
 
@@ -58,11 +58,11 @@ def _comparable(message: dict[str, Any]) -> dict[str, Any]:
 
 
 CASES: list[dict[str, Any]] = [
-    {"queue": "default"},
+    {"queue": DEFAULT_QUEUE},
     {"queue": "reports", "priority": 7},
-    {"queue": "default", "priority": 0},
-    {"queue": "default", "countdown": 30},
-    {"queue": "default", "eta": datetime(2030, 1, 1, tzinfo=UTC) + timedelta(seconds=1)},
+    {"queue": DEFAULT_QUEUE, "priority": 0},
+    {"queue": DEFAULT_QUEUE, "countdown": 30},
+    {"queue": DEFAULT_QUEUE, "eta": datetime(2030, 1, 1, tzinfo=UTC) + timedelta(seconds=1)},
 ]
 
 
@@ -110,7 +110,7 @@ def test_publish_signals_fire_around_the_write(celery_app: Celery) -> None:
     after_task_publish.connect(after, weak=False)
     try:
         builder = MessageBuilder(celery_app)
-        built = builder.build("noop", {}, "signals", "default")
+        built = builder.build("noop", {}, "signals", DEFAULT_QUEUE)
         builder.close()
         assert [event for event, _ in seen] == ["before"]
         [(_, (_, payload))] = [c for c in built.commands if c[0] == "lpush"]

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
+from worker.core.names import DEFAULT_QUEUE
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "courier"
 RELEASE = "courier"
@@ -83,7 +85,7 @@ VALUE_MATRIX: dict[str, dict[str, Any]] = {
         "redis": {"metrics": {"enabled": True}, "maxmemory": "400mb", "appendfsync": "always"},
         "opentelemetry": {"enabled": True, "endpoint": "http://otel-collector:4317"},
         "config": {
-            "queues": ["default", "reports"],
+            "queues": [DEFAULT_QUEUE, "reports"],
             "email": {"backend": "smtp", "smtp": {"existingSecret": "smtp", "user": "courier"}},
             "extraEnv": {"COURIER_API_KEEPALIVE": 10},
         },

@@ -26,6 +26,7 @@ from tests.deploy.conftest import (
     secret_value,
     workloads,
 )
+from worker.core.names import DEFAULT_QUEUE
 
 MONITORING = CHART.parent.parent / "monitoring"
 
@@ -215,7 +216,7 @@ def test_hpa_scales_the_worker_on_queue_backlog_per_replica(
     assert len(external) == 1
     assert external[0]["metric"]["name"] == "courier_queue_backlog"
     assert external[0]["target"]["type"] == "AverageValue"
-    assert external[0]["metric"]["selector"]["matchExpressions"][0]["values"] == ["default"]
+    assert external[0]["metric"]["selector"]["matchExpressions"][0]["values"] == [DEFAULT_QUEUE]
     assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
     behavior = hpa["spec"]["behavior"]
     assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
@@ -241,7 +242,11 @@ def test_keda_mode_emits_a_scaled_object_and_no_hpa(render: Render) -> None:
     scaled = one(manifests, "ScaledObject", "courier-worker")
     assert scaled["spec"]["scaleTargetRef"]["name"] == "courier-worker"
     prometheus = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
-    assert "max by (queue_name) (courier_queue_backlog{" in prometheus["metadata"]["query"]
+    query = prometheus["metadata"]["query"]
+    assert "max by (queue_name) (courier_queue_backlog{" in query
+    # The API pods export the backlog while no worker is up: KEDA can scale up from zero.
+    assert 'job=~"courier-api|courier-celery-worker"' in query
+    assert f'queue_name=~"{DEFAULT_QUEUE}"' in query
     assert prometheus["metricType"] == "AverageValue"
     assert "replicas" not in one(manifests, "Deployment", "courier-worker")["spec"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from tests.utils.processes import Service, courier_env, free_port, gunicorn, http_ok, wait_until
 from tests.utils.prom import label_values, scrape, total
+from worker.core.names import DEFAULT_QUEUE
 
 TASK_ID = "0b1c2d3e-0000-4000-8000-00000000abcd"
 
@@ -65,7 +67,9 @@ def test_enqueue_outcomes_are_counted_by_task(api: TestClient) -> None:
     assert "made-up-name" not in label_values(samples, "courier_tasks_enqueued_total", "name")
     # The 413 never reached the router, yet it is labelled with its route template.
     assert total(samples, "courier_http_requests_total", route="/v1/tasks/noop", status="413") >= 1
-    assert total(samples, "celery_task_sent_total", name="noop", queue_name="default") >= 1
+    assert total(samples, "celery_task_sent_total", name="noop", queue_name=DEFAULT_QUEUE) >= 1
+    # The host, as the worker's metrics and celery-exporter write it (not a node name celery@vm).
+    assert label_values(samples, "celery_task_sent_total", "hostname") == {socket.gethostname()}
 
 
 def test_gunicorn_workers_share_one_exposition(

@@ -17,6 +17,7 @@ import pytest
 from tests.utils.otlp import OtlpReceiver
 from tests.utils.processes import RedisServer, celery_worker, courier_env, wait_until
 from worker.celery_config import create_celery_app
+from worker.core.names import DEFAULT_QUEUE
 from worker.core.settings import Settings
 
 
@@ -48,7 +49,7 @@ def test_a_worker_without_children_traces_its_tasks(
         app.send_task(
             "noop",
             kwargs={"echo": pool},
-            queue="default",
+            queue=DEFAULT_QUEUE,
             headers={"traceparent": f"00-{trace_id}-{parent}-01"},
         )
         receiver.wait_for(trace_id, "run/noop")

@@ -30,6 +30,7 @@ from tests.utils.processes import (
 )
 from tests.utils.prom import scrape, total
 from tests.utils.smtp import SmtpServer
+from worker.core.names import DEFAULT_QUEUE
 
 
 class Stack:
@@ -86,6 +87,8 @@ def test_every_task_counter_exists_at_zero_before_the_first_task(stack: Stack) -
     for task in ("noop", "send_email", "process_image", "generate_report"):
         for counter in ("received", "started", "succeeded", "retried", "rejected", "revoked"):
             assert (f"celery_task_{counter}_total", task) in series, (counter, task)
+        assert total(samples, "courier_task_failures_total", name=task) == 0
+        assert ("courier_task_failures_total", task) in series, task
         failed = [
             value
             for (name, labels), value in samples.items()
@@ -105,7 +108,7 @@ def test_lifecycle_counters_sum_every_pool_child(stack: Stack) -> None:
     samples = stack.metrics()
     assert total(samples, "celery_task_succeeded_total", name="noop") >= 6
     assert total(samples, "celery_task_started_total", name="noop") >= 6
-    assert total(samples, "celery_task_received_total", name="noop", queue_name="default") >= 6
+    assert total(samples, "celery_task_received_total", name="noop", queue_name=DEFAULT_QUEUE) >= 6
     assert total(samples, "celery_task_runtime_count", name="noop") >= 6
     assert total(samples, "celery_task_runtime_sum", name="noop") >= 6 * 0.3
     assert total(samples, "courier_task_queue_wait_seconds_count", name="noop") >= 6
@@ -129,6 +132,8 @@ def test_failures_carry_the_exception_and_retries_are_counted(stack: Stack) -> N
         total(samples, "celery_task_failed_total", name="process_image", exception="PermanentError")
         == 1
     )
+    assert total(samples, "courier_task_failures_total", name="send_email") == 1
+    assert total(samples, "courier_task_failures_total", name="process_image") == 1
 
 
 # A producer that knows nothing of Courier, in a process of its own (this one has Courier's
@@ -137,8 +142,8 @@ STOCK_PRODUCER = """
 import sys
 from celery import Celery
 stock = Celery("stock", broker=sys.argv[1], backend=sys.argv[1])
-stock.send_task("noop", kwargs={}, queue="default").get(timeout=20)
-stock.send_task("noop", kwargs={}, queue="default", countdown=0.2).get(timeout=20)
+stock.send_task("noop", kwargs={}).get(timeout=20)
+stock.send_task("noop", kwargs={}, countdown=0.2).get(timeout=20)
 """
 
 
@@ -175,7 +180,7 @@ def test_a_routing_key_that_is_no_queue_never_becomes_a_label(stack: Stack) -> N
     }
     url = stack.api.app.state.settings.redis_url
     with redis.Redis.from_url(url) as client:
-        client.lpush("default", json.dumps(envelope))
+        client.lpush(DEFAULT_QUEUE, json.dumps(envelope))
         wait_until(lambda: client.exists(f"celery-task-meta-{task_id}"), 20, "the task to run")
     queues = {dict(labels).get("queue_name") for (_, labels) in stack.metrics()}
     assert made_up not in queues and "unknown" in queues
@@ -185,7 +190,7 @@ def test_backlog_counts_waiting_and_reserved_messages(stack: Stack) -> None:
     # A countdown task is fetched at once and held by the worker until its ETA: delayed.
     delayed = stack.api.post("/v1/tasks/noop", json={}, params={"countdown": 30}).json()["id"]
     wait_until(
-        lambda: total(stack.metrics(), "courier_queue_delayed", queue_name="default") == 1,
+        lambda: total(stack.metrics(), "courier_queue_delayed", queue_name=DEFAULT_QUEUE) == 1,
         10,
         "the delayed task to be held by the worker",
     )
@@ -201,13 +206,13 @@ def test_backlog_counts_waiting_and_reserved_messages(stack: Stack) -> None:
         "two tasks running",
     )
     samples = stack.metrics()
-    assert total(samples, "celery_queue_length", queue_name="default") == 2
-    assert total(samples, "courier_queue_reserved", queue_name="default") == 2
-    assert total(samples, "courier_queue_backlog", queue_name="default") == 4
-    assert total(samples, "courier_queue_delayed", queue_name="default") == 1
-    assert total(samples, "courier_queue_oldest_age_seconds", queue_name="default") > 0
-    assert total(samples, "celery_active_worker_count", queue_name="default") == 1
-    assert total(samples, "celery_active_process_count", queue_name="default") == 2
+    assert total(samples, "celery_queue_length", queue_name=DEFAULT_QUEUE) == 2
+    assert total(samples, "courier_queue_reserved", queue_name=DEFAULT_QUEUE) == 2
+    assert total(samples, "courier_queue_backlog", queue_name=DEFAULT_QUEUE) == 4
+    assert total(samples, "courier_queue_delayed", queue_name=DEFAULT_QUEUE) == 1
+    assert total(samples, "courier_queue_oldest_age_seconds", queue_name=DEFAULT_QUEUE) > 0
+    assert total(samples, "celery_active_worker_count", queue_name=DEFAULT_QUEUE) == 1
+    assert total(samples, "celery_active_process_count", queue_name=DEFAULT_QUEUE) == 2
     assert stack.api.delete(f"/v1/tasks/{delayed}").status_code == 202
     for task_id in ids:
         wait_for_status(stack.api, task_id, timeout=30)

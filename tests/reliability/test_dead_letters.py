@@ -41,7 +41,7 @@ from tests.utils.prom import scrape, total
 from tests.worker.extra_tasks import ALWAYS_TRANSIENT_TASK, INCLUDE
 from worker.core.dead_letters import DeadLetterStore
 from worker.core.envelope import Unfit
-from worker.core.names import DEAD_LETTERS_INDEX_KEY, TASK_RECORD_KEY
+from worker.core.names import DEAD_LETTERS_INDEX_KEY, DEFAULT_QUEUE, TASK_RECORD_KEY
 
 API_KEY = "dead-letter-test-key"
 AUTH = {"X-API-Key": API_KEY}
@@ -98,7 +98,7 @@ def envelope(
         "headers": {"lang": "py", "task": "noop", "id": str(uuid.uuid4()), **(headers or {})},
         "properties": {
             "body_encoding": "base64",
-            "delivery_info": {"exchange": "", "routing_key": "default"},
+            "delivery_info": {"exchange": "", "routing_key": DEFAULT_QUEUE},
             "delivery_mode": 2,
             "delivery_tag": str(uuid.uuid4()),
             "priority": 0,
@@ -124,7 +124,7 @@ def submit_noop(stack: Stack, echo: str) -> str:
 def push_then_run(stack: Stack, raw: bytes | str) -> None:
     """Poison first, then a good task: the good one must succeed in the same worker."""
     pid = stack.worker.pid
-    stack.redis.lpush("default", raw)
+    stack.redis.lpush(DEFAULT_QUEUE, raw)
     after = submit_noop(stack, "after poison")
     assert wait_for_status(stack.api, after)["result"] == "after poison"
     assert stack.worker.process.poll() is None, stack.worker.output()[-3000:]
@@ -177,7 +177,7 @@ def test_a_malformed_message_is_dead_lettered_and_the_queue_goes_on(
     push_then_run(stack, raw)
     letter = dead_lettered(stack, raw)
     assert letter["reason"] == reason
-    assert letter["queue"] == "default"
+    assert letter["queue"] == DEFAULT_QUEUE
     assert letter["detail"]
     # The good task's ack follows its result: nothing is left unacknowledged once it lands.
     wait_until(lambda: stack.redis.hlen("unacked") == 0, 10, "nothing left in unacked")
@@ -192,7 +192,7 @@ def test_the_task_a_dead_letter_names_reads_failed_and_a_stock_client_is_answere
     lost, and the result a stock ``AsyncResult.get()`` waits for is there."""
     task_id = str(uuid.uuid4())
     record = TASK_RECORD_KEY.format(task_id=task_id)
-    stack.redis.hset(record, mapping={"name": "noop", "queue": "default", "enqueued_at": 1.0})
+    stack.redis.hset(record, mapping={"name": "noop", "queue": DEFAULT_QUEUE, "enqueued_at": 1.0})
     stack.redis.expire(record, 600)
     raw = json.dumps(envelope(body=[[], [1, 2], {}], headers={"id": task_id}))
     push_then_run(stack, raw)
@@ -292,14 +292,14 @@ def test_the_store_is_bounded_in_count_and_bytes(own_redis: RedisServer) -> None
     client = redis.Redis.from_url(own_redis.url)
     store = DeadLetterStore(client, max_count=3, max_bytes=300)
     letters = [
-        store.add(f"message {n}".encode(), Unfit("body", f"bad {n}"), "default", "default")
+        store.add(f"message {n}".encode(), Unfit("body", f"bad {n}"), DEFAULT_QUEUE, DEFAULT_QUEUE)
         for n in range(5)
     ]
     count, kept = store.list(10)
     assert count == 3
     assert [letter.id for letter in kept] == [letter.id for letter in letters[:1:-1]]
     assert client.hlen("courier:dead-letters") == client.hlen("courier:dead-letters:raw") == 3
-    big = store.add(b"x" * 1000, Unfit("body", "big"), "default", "default")
+    big = store.add(b"x" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
     stored = store.get(big.id)
     assert stored is not None and stored.truncated and stored.size == 1000
     assert stored.raw == b"x" * 300 and not stored.requeueable
@@ -314,7 +314,7 @@ def test_a_cut_dead_letter_cannot_be_requeued(tmp_path: Path, own_redis: RedisSe
     }
     with TestClient(create_app(settings_from(env))) as api:
         store = api.app.state.dead_letters
-        letter = store.add(b"y" * 1000, Unfit("body", "big"), "default", "default")
+        letter = store.add(b"y" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
         response = api.post(f"/v1/dead-letters/{letter.id}/requeue")
         assert response.status_code == 409
         assert "COURIER_DEAD_LETTER_MAX_BYTES" in response.json()["detail"]

@@ -28,6 +28,7 @@ from tests.utils.processes import (
 )
 from tests.utils.prom import label_values, scrape, total
 from worker.celery_config import create_celery_app
+from worker.core.names import DEFAULT_QUEUE
 
 
 @dataclass
@@ -65,7 +66,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoisonStack]:
 
 
 def queue_is_drained(client: redis.Redis) -> bool:
-    return client.llen("default") == 0 and client.hlen("unacked") == 0
+    return client.llen(DEFAULT_QUEUE) == 0 and client.hlen("unacked") == 0
 
 
 def test_an_undecodable_message_is_dropped_logged_and_does_not_block(stack: PoisonStack) -> None:
@@ -77,8 +78,8 @@ def test_an_undecodable_message_is_dropped_logged_and_does_not_block(stack: Pois
                 content_encoding="utf-8",
                 headers={"task": "noop", "id": str(uuid.uuid4()), "lang": "py"},
             ),
-            exchange="default",
-            routing_key="default",
+            exchange=DEFAULT_QUEUE,
+            routing_key=DEFAULT_QUEUE,
         )
     after = stack.api.post("/v1/tasks/noop", json={"echo": "after poison"}).json()["id"]
     assert wait_for_status(stack.api, after)["result"] == "after poison"
@@ -91,15 +92,15 @@ def rejected(stack: PoisonStack, **labels: str) -> float:
 
 
 def test_an_unknown_task_is_rejected_and_counted(stack: PoisonStack) -> None:
-    before = rejected(stack, name="unknown", queue_name="default")
-    stack.celery.send_task("no.such.task", kwargs={}, queue="default")
+    before = rejected(stack, name="unknown", queue_name=DEFAULT_QUEUE)
+    stack.celery.send_task("no.such.task", kwargs={}, queue=DEFAULT_QUEUE)
     after = stack.api.post("/v1/tasks/noop", json={"echo": "after unknown"}).json()["id"]
     assert wait_for_status(stack.api, after)["result"] == "after unknown"
     wait_until(lambda: queue_is_drained(stack.redis), 10, "the unknown task to be gone")
     assert "no.such.task" in stack.worker.output()
     # The producer's task name is not a label value: it would be one new series per name.
     wait_until(
-        lambda: rejected(stack, name="unknown", queue_name="default") == before + 1,
+        lambda: rejected(stack, name="unknown", queue_name=DEFAULT_QUEUE) == before + 1,
         10,
         "the rejection to be counted",
         0.2,
@@ -127,7 +128,7 @@ def test_a_message_without_a_task_is_rejected_and_counted_under_bounded_labels(
         },
     }
     before = rejected(stack, name="unknown", queue_name="unknown")
-    stack.redis.lpush("default", json.dumps(envelope))
+    stack.redis.lpush(DEFAULT_QUEUE, json.dumps(envelope))
     wait_until(
         lambda: rejected(stack, name="unknown", queue_name="unknown") == before + 1,
         20,

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.conftest import settings_from, wait_for_status
+from worker.core.names import DEFAULT_QUEUE
 
 
 def test_a_finished_state_is_never_overwritten(
@@ -32,7 +33,7 @@ def test_a_redelivered_duplicate_of_a_finished_task_is_skipped(
     assert first["executions"] == 1
     # What a worker dying before its acknowledgement leaves behind: the same message again.
     live_api.app.state.queue._celery.send_task(
-        "noop", kwargs={"echo": "twice"}, task_id=task_id, queue="default"
+        "noop", kwargs={"echo": "twice"}, task_id=task_id, queue=DEFAULT_QUEUE
     )
     time.sleep(2)
     again = live_api.get(f"/v1/tasks/{task_id}").json()

@@ -27,7 +27,7 @@ from tests.utils.processes import (
     wait_until,
 )
 from tests.utils.prom import scrape, total
-from worker.core.names import RECONCILE_LAST_RUN_KEY
+from worker.core.names import DEFAULT_QUEUE, RECONCILE_LAST_RUN_KEY
 
 
 def openssl(*args: str, cwd: Path) -> None:
@@ -94,7 +94,7 @@ def test_everything_talks_to_redis_over_tls(tls_redis_url: str, tmp_path: Path) 
         metrics = f"http://127.0.0.1:{metrics_port}"
         wait_until(lambda: http_ok(f"{metrics}/readyz"), 30, "the worker")
         samples = scrape(f"{metrics}/metrics")
-        assert total(samples, "celery_active_worker_count", queue_name="default") == 1
+        assert total(samples, "celery_active_worker_count", queue_name=DEFAULT_QUEUE) == 1
         client = redis.Redis.from_url(tls_redis_url)
         wait_until(
             lambda: float(client.get(RECONCILE_LAST_RUN_KEY) or 0) > before, 30, "beat's reconcile"

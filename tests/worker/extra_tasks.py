@@ -13,6 +13,8 @@ from worker.runner import WorkerResources, bind_task
 
 ALWAYS_TRANSIENT_TASK = "test_always_transient"
 ALWAYS_TRANSIENT_RETRIES = 2
+# A handler with a bug: an exception Courier never raises itself, so no per-exception series.
+RAISES_VALUE_ERROR_TASK = "test_raises_value_error"
 # The worker option that loads them.
 INCLUDE = "--include=tests.worker.extra_worker"
 
@@ -25,12 +27,25 @@ def always_transient(payload: Empty, ctx: TaskContext) -> None:
     raise TransientError(f"attempt {ctx.retries + 1} failed")
 
 
+def raises_value_error(payload: Empty, ctx: TaskContext) -> None:
+    raise ValueError("a bug in the handler")
+
+
 def bind_extra_tasks(app: Celery, settings: Settings) -> None:
-    spec = TaskSpec(
-        name=ALWAYS_TRANSIENT_TASK,
-        func=always_transient,
-        payload=Empty,
-        description="Raises TransientError and lists no retry_on.",
-        max_retries=ALWAYS_TRANSIENT_RETRIES,
-    )
-    bind_task(app, spec, WorkerResources(settings))
+    resources = WorkerResources(settings)
+    for spec in (
+        TaskSpec(
+            name=ALWAYS_TRANSIENT_TASK,
+            func=always_transient,
+            payload=Empty,
+            description="Raises TransientError and lists no retry_on.",
+            max_retries=ALWAYS_TRANSIENT_RETRIES,
+        ),
+        TaskSpec(
+            name=RAISES_VALUE_ERROR_TASK,
+            func=raises_value_error,
+            payload=Empty,
+            description="Raises ValueError, an exception Courier does not raise itself.",
+        ),
+    ):
+        bind_task(app, spec, resources)

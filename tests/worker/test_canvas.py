@@ -18,16 +18,44 @@ from fastapi.testclient import TestClient
 from tests.conftest import settings_from
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
+from worker.core.names import DEFAULT_QUEUE
 
 TIMEOUT = 30
 
 
 @pytest.fixture
 def stock(redis_server: RedisServer, live_api: TestClient) -> Iterator[Celery]:
-    app = Celery("stock", broker=redis_server.url, backend=redis_server.url)
-    app.conf.task_default_queue = "default"  # Courier's queue (Celery's own default: celery)
+    app = Celery("stock", broker=redis_server.url, backend=redis_server.url)  # Celery's defaults
     yield app
     app.close()
+
+
+def test_a_stock_client_that_names_no_queue_reaches_the_workers(
+    stock: Celery, live_api: TestClient
+) -> None:
+    """Before, Courier's workers read only ``default`` while a stock client that names no queue
+    sends to Celery's default, ``celery``: its send_task and group never ran. Courier's default
+    queue is now Celery's own."""
+    assert stock.conf.task_default_queue == DEFAULT_QUEUE  # the stock client's, untouched
+    sent = stock.send_task("noop", kwargs={"echo": "no queue"})
+    grouped = group(stock.signature("noop", kwargs={"echo": n}) for n in range(3)).apply_async()
+    assert sent.get(timeout=TIMEOUT) == "no queue"
+    assert grouped.get(timeout=TIMEOUT) == [0, 1, 2]
+    for result, echo in [(sent, "no queue"), *zip(grouped.results, range(3), strict=True)]:
+        status = live_api.get(f"/v1/tasks/{result.id}").json()
+        assert (status["status"], status["result"]) == ("succeeded", echo), status
+        assert (status["name"], status["queue"], status["executions"]) == ("noop", DEFAULT_QUEUE, 1)
+        assert live_api.get(f"/tasks/{result.id}").json()["status"] == "SUCCESS"
+
+
+def test_a_stock_client_naming_another_configured_queue_reaches_it(
+    stock: Celery, live_api: TestClient
+) -> None:
+    """The session's workers consume every queue of COURIER_QUEUES (here also ``reports``): how
+    an upgrade drains the old ``default`` queue while ``COURIER_QUEUES`` lists it."""
+    sent = stock.send_task("noop", kwargs={"echo": "routed"}, queue="reports")
+    assert sent.get(timeout=TIMEOUT) == "routed"
+    assert live_api.get(f"/v1/tasks/{sent.id}").json()["queue"] == "reports"
 
 
 def test_a_mutable_chain_keeps_the_parents_success_and_fails_the_child_clearly(
@@ -80,7 +108,7 @@ def test_a_task_from_another_producer_gets_a_record_and_a_true_status(
     assert result.get(timeout=TIMEOUT) == "foreign"
     status = live_api.get(f"/v1/tasks/{result.id}").json()
     assert status["status"] == "succeeded" and status["result"] == "foreign"
-    assert (status["name"], status["queue"], status["executions"]) == ("noop", "default", 1)
+    assert (status["name"], status["queue"], status["executions"]) == ("noop", DEFAULT_QUEUE, 1)
     assert status["started_at"] is not None
     assert live_api.get(f"/tasks/{result.id}").json()["status"] == "SUCCESS"
     chained = chain(

@@ -1,7 +1,7 @@
 """The periodic reconcile, run by a real worker: a queued task whose message vanished from
 Redis (``celery purge``, a deleted list) is failed with MessageLost; every other stays queued.
 
-The worker consumes ``default`` only, so the tasks submitted to ``reports`` stay queued with
+The worker consumes the default queue only, so the tasks submitted to ``reports`` stay queued with
 their messages in Redis, where each test case then removes, moves or keeps them.
 """
 
@@ -22,6 +22,7 @@ from tests.worker.stack import WorkerStack, worker_stack
 from worker.celery_config import PRIORITY_STEPS, create_celery_app, restore_interval
 from worker.core import reconcile as reconcile_module
 from worker.core.names import (
+    DEFAULT_QUEUE,
     KOMBU_PRIORITY_SEP,
     KOMBU_UNACKED_KEY,
     RECONCILE_LAST_RUN_KEY,
@@ -39,11 +40,11 @@ STALE_AFTER = VISIBILITY_TIMEOUT + restore_interval(VISIBILITY_TIMEOUT)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
     env = {
-        "COURIER_QUEUES": "default,reports",
+        "COURIER_QUEUES": f"{DEFAULT_QUEUE},reports",
         "COURIER_BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
     tmp = tmp_path_factory.mktemp("reconcile")
-    with worker_stack(tmp, "reconciler", env, extra_args=("--queues=default",)) as stack:
+    with worker_stack(tmp, "reconciler", env, extra_args=(f"--queues={DEFAULT_QUEUE}",)) as stack:
         yield stack
 
 

@@ -9,7 +9,7 @@ import redis
 from celery import states
 
 from tests.utils.processes import RedisServer
-from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
+from worker.core.names import CELERY_RESULT_KEY, DEFAULT_QUEUE, TASK_RECORD_KEY
 from worker.core.records import StartCheck, TaskRecords
 from worker.core.redis_client import queue_commands
 
@@ -19,7 +19,7 @@ TTL = 300
 def create_record(records: TaskRecords, task_id: str) -> None:
     """As the producer writes it: the record's commands in one MULTI."""
     pipe = records.client.pipeline(transaction=True)
-    queue_commands(pipe, records.create_commands(task_id, "noop", "default"))
+    queue_commands(pipe, records.create_commands(task_id, "noop", DEFAULT_QUEUE))
     pipe.execute()
 
 

@@ -15,6 +15,7 @@ from tests.conftest import wait_for_status
 from tests.utils.processes import wait_until
 from tests.utils.prom import total
 from tests.worker.stack import WorkerStack, worker_stack
+from worker.core.names import DEFAULT_QUEUE
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
 
 
 def revoked_count(stack: WorkerStack) -> float:
-    return total(stack.metrics(), "celery_task_revoked_total", name="noop", queue_name="default")
+    return total(
+        stack.metrics(), "celery_task_revoked_total", name="noop", queue_name=DEFAULT_QUEUE
+    )
 
 
 def hostnames_revoked(stack: WorkerStack) -> set[str]:

@@ -22,6 +22,7 @@ from app.main import create_app
 from tests.conftest import settings_from, wait_for_status
 from tests.utils.processes import RedisServer, celery_worker, courier_env, wait_until
 from worker.celery_config import TRANSPORT
+from worker.core.names import DEFAULT_QUEUE
 from worker.transport import scripts
 
 QUEUE = Queue("work")
@@ -262,7 +263,7 @@ def test_celery_inspect_and_purge_work_against_a_worker_on_it(
             submit()  # no credit left: they stay in the list
         assert "Purged 3 messages" in celery_command(variables, "purge", "-f")
         client = cleanup.enter_context(contextlib.closing(redis.Redis.from_url(own_redis.url)))
-        assert client.llen("default") == 0
+        assert client.llen(DEFAULT_QUEUE) == 0
         assert client.hlen("unacked") == 2  # the running and the reserved task, still held
 
 

@@ -50,6 +50,14 @@ TASK_SUCCEEDED = Counter("celery_task_succeeded", "Tasks that succeeded.", TASK_
 TASK_FAILED = Counter(
     "celery_task_failed", "Tasks that failed for good.", (*TASK_LABELS, "exception")
 )
+# The failures above without their exception: every series of it exists at 0 from worker start
+# (one per task, queue and worker), so the failure ratio sees the first burst of an exception
+# no counter had yet (``celery_task_failed_total{exception=...}`` starts at its first failure).
+TASK_FAILURES = Counter(
+    "courier_task_failures",
+    "Tasks that failed for good, whatever the exception (celery_task_failed_total without it).",
+    TASK_LABELS,
+)
 TASK_RETRIED = Counter("celery_task_retried", "Failed attempts that will be retried.", TASK_LABELS)
 TASK_REJECTED = Counter(
     "celery_task_rejected", "Messages a worker rejected (requeued or dropped).", TASK_LABELS

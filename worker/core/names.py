@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-DEFAULT_QUEUE = "default"
+# Celery's own default queue name (its ``task_default_queue``): a stock Celery client that names
+# no queue (``send_task``, a ``group``, Flower's async-apply) sends here, so it reaches Courier's
+# workers with no routing of its own. ``COURIER_QUEUES`` overrides it (its first name).
+DEFAULT_QUEUE = "celery"
 
 KEY_PREFIX = "courier:"
 # Record of an issued task id (hash): lets the API tell "never issued" (404) from "queued".
