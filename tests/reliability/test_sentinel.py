@@ -35,7 +35,7 @@ from tests.utils.processes import (
 )
 from tests.utils.sentinel import SentinelCluster
 from worker.celery_config import create_celery_app
-from worker.core.names import RECONCILE_TASK
+from worker.core.names import DEFAULT_QUEUE, RECONCILE_TASK
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.result_backend import CourierSentinelBackend
 from worker.transport import SentinelChannel
@@ -108,7 +108,7 @@ def test_the_api_reads_and_writes_the_primary_through_sentinel(cluster: Sentinel
         task_id = accepted.json()["id"]
         assert api.get(f"/v1/tasks/{task_id}").json()["status"] == "queued"
     with cluster.data_client(cluster.primary_port()) as direct:
-        assert direct.llen("default") >= 1
+        assert direct.llen(DEFAULT_QUEUE) >= 1
 
 
 def test_beat_sends_its_schedule_through_sentinel(cluster: SentinelCluster, tmp_path: Path) -> None:
