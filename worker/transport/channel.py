@@ -439,7 +439,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     def _fetch_now(self, queue: str, record: bool) -> list[dict[str, Any]]:
         lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps]
         keys, args = self._fetch_args(lists, 1)
-        args[2:] = [("+" if record else "-") + queue for _ in lists]
+        # No start stamp: a message taken this way is not handed to an idle pool process.
+        args[2:] = [*(("+" if record else "-") + queue for _ in lists), ""]
         with self.conn_or_acquire() as client:
             reply = self.fetch_script(keys=keys, args=args, client=client)
             self._maybe_update_queues_expire(client, queue)
