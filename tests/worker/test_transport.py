@@ -258,6 +258,8 @@ def test_celery_inspect_and_purge_work_against_a_worker_on_it(
 
         running, reserved = submit(), submit()
         wait_for_status(api, running, {"started"}, timeout=60)
+        # Prefetch 2: the reserved task waits in the worker, so no fetch stamped it started.
+        assert api.get(f"/v1/tasks/{reserved}").json()["status"] == "queued"
         inspect = ("inspect", "--timeout", "10", "--json")
         assert running in celery_command(variables, *inspect, "active")
         assert reserved in celery_command(variables, *inspect, "reserved")
@@ -465,3 +467,19 @@ def test_a_task_stamped_at_fetch_costs_its_pool_child_one_round_trip_not_two(
     # pool's child takes its next task after the fetch that found it); the child's own stamp
     # made it 3 per task and more.
     assert calls["cmdstat_evalsha"] <= 2.5 * tasks, calls
+
+
+def test_a_task_revoked_while_queued_is_skipped_on_the_fetch_check_alone(tmp_path: Path) -> None:
+    """The revoked flag set without the broadcast (what a worker started after the cancel
+    sees): the fetch reads it, and the pool child, which makes no round trip of its own, skips
+    the task on that check."""
+    with worker_stack(tmp_path, "unbroadcast") as stack:
+        blocker = stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 1}).json()["id"]
+        wait_for_status(stack.api, blocker, {"started"})
+        queued = stack.api.post("/v1/tasks/noop", json={"echo": "never"}).json()["id"]
+        assert TaskRecords(stack.redis, 300).mark_revoked(queued)
+        done = wait_for_status(stack.api, queued)
+        assert wait_for_status(stack.api, blocker)["status"] == "succeeded"
+        stored = json.loads(stack.redis.get(CELERY_RESULT_KEY.format(task_id=queued)) or b"{}")
+    assert (done["status"], done["result"]) == ("revoked", None)
+    assert stored["status"] == states.REVOKED
