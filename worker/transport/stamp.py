@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 
 from celery import states
 
-from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
+from worker.core.names import CELERY_RESULT_KEY, START_CHECK_HEADER, TASK_RECORD_KEY
 
-START_CHECK_HEADER = "courier_start_check"
+__all__ = ["FINISHED", "REVOKED", "STARTED", "START_CHECK_HEADER", "StampSource", "StartStamp"]
+
 # The start checks a fetch returns: the task may run, it was revoked while queued, it had
 # already finished (a duplicate).
 STARTED, REVOKED, FINISHED = "started", "revoked", "finished"
-CHECKS = frozenset({STARTED, REVOKED, FINISHED})
 
 
 @dataclass(frozen=True)
