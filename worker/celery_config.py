@@ -18,9 +18,11 @@ Why each setting is what it is, in short (the README says more):
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery, current_app, states
+from celery.signals import celeryd_init
 from kombu import Queue
 
 from worker.core.dead_letters import DeadLetterScreen
@@ -31,6 +33,7 @@ from worker.core.result_backend import backend_url
 from worker.core.settings import Settings, SettingsError, get_settings
 from worker.registry import registered_tasks
 from worker.runner import WorkerResources, bind_task, connect_start_stamp
+from worker.transport.stamp import StartStamp
 
 # Redis priorities: 0 is the highest; each step is its own list in Redis.
 PRIORITY_STEPS = [0, 3, 6, 9]
@@ -76,6 +79,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "queue_order_strategy": "priority",
             "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
             "message_screen": f"{__name__}:screen_message",
+            "start_stamp": f"{__name__}:start_stamp",
             "socket_keepalive": True,
             "socket_keepalive_options": TCP_KEEPALIVE_OPTIONS,
             **transport_timeouts,
@@ -135,7 +139,24 @@ def create_celery_app(settings: Settings) -> Celery:
         bind_task(app, spec, resources)
     connect_start_stamp(app, resources)
     app.courier_screen = dead_letter_screen(app, settings)  # type: ignore[attr-defined]
+
+    def arm_start_stamp(sender: str, instance: Any, **_: Any) -> None:
+        # A worker's main process, before its consumer starts: its node name is known now.
+        if instance.app is app and app.conf.worker_prefetch_multiplier == 1:
+            app.courier_start_stamp = StartStamp(
+                hostname=sender, pid=os.getpid(), ttl=settings.result_expires, tasks=set(specs)
+            )
+
+    celeryd_init.connect(arm_start_stamp, weak=False)
     return app
+
+
+def start_stamp() -> StartStamp | None:
+    """The transport's ``start_stamp``: set in a worker that hands each message to an idle
+    pool process as it takes it (``worker/transport/stamp.py``), else None. Named by its path
+    for the same reason as ``screen_message``."""
+    stamp: StartStamp | None = getattr(current_app, "courier_start_stamp", None)
+    return stamp
 
 
 def screen_message(

@@ -30,6 +30,7 @@ from worker.core.result_backend import CourierRedisBackend
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
 from worker.transport.headroom import past_maxmemory
+from worker.transport.stamp import FINISHED, REVOKED, START_CHECK_HEADER, STARTED
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,14 @@ class RunContext:
     backend: CourierRedisBackend
 
 
-START_CHECK = "courier_start_check"
+# The request attribute holding the StartCheck: the fetch's, when it stamped the task (its
+# header, which Celery copies into the request: worker/transport/stamp.py), else the child's.
+START_CHECK = START_CHECK_HEADER
+_FETCH_CHECKS = {
+    STARTED: StartCheck(revoked=False, finished=False),
+    REVOKED: StartCheck(revoked=True, finished=False),
+    FINISHED: StartCheck(revoked=False, finished=True),
+}
 
 
 def check_result_size(result: Any, limit: int) -> None:
@@ -90,10 +98,17 @@ def connect_start_stamp(app: Celery, resources: WorkerResources) -> None:
     """In ``task_prerun``, one round trip stamps ``started_at`` and stores Celery's STARTED
     state together (Celery's own ``task_track_started`` write is off: it would be a second
     round trip per task), so a client never sees ``started`` without a start time; the
-    revoked flag read in the same call is left on the request for the task body."""
+    revoked flag read in the same call is left on the request for the task body. A task the
+    fetch that took it stamped already (``worker/transport/stamp.py``) makes no round trip:
+    the fetch's check is in its request."""
 
     def stamp(sender: Task, task_id: str, **_: Any) -> None:  # type: ignore[type-arg]
         if sender.app is app and not sender.name.startswith("celery."):
+            given = getattr(sender.request, START_CHECK, None)
+            fetched = _FETCH_CHECKS.get(given) if isinstance(given, str) else None
+            if fetched is not None:
+                setattr(sender.request, START_CHECK, fetched)
+                return
             backend = cast(CourierRedisBackend, sender.backend)
             started = backend.started_meta(task_id, sender.request)
             # Before the execution span opens, so no span could have a parent (client_spans):

@@ -5,25 +5,34 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from celery import Celery, states
+from celery.app.task import Context
 from fastapi.testclient import TestClient
 from kombu import Connection, Consumer, Producer, Queue
 
 from app.main import create_app
 from tests.conftest import settings_from, wait_for_status
 from tests.utils.processes import RedisServer, celery_worker, courier_env, wait_until
+from tests.worker.stack import worker_stack
 from worker.celery_config import TRANSPORT
-from worker.core.names import DEFAULT_QUEUE
+from worker.core.names import CELERY_RESULT_KEY, DEFAULT_QUEUE, TASK_RECORD_KEY
+from worker.core.records import TaskRecords
+from worker.core.redis_client import queue_commands
+from worker.core.result_backend import CourierRedisBackend
 from worker.transport import scripts
+from worker.transport.stamp import START_CHECK_HEADER, StartStamp
 
 QUEUE = Queue("work")
 
@@ -249,6 +258,8 @@ def test_celery_inspect_and_purge_work_against_a_worker_on_it(
 
         running, reserved = submit(), submit()
         wait_for_status(api, running, {"started"}, timeout=60)
+        # Prefetch 2: the reserved task waits in the worker, so no fetch stamped it started.
+        assert api.get(f"/v1/tasks/{reserved}").json()["status"] == "queued"
         inspect = ("inspect", "--timeout", "10", "--json")
         assert running in celery_command(variables, *inspect, "active")
         assert reserved in celery_command(variables, *inspect, "reserved")
@@ -310,3 +321,165 @@ def test_acknowledgements_not_yet_sent_leave_when_the_channel_closes(
             message.ack()
     assert client.hlen("unacked") == 0
     assert client.zcard("unacked_index") == 0
+
+
+# --- the start stamp at fetch (worker/transport/stamp.py) ---
+
+STAMP = StartStamp(hostname="stamper@host", pid=os.getpid(), ttl=300, tasks={"noop"})
+
+
+def publish_task(url: str, task_id: str, name: str = "noop", **headers: Any) -> None:
+    """A Celery protocol 2 message, as any producer writes it."""
+    with courier_connection(url) as connection:
+        Producer(connection).publish(
+            [[], {}, {}],
+            routing_key=QUEUE.name,
+            declare=[QUEUE],
+            headers={"task": name, "id": task_id, "retries": 0, "eta": None, **headers},
+        )
+
+
+def consume_one(url: str, stamp: StartStamp | None = STAMP) -> Any:
+    received: list[Any] = []
+    with (
+        courier_connection(url, start_stamp=lambda: stamp) as connection,
+        Consumer(connection, [QUEUE], callbacks=[lambda b, m: received.append(m)], accept=["json"]),
+    ):
+        connection.drain_events(timeout=10)
+        received[0].ack()
+    return received[0]
+
+
+def test_the_fetch_stamps_a_task_to_run_now_as_the_pool_child_would(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    """The record (created: another producer's task), start time, attempt count and Celery's
+    STARTED state are written by the script that takes the message, and its check rides back
+    in a header, which Celery copies into the task's request."""
+    task_id = str(uuid.uuid4())
+    publish_task(own_redis.url, task_id)
+    before = time.time()
+    message = consume_one(own_redis.url)
+    assert message.headers[START_CHECK_HEADER] == "started"
+    record, stored = TaskRecords(client, STAMP.ttl).get_with_result(task_id)
+    assert record is not None and (record.name, record.queue, record.executions) == (
+        "noop", QUEUE.name, 1,
+    )  # fmt: skip
+    assert record.started_at is not None and before - 0.5 < record.started_at <= time.time()
+    assert 0 < client.ttl(CELERY_RESULT_KEY.format(task_id=task_id)) <= STAMP.ttl
+    assert 0 < client.ttl(TASK_RECORD_KEY.format(task_id=task_id)) <= STAMP.ttl
+    # What the child's stamp stores (Celery's backend, result_extended), but for the body's
+    # args and kwargs, which the script does not decode.
+    app = Celery("stamped", backend=own_redis.url, result_extended=True)
+    request = Context(
+        id=task_id, task="noop", args=None, kwargs=None, hostname=STAMP.hostname, retries=0,
+        delivery_info={"routing_key": QUEUE.name},
+    )  # fmt: skip
+    expected = json.loads(CourierRedisBackend(app=app).started_meta(task_id, request))
+    app.close()
+    assert stored is not None and json.loads(stored) == expected
+
+
+def test_the_fetch_check_says_revoked_or_finished_and_never_stores_over_a_final_state(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    records = TaskRecords(client, STAMP.ttl)
+    revoked, finished = str(uuid.uuid4()), str(uuid.uuid4())
+    for task_id in (revoked, finished):
+        pipe = client.pipeline(transaction=True)
+        queue_commands(pipe, records.create_commands(task_id, "noop", QUEUE.name))
+        pipe.execute()
+    records.mark_revoked(revoked)
+    done = json.dumps({"status": states.SUCCESS, "result": 1, "task_id": finished})
+    client.set(CELERY_RESULT_KEY.format(task_id=finished), done)
+    publish_task(own_redis.url, revoked)
+    assert consume_one(own_redis.url).headers[START_CHECK_HEADER] == "revoked"
+    publish_task(own_redis.url, finished)
+    assert consume_one(own_redis.url).headers[START_CHECK_HEADER] == "finished"
+    assert client.get(CELERY_RESULT_KEY.format(task_id=finished)) == done.encode()
+
+
+@pytest.mark.parametrize(
+    ("case", "headers", "stamp"),
+    [
+        ("a countdown task", {"eta": "2030-01-01T00:00:00+00:00"}, STAMP),
+        ("an expiring task", {"expires": "2030-01-01T00:00:00+00:00"}, STAMP),
+        ("a task the stamp does not name", {"task": "other"}, STAMP),
+        ("a worker that prefetches", {}, None),
+    ],
+)
+def test_the_fetch_leaves_the_stamp_to_the_pool_child_for(
+    own_redis: RedisServer,
+    client: redis.Redis,
+    case: str,
+    headers: dict[str, Any],
+    stamp: StartStamp | None,
+) -> None:
+    task_id = str(uuid.uuid4())
+    name = headers.pop("task", "noop")
+    publish_task(own_redis.url, task_id, name, **headers)
+    message = consume_one(own_redis.url, stamp)
+    assert START_CHECK_HEADER not in message.headers, case
+    assert client.exists(CELERY_RESULT_KEY.format(task_id=task_id)) == 0, case
+    assert client.exists(TASK_RECORD_KEY.format(task_id=task_id)) == 0, case
+
+
+@pytest.mark.parametrize("stamp", [STAMP, None])
+def test_a_start_check_header_sent_by_a_producer_never_reaches_the_task(
+    own_redis: RedisServer, stamp: StartStamp | None
+) -> None:
+    """A forged "finished" would make the worker skip the task as a duplicate."""
+    publish_task(own_redis.url, str(uuid.uuid4()), **{START_CHECK_HEADER: "finished"})
+    expected = "started" if stamp is not None else None
+    assert consume_one(own_redis.url, stamp).headers.get(START_CHECK_HEADER) == expected
+
+
+def test_a_task_stamped_at_fetch_costs_its_pool_child_one_round_trip_not_two(
+    tmp_path: Path,
+) -> None:
+    """Counted by Redis (INFO commandstats) over tasks queued behind a busy pool process: per
+    task one FETCH (which stamps it) and one result write; the child's own stamp script (and
+    its HINCRBY) never runs."""
+    tasks = 20
+    with worker_stack(tmp_path, "stamped") as stack:
+        blocker = stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 2}).json()["id"]
+        wait_for_status(stack.api, blocker, {"started"})
+        ids = [stack.api.post("/v1/tasks/noop", json={}).json()["id"] for _ in range(tasks)]
+        stack.redis.config_resetstat()
+        result_keys = [CELERY_RESULT_KEY.format(task_id=task_id) for task_id in ids]
+        wait_until(
+            lambda: all(
+                json.loads(stack.redis.get(key) or b"{}").get("status") == states.SUCCESS
+                for key in result_keys
+            ),
+            60,
+            "the queued tasks to succeed",
+            0.5,
+        )
+        calls = {k: int(v["calls"]) for k, v in stack.redis.info("commandstats").items()}
+        records = TaskRecords(stack.redis, 300)
+        for task_id in ids:
+            record, _ = records.get_with_result(task_id)
+            assert record is not None and record.started_at is not None
+            assert record.executions == 1
+    assert "cmdstat_hincrby" not in calls, calls
+    # FETCH and the result per task, plus the blocker's result and a few empty fetches (the
+    # pool's child takes its next task after the fetch that found it); the child's own stamp
+    # made it 3 per task and more.
+    assert calls["cmdstat_evalsha"] <= 2.5 * tasks, calls
+
+
+def test_a_task_revoked_while_queued_is_skipped_on_the_fetch_check_alone(tmp_path: Path) -> None:
+    """The revoked flag set without the broadcast (what a worker started after the cancel
+    sees): the fetch reads it, and the pool child, which makes no round trip of its own, skips
+    the task on that check."""
+    with worker_stack(tmp_path, "unbroadcast") as stack:
+        blocker = stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 1}).json()["id"]
+        wait_for_status(stack.api, blocker, {"started"})
+        queued = stack.api.post("/v1/tasks/noop", json={"echo": "never"}).json()["id"]
+        assert TaskRecords(stack.redis, 300).mark_revoked(queued)
+        done = wait_for_status(stack.api, queued)
+        assert wait_for_status(stack.api, blocker)["status"] == "succeeded"
+        stored = json.loads(stack.redis.get(CELERY_RESULT_KEY.format(task_id=queued)) or b"{}")
+    assert (done["status"], done["result"]) == ("revoked", None)
+    assert stored["status"] == states.REVOKED

@@ -56,3 +56,6 @@ KOMBU_PRIORITY_SEP = "\x06\x16"
 
 # The message header carrying the producer's clock at publish time (seconds since the epoch).
 ENQUEUED_AT_HEADER = "courier_enqueued_at"
+# The message header carrying the fetch's start check (worker/transport/stamp.py); set by the
+# worker's own transport only, removed from whatever a producer sends.
+START_CHECK_HEADER = "courier_start_check"

@@ -29,34 +29,49 @@ class TaskRecord:
     executions: int = 0  # attempts started, retries and at-least-once redeliveries included
 
 
+# Lua (after LUA_STATE_HELPERS): the start stamp of one attempt, shared by the worker's
+# ``_MARK_STARTED`` below and the transport's fetch (``worker/transport/scripts.py``), which
+# stamps a task in the same script that takes its message. Arguments: the record's key,
+# Celery's result key, now, the STARTED state to store ('' for none), its TTL, the task's name
+# and queue ('' for none). Returns the revoked flag ('1' or '') and whether the task already
+# finished. A task without a record (sent by another producer: a stock Celery client, Flower,
+# a chain's next step) gets one here, with the usual TTL, so its status reads true; its
+# enqueue time is unknown and reads as its start. One HMGET says whether the record exists
+# (every record has a name), whether it was revoked and how many attempts started, so one HSET
+# writes the start and the count. STARTED is stored without Celery's PUBLISH: a stock client's
+# AsyncResult.get() waits for a ready state only (it reads STARTED from the key, as .state
+# does), Flower follows events; only a get(on_message=...) callback no longer sees STARTED go by.
+STAMP_START_LUA = """
+local function stamp_start(record, result, now, started, ttl, name, queue)
+  local finished = is_finished(result)
+  local fields = redis.call('HMGET', record, 'name', 'revoked', 'executions')
+  if not finished then
+    if fields[1] then
+      redis.call('HSET', record, 'started_at', now,
+        'executions', (tonumber(fields[3]) or 0) + 1)
+    elseif name ~= '' then
+      redis.call('HSET', record, 'name', name, 'queue', queue, 'enqueued_at', now,
+        'started_at', now, 'executions', 1)
+      redis.call('EXPIRE', record, ttl)
+    end
+    if started ~= '' then store_quietly(result, started, ttl) end
+  end
+  return fields[2] or '', finished
+end
+"""
+
 # KEYS: the record, Celery's result. ARGV: now, the STARTED state to store ('' for none), its
 # TTL, the task's name and queue ('' for none). Returns {revoked flag, 1 when the task already
-# finished}. A task without a record (sent by another producer: a stock Celery client, Flower,
-# a chain's next step) gets one here, with the usual TTL, so its status reads true; its
-# enqueue time is unknown and reads as its start. allow-oom: a full Redis must
-# still let an accepted task start, or the queue could never drain (``redis_client.ALLOW_OOM``).
-# One HMGET says both whether the record exists (every record has a name) and whether it was
-# revoked. STARTED is stored without Celery's PUBLISH: a stock client's AsyncResult.get() waits
-# for a ready state only (it reads STARTED from the key, as .state does), Flower follows
-# events; only a get(on_message=...) callback no longer sees STARTED go by.
+# finished}. allow-oom: a full Redis must still let an accepted task start, or the queue could
+# never drain (``redis_client.ALLOW_OOM``).
 _MARK_STARTED = (
     ALLOW_OOM
     + LUA_STATE_HELPERS
+    + STAMP_START_LUA
     + """
-local finished = is_finished(KEYS[2])
-local fields = redis.call('HMGET', KEYS[1], 'name', 'revoked')
-if not finished then
-  if fields[1] then
-    redis.call('HSET', KEYS[1], 'started_at', ARGV[1])
-    redis.call('HINCRBY', KEYS[1], 'executions', 1)
-  elseif ARGV[4] ~= '' then
-    redis.call('HSET', KEYS[1], 'name', ARGV[4], 'queue', ARGV[5], 'enqueued_at', ARGV[1],
-      'started_at', ARGV[1], 'executions', 1)
-    redis.call('EXPIRE', KEYS[1], ARGV[3])
-  end
-  if ARGV[2] ~= '' then store_quietly(KEYS[2], ARGV[2], ARGV[3]) end
-end
-return {fields[2] or '', finished and 1 or 0}
+local revoked, finished = stamp_start(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4],
+  ARGV[5])
+return {revoked, finished and 1 or 0}
 """
 )
 

@@ -26,6 +26,10 @@ What it does instead (``channel.py``):
 - While fetches return messages, the channel fetches again as soon as it has credit, without
   waiting: the peeks are only armed once a fetch came back empty.
 - Acknowledgement is one ``ACK`` script call (ZREM + HDEL) instead of a four-command MULTI/EXEC.
+- *Start stamp at fetch* (``stamp.py``, the transport option ``start_stamp``): for a task handed
+  to an idle pool process at once, ``FETCH`` also does the worker's start stamp (record, start
+  time, STARTED) and returns its check, which the channel puts in the ``courier_start_check``
+  header (removed from every message otherwise); the pool child then skips its round trip.
 - Every fetched message goes through ``message_screen`` (Courier's dead-letter screen) before
   kombu decodes it; a message with no usable delivery tag is recorded under one of its own.
 - A channel closed under a task (a reconnect) raises a connection error, not AttributeError, when

@@ -31,10 +31,12 @@ from kombu.utils.json import dumps, loads
 
 from worker.core.redis_client import refusal_code
 from worker.transport import headroom, scripts
+from worker.transport.stamp import START_CHECK_HEADER, StampSource
 
 logger = logging.getLogger(__name__)
 
 FETCH = "FETCH"
+FETCHED_FIELDS = 4  # per message in FETCH's reply: list position, tag, raw message, start check
 # Screens a fetched message before delivery: ``screen(client, raw, queue, *, source,
 # delivery_tag)`` returns the decoded envelope, or None when it took the message out of the way
 # (``worker.core.dead_letters.screen``); raises a Redis error when it could not (the message
@@ -46,6 +48,18 @@ Screen = Callable[..., dict[str, Any] | None]
 _KombuQoS: Any = kombu_redis.QoS
 _KombuChannel: Any = kombu_redis.Channel
 _socket_readable: Callable[[Any], bool] = kombu_redis._socket_readable  # type: ignore[attr-defined]
+
+
+def with_start_check(payload: Any, check: bytes | str) -> Any:
+    """The envelope with the fetch's start check in its headers, and with no such header
+    otherwise, whatever the producer wrote there: only a fetch may tell a task it was stamped."""
+    headers = payload.get("headers") if isinstance(payload, dict) else None
+    if isinstance(headers, dict):
+        if check:
+            headers[START_CHECK_HEADER] = bytes_to_str(check)
+        else:
+            headers.pop(START_CHECK_HEADER, None)
+    return payload
 
 
 class QoS(_KombuQoS):  # type: ignore[misc]
@@ -116,6 +130,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         "fetch_limit",
         "wait_timeout",
         "message_screen",
+        "start_stamp",
     )
     #: Most messages one fetch takes (the QoS credit bounds it first).
     fetch_limit = 32
@@ -123,6 +138,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     wait_timeout: float | None = None
     #: A ``Screen``, or its dotted path; None: kombu's decoding only.
     message_screen: Screen | str | None = None
+    #: A ``stamp.StampSource``, or its dotted path; None: no start stamp at fetch.
+    start_stamp: StampSource | str | None = None
     #: When Redis last refused a peek (full): peeks pause, fetches poll (``headroom``).
     _peek_refused_at = float("-inf")
 
@@ -149,6 +166,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         )
         if isinstance(self.message_screen, str):
             self.message_screen = symbol_by_name(self.message_screen)
+        if isinstance(self.start_stamp, str):
+            self.start_stamp = symbol_by_name(self.start_stamp)
 
     # --- what kombu's poller calls ---
 
@@ -240,7 +259,12 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     ) -> tuple[list[str], list[Any]]:
         keys = [self.unacked_key, self.unacked_index_key, *(key for key, _ in lists)]
         specs = [("-" if q in self._no_ack_queues else "+") + q for _, q in lists]
-        return keys, [limit, time(), *specs, *(acks or [])]
+        return keys, [limit, time(), *specs, self._stamp_argument(), *(acks or [])]
+
+    def _stamp_argument(self) -> str:
+        source = cast(StampSource | None, self.start_stamp)
+        stamp = source() if source is not None else None
+        return stamp.argument if stamp is not None else ""
 
     def _fetch_carrying_acks(self) -> None:
         if self._send_fetch(self.pending_acks):
@@ -293,17 +317,17 @@ class Channel(_KombuChannel):  # type: ignore[misc]
 
     def _deliver_fetched(self, lists: list[tuple[str, str]], reply: list[Any]) -> None:
         fetched = [
-            (*lists[int(reply[i]) - 1], bytes_to_str(reply[i + 1]), reply[i + 2])
-            for i in range(0, len(reply), 3)
+            (*lists[int(reply[i]) - 1], bytes_to_str(reply[i + 1]), reply[i + 2], reply[i + 3])
+            for i in range(0, len(reply), FETCHED_FIELDS)
         ]
-        for position, (key, queue, tag, raw) in enumerate(fetched):
+        for position, (key, queue, tag, raw, check) in enumerate(fetched):
             try:
                 payload = self._screened(raw, queue, key, tag)
                 if payload is not None:
-                    self.connection._deliver(payload, queue)
+                    self.connection._deliver(with_start_check(payload, check), queue)
             except BaseException:
                 # Not delivered: back at the head of their lists now, not after the timeout.
-                self._restore_tags([t for _, _, t, _ in fetched[position + 1 :]])
+                self._restore_tags([t for _, _, t, _, _ in fetched[position + 1 :]])
                 raise
         self._queue_cycle.rotate(fetched[-1][1])
 
@@ -415,16 +439,17 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     def _fetch_now(self, queue: str, record: bool) -> list[dict[str, Any]]:
         lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps]
         keys, args = self._fetch_args(lists, 1)
-        args[2:] = [("+" if record else "-") + queue for _ in lists]
+        # No start stamp: a message taken this way is not handed to an idle pool process.
+        args[2:] = [*(("+" if record else "-") + queue for _ in lists), ""]
         with self.conn_or_acquire() as client:
             reply = self.fetch_script(keys=keys, args=args, client=client)
             self._maybe_update_queues_expire(client, queue)
         delivered = []
-        for i in range(0, len(reply), 3):
+        for i in range(0, len(reply), FETCHED_FIELDS):
             key, tag, raw = lists[int(reply[i]) - 1][0], bytes_to_str(reply[i + 1]), reply[i + 2]
             payload = self._screened(raw, queue, key, tag)
             if payload is not None:
-                delivered.append(payload)
+                delivered.append(with_start_check(payload, reply[i + 3]))
         return delivered
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
@@ -535,4 +560,5 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             self._resend_acks()
             return  # whatever it took is in unacked: the sweep restores it
         self._fetch_acks = []
-        self._restore_tags([bytes_to_str(reply[i + 1]) for i in range(0, len(reply or []), 3)])
+        replied = range(0, len(reply or []), FETCHED_FIELDS)
+        self._restore_tags([bytes_to_str(reply[i + 1]) for i in replied])

@@ -12,20 +12,87 @@ from __future__ import annotations
 
 from hashlib import sha1
 
+from worker.core.records import STAMP_START_LUA
+from worker.core.result_backend import LUA_STATE_HELPERS
+
 # KEYS[1] unacked hash, KEYS[2] unacked index, KEYS[3..] the lists to take from, in order
 # (priority first, then queue). ARGV[1] how many messages at most, ARGV[2] the delivery time;
-# ARGV[i] for i >= 3 describes KEYS[i]: '+<queue>' when its messages are recorded as
+# ARGV[i] for 3 <= i <= #KEYS describes KEYS[i]: '+<queue>' when its messages are recorded as
 # unacknowledged (a consumer that acknowledges), '-<queue>' when not (no_ack: control replies).
-# ARGV[#KEYS + 1 ..]: delivery tags acknowledged, removed first (ACK's work, carried by the
+# ARGV[#KEYS + 1]: the start stamp's settings ('' or absent: none; ``stamp.StartStamp``).
+# ARGV[#KEYS + 2 ..]: delivery tags acknowledged, removed first (ACK's work, carried by the
 # fetch the freed credit asks for: one call and one round trip instead of two).
-# Returns {list position (1 = KEYS[3]), delivery tag ('' when not recorded), raw message, ...}.
+# Returns {list position (1 = KEYS[3]), delivery tag ('' when not recorded), raw message,
+# start check ('' when not stamped), ...}.
 # A message without a usable delivery tag (not JSON, not kombu's shape) is recorded under a tag
 # of its own, its entry holding the raw text as a string, so it is never in no place at all.
 # redis.pcall: a key of another type is skipped, not an error after earlier pops.
-FETCH = """
-if #ARGV > #KEYS then
-  redis.call('ZREM', KEYS[2], unpack(ARGV, #KEYS + 1))
-  redis.call('HDEL', KEYS[1], unpack(ARGV, #KEYS + 1))
+#
+# The start stamp (``stamp.py`` says when the channel asks for it): a recorded message of a
+# task the settings name, to run now (no ``eta``, no ``expires``, no stamps), gets what the
+# worker's ``task_prerun`` stamp would write (``records.STAMP_START_LUA``: the finished check,
+# record, start time, attempt count, STARTED), in this script, so that the pool child skips its
+# own round trip; its start check ('started', 'revoked' or 'finished') rides back with it.
+# The start time is Redis's clock when the script took the message (TIME, once per call): the
+# worker's ARGV[2] is read before the request is sent, and a message pushed meanwhile would read
+# as started before it was enqueued.
+FETCH = (
+    LUA_STATE_HELPERS
+    + STAMP_START_LUA
+    + """
+local stamp = ARGV[#KEYS + 1]
+if stamp ~= nil and stamp ~= '' then
+  stamp = cjson.decode(stamp)
+  local names = {}
+  for _, name in ipairs(stamp['tasks']) do names[name] = true end
+  stamp['tasks'] = names
+else
+  stamp = nil
+end
+if #ARGV > #KEYS + 1 then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, #KEYS + 2))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, #KEYS + 2))
+end
+local function absent(value)
+  return value == nil or value == cjson.null
+end
+local function text(value)
+  return type(value) == 'string' and value ~= ''
+end
+local started_at
+-- The check of a message stamped here, or '' when its worker's child stamps it (or nobody).
+local function stamp_message(message, routing_key)
+  local headers = type(message) == 'table' and message['headers']
+  if type(headers) ~= 'table' then return '' end
+  local task_id, name = headers['id'], headers['task']
+  if not (text(task_id) and text(name) and stamp['tasks'][name]) then return '' end
+  if not (absent(headers['eta']) and absent(headers['expires'])
+      and absent(headers['stamped_headers'])) then
+    return ''
+  end
+  local retries = headers['retries']
+  if absent(retries) then retries = 0 end
+  if type(retries) ~= 'number' then return '' end
+  if started_at == nil then
+    local now = redis.call('TIME')
+    started_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+  end
+  local parts = {stamp['prefix']}
+  if text(headers['group']) then
+    parts[#parts + 1] = ', "group_id": ' .. cjson.encode(headers['group'])
+  end
+  if text(headers['parent_id']) then
+    parts[#parts + 1] = ', "parent_id": ' .. cjson.encode(headers['parent_id'])
+  end
+  parts[#parts + 1] = ', "name": ' .. cjson.encode(name) .. ', "args": null, "kwargs": null'
+    .. ', "worker": ' .. stamp['worker'] .. ', "retries": ' .. string.format('%d', retries)
+    .. ', "queue": ' .. cjson.encode(routing_key) .. ', "task_id": ' .. cjson.encode(task_id)
+    .. '}'
+  local revoked, finished = stamp_start(stamp['record'] .. task_id, stamp['result'] .. task_id,
+    started_at, table.concat(parts), stamp['ttl'], name, routing_key)
+  if finished then return 'finished' end
+  if revoked == '1' then return 'revoked' end
+  return 'started'
 end
 local limit = tonumber(ARGV[1])
 local now = ARGV[2]
@@ -39,6 +106,7 @@ for i = 3, #KEYS do
     local queue = string.sub(ARGV[i], 2)
     for _, raw in ipairs(items) do
       local tag = ''
+      local check = ''
       if record then
         local exchange, routing_key = '', queue
         local ok, message = pcall(cjson.decode, raw)
@@ -60,16 +128,19 @@ for i = 3, #KEYS do
         end
         redis.call('HSET', KEYS[1], tag, entry)
         redis.call('ZADD', KEYS[2], now, tag)
+        if stamp ~= nil and ok then check = stamp_message(message, routing_key) end
       end
       out[#out + 1] = i - 2
       out[#out + 1] = tag
       out[#out + 1] = raw
+      out[#out + 1] = check
       taken = taken + 1
     end
   end
 end
 return out
 """
+)
 
 # KEYS[1] unacked hash, KEYS[2] unacked index; ARGV the delivery tags acknowledged.
 ACK = """
