@@ -20,11 +20,16 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.api.security import client_identity
+from app.api.fast_submit import FastSubmitRoute
+from app.api.json_body import require_json_body
+from app.api.routes.tasks import enqueue_options
+from app.api.security import api_key_header, bearer, client_identity, rate_limited_client
 from app.main import create_app
 from tests.conftest import settings_from
 from tests.utils.processes import RedisServer
@@ -232,3 +237,29 @@ def test_the_common_submit_skips_the_dependency_solver(
     )
     assert not any(name.endswith(solver) for name in common)
     assert any(name.endswith(solver) for name in keyed)
+
+
+def _calls(dependant: Dependant) -> set[object]:
+    found: set[object] = set()
+    for dependency in dependant.dependencies:
+        found |= {dependency.call, *_calls(dependency)}
+    return found
+
+
+def test_the_fast_path_does_what_every_dependency_of_a_submit_route_does(
+    client: TestClient,
+) -> None:
+    """A dependency added to the tasks router or a submit route would be skipped by the fast
+    path: it must be added there too, and to this list."""
+    replicated = {
+        client_identity, bearer, api_key_header, require_json_body, enqueue_options,
+        rate_limited_client,
+    }  # fmt: skip
+    routes = [
+        context
+        for context in iter_route_contexts(client.app.routes)  # type: ignore[attr-defined]
+        if isinstance(context.original_route, FastSubmitRoute)
+    ]
+    assert {context.path for context in routes} >= {NOOP, "/v1/tasks/send_email"}
+    for context in routes:
+        assert _calls(context.dependant) == replicated, context.path
