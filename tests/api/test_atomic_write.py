@@ -9,7 +9,7 @@ import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from app.atomic_write import NotReached, script_arguments, write_all
+from app.atomic_write import NotReached, pack_command, script_arguments, write_all
 from tests.utils.processes import RedisServer, free_port
 from worker.core.names import DEFAULT_QUEUE
 from worker.core.redis_client import Command, queue_commands
@@ -47,6 +47,30 @@ def test_script_arguments_are_the_commands_arguments() -> None:
     assert keys == ["rec", "rec", "q"]
     assert argv[:8] == [7, "HSET", "name", "noop", "queue", DEFAULT_QUEUE, "enqueued_at", 1.25]
     assert argv[8:] == [2, "EXPIRE", 86400, 2, "LPUSH", '{"body": "\\u00e9", "n": 1}']
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "0" * 40, 2, "rec", "q", 7, "HSET", "enqueued_at", 1.25, -3, 10**20),
+        ("EVAL", "return 1", 0, "\u00e9t\u00e9 \U0001f600", b"\x00\xff raw", ""),
+        ("LPUSH", "q", "x" * 7000, b"y" * 7000, "after a chunked argument"),
+    ],
+)
+def test_commands_are_packed_as_redis_py_packs_them(args: tuple[object, ...]) -> None:
+    """The wire bytes, compared with redis-py's own packer (which sends arguments over its
+    buffer cutoff as separate chunks of the same stream)."""
+    connection = AsyncRedis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    theirs = b"".join(connection.pack_command(*args))
+    assert pack_command(args, connection.encoder) == theirs
+
+
+def test_what_redis_py_refuses_to_send_is_refused_alike() -> None:
+    connection = AsyncRedis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    with pytest.raises(redis.DataError):
+        pack_command(("LPUSH", "q", True), connection.encoder)
+    with pytest.raises(redis.DataError):
+        pack_command(("LPUSH", "q", None), connection.encoder)
 
 
 def test_the_script_stores_what_the_transaction_stored(

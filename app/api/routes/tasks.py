@@ -24,7 +24,8 @@ from app.api.errors import (
     UnknownTask,
     error_responses,
 )
-from app.api.json_body import StandardJsonRoute, require_json_body
+from app.api.fast_submit import FastSubmitRoute
+from app.api.json_body import require_json_body
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
 from app.api.security import SubmitterDep, client_identity
 from app.idempotency import MAX_KEY_LENGTH, request_fingerprint
@@ -125,6 +126,45 @@ def check_depth(payload: dict[str, Any], limit: int) -> None:
         raise PayloadTooDeep(f"payload nests {depth} levels deep; the limit is {limit}")
 
 
+async def accept(
+    request: Request,
+    response: Response,
+    spec: TaskSpec,
+    payload: BaseModel | None,
+    options: EnqueueOptions,
+    client: str,
+    idempotency_key: str | None,
+) -> TaskAccepted:
+    """The submit once FastAPI (or ``app.api.fast_submit``, which calls this too) has read,
+    authenticated, rate-limited and validated the request: enqueue, then the 202's body and
+    headers (``response`` carries the headers, as FastAPI's sub-response does)."""
+    # Queue and settings straight from app.state rather than QueueDep and SettingsDep:
+    # FastAPI solves every dependency of every request anew, a visible share of a submit.
+    state = request.app.state
+    queue: TaskQueue = state.queue
+    settings: Settings = state.settings
+    data = (payload or spec.payload()).model_dump(mode="json")
+    check_depth(data, settings.max_payload_depth)
+    if idempotency_key is None:
+        task_id = await queue.enqueue_async(spec.name, data, options)
+    else:
+        fingerprint = request_fingerprint(spec.name, data, asdict(options))
+        submission = await run_in_threadpool(
+            state.idempotency.submit,
+            client,
+            idempotency_key,
+            fingerprint,
+            lambda task_id, guard: queue.enqueue(spec.name, data, options, task_id, guard),
+        )
+        task_id = submission.task_id
+        if submission.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+    url = task_url(request, task_id)
+    response.headers["Location"] = url
+    trace_id = set_trace_headers(response)
+    return TaskAccepted(id=task_id, name=spec.name, status_url=url, trace_id=trace_id)
+
+
 def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
     model = spec.payload
     optional = not any(field.is_required() for field in model.model_fields.values())
@@ -137,31 +177,7 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
         idempotency_key: IdempotencyKeyHeader = None,
         payload: BaseModel | None = None,
     ) -> TaskAccepted:
-        # Queue and settings straight from app.state rather than QueueDep and SettingsDep:
-        # FastAPI solves every dependency of every request anew, a visible share of a submit.
-        state = request.app.state
-        queue: TaskQueue = state.queue
-        settings: Settings = state.settings
-        data = (payload or model()).model_dump(mode="json")
-        check_depth(data, settings.max_payload_depth)
-        if idempotency_key is None:
-            task_id = await queue.enqueue_async(spec.name, data, options)
-        else:
-            fingerprint = request_fingerprint(spec.name, data, asdict(options))
-            submission = await run_in_threadpool(
-                request.app.state.idempotency.submit,
-                client,
-                idempotency_key,
-                fingerprint,
-                lambda task_id, guard: queue.enqueue(spec.name, data, options, task_id, guard),
-            )
-            task_id = submission.task_id
-            if submission.replayed:
-                response.headers["Idempotent-Replayed"] = "true"
-        url = task_url(request, task_id)
-        response.headers["Location"] = url
-        trace_id = set_trace_headers(response)
-        return TaskAccepted(id=task_id, name=spec.name, status_url=url, trace_id=trace_id)
+        return await accept(request, response, spec, payload, options, client, idempotency_key)
 
     # Type the body with this task's model (an empty body is fine when no field is required).
     signature = inspect.signature(submit)
@@ -181,6 +197,18 @@ def _submit_endpoint(spec: TaskSpec) -> Callable[..., Any]:
     submit.__signature__ = signature.replace(parameters=[*others, body])  # type: ignore[attr-defined]
     submit.__name__ = f"submit_{spec.name}"
     return submit
+
+
+def _submit_route(spec: TaskSpec) -> type[FastSubmitRoute]:
+    class SubmitRoute(FastSubmitRoute):
+        async def submit(
+            self, request: Request, response: Response, payload: BaseModel | None, client: str
+        ) -> BaseModel:
+            options = await enqueue_options(request)  # no query string: the defaults
+            return await accept(request, response, spec, payload, options, client, None)
+
+    SubmitRoute.__name__ = SubmitRoute.__qualname__ = f"Submit{spec.name.title()}Route"
+    return SubmitRoute
 
 
 def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
@@ -211,7 +239,7 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
             status_code=202,
             summary=f"Submit a {spec.name} task",
             dependencies=[Depends(require_json_body)],
-            route_class_override=StandardJsonRoute,
+            route_class_override=_submit_route(spec),
             responses=error_responses(409, 413, 415, 429),
         )
 

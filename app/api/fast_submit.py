@@ -1,0 +1,125 @@
+"""The common submit without FastAPI's dependency solver; every other request goes to FastAPI.
+
+Counted with callgrind, FastAPI's handling of a submit route (solving its dependencies anew on
+every request, reading the body, validating and serialising the response) was half of a
+submit's instructions, more than the Redis write. The common request, a JSON body sent as
+``application/json`` with no query string and no ``Idempotency-Key``, is taken here by calling
+the functions FastAPI would call, in the order it would reach a side effect: the security
+schemes and ``client_identity``, the route's body field (FastAPI's own validation), then the
+rate limiter, the endpoint's steps and FastAPI's ``serialize_response``.
+
+Anything else, and every failure before the rate limiter (bad JSON, a payload the model refuses,
+a missing or wrong key, an overridden dependency, a body that arrives in pieces), is handed to
+FastAPI's own handler with the body replayed, before anything is written: its error bodies are
+FastAPI's. An error raised after that point (429, 503, a payload nested too deep) is raised by
+the same function in the same order as on FastAPI's path, so the same exception handler
+answers it. ``tests/api/test_fast_submit.py`` compares both paths byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.routing import serialize_response
+from pydantic import BaseModel
+from starlette.types import Message, Receive
+
+from app.api.json_body import StandardJsonRoute, loads_standard_json
+from app.api.security import api_key_header, bearer, client_identity, rate_limited_client
+
+_JSON = b"application/json"
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """``receive`` that gives ``first`` again before the rest: FastAPI reads the body anew."""
+    pending = [first]
+
+    async def replaying() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replaying
+
+
+def _is_common(request: Request) -> bool:
+    """No query string, a JSON body, no ``Idempotency-Key``, no dependency overridden."""
+    scope = request.scope
+    if scope["query_string"] or request.app.dependency_overrides:
+        return False
+    content_type = None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            if content_type is None:  # the first one, as Starlette's Headers.get reads it
+                content_type = value
+        elif name == b"idempotency-key":
+            return False
+    return content_type == _JSON
+
+
+async def _identity(request: Request) -> str:
+    """``client_identity`` with its arguments taken as FastAPI's security schemes take them."""
+    return await client_identity(request, await bearer(request), await api_key_header(request))
+
+
+class FastSubmitRoute(StandardJsonRoute):
+    """A submit route that offers each request to its fast path first.
+
+    A subclass per task gives ``submit``, the endpoint's work once the request is valid:
+    FastAPI re-creates an included route from its class, so per-route state lives there."""
+
+    async def submit(
+        self, request: Request, response: Response, payload: BaseModel | None, client: str
+    ) -> BaseModel:
+        raise NotImplementedError
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        body_field, response_field = self.body_field, self.response_field
+        status_code = self.status_code
+        if (
+            body_field is None
+            or response_field is None
+            or status_code is None
+            or not isinstance(self.response_class, DefaultPlaceholder)
+        ):
+            return handler  # not the shape the fast path reproduces
+
+        async def fast_or_full(request: Request) -> Response:
+            if not _is_common(request):
+                return await handler(request)
+            first = await request.receive()
+            full = Request(request.scope, _replay(first, request.receive))
+            if first["type"] != "http.request" or first.get("more_body", False):
+                return await handler(full)
+            try:
+                payload, errors = body_field.validate(
+                    loads_standard_json(first.get("body", b"")), {}, loc=("body",)
+                )
+                client = None if errors else await _identity(request)
+            except Exception:  # FastAPI's path raises it again, and answers it its way
+                client = None
+            if client is None:
+                return await handler(full)
+            # From here on, as on FastAPI's path: a side effect, then errors as exceptions.
+            client = await rate_limited_client(request, client)
+            headers = Response()  # FastAPI's sub-response: the endpoint's headers
+            del headers.headers["content-length"]
+            accepted = await self.submit(request, headers, payload, client)
+            content = await serialize_response(
+                field=response_field,
+                response_content=accepted,
+                include=self.response_model_include,
+                exclude=self.response_model_exclude,
+                by_alias=self.response_model_by_alias,
+                exclude_unset=self.response_model_exclude_unset,
+                exclude_defaults=self.response_model_exclude_defaults,
+                exclude_none=self.response_model_exclude_none,
+                dump_json=True,
+            )
+            response = Response(content, status_code, media_type="application/json")
+            response.headers.raw.extend(headers.headers.raw)
+            return response
+
+        return fast_or_full
