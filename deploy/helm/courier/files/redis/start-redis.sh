@@ -16,7 +16,8 @@ else
     set -- --replicaof "$p_host" "$p_port" "$@"
 fi
 # Replicas announce this pod's stable name, not its IP: a rescheduled pod keeps its identity
-# for the Sentinels. masterauth: any pod may become a replica after a failover.
+# for the Sentinels. masterauth: any pod may become a replica after a failover. The data
+# directory is REDIS_DIR (the volume), not in redis.conf.
 exec redis-server "$(dirname "$0")/redis.conf" --port "$self_port" --dir "$REDIS_DIR" \
     --requirepass "$REDIS_PASSWORD" --masterauth "$REDIS_PASSWORD" \
     --replica-announce-ip "$self_host" --replica-announce-port "$self_port" "$@"
