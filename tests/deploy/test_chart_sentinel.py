@@ -87,11 +87,15 @@ class Pod:
         for name, text in self.cluster.config.items():
             (self.config_dir / name).write_text(text)
         for name in ("redis", "sentinel"):
-            container = self.cluster.container(name)
-            env = self.env(container)
-            argv = [*self.argv(container, env), "--bind", "127.0.0.1"]
-            log = self.dir / f"{name}-{self.starts}.log"
-            setattr(self, name, Service(argv, env, log))
+            self.start_container(name)
+
+    def start_container(self, name: str) -> None:
+        """One container (re)started by the kubelet, with its command and environment."""
+        container = self.cluster.container(name)
+        env = self.env(container)
+        argv = [*self.argv(container, env), "--bind", "127.0.0.1"]
+        log = self.dir / f"{name}-{self.starts}-{len(list(self.dir.glob(name + '-*.log')))}.log"
+        setattr(self, name, Service(argv, env, log))
 
     def kill(self) -> None:
         """The pod is gone at once (its node died): SIGKILL to both containers."""
@@ -332,7 +336,7 @@ def test_the_rendered_pods_elect_pod_0_then_fail_over_and_pod_0_rejoins_as_a_rep
     assert masters(pods) == [second.name], "two primaries: split brain"
     info = first.replication() or {}
     assert (info["role"], int(info["master_port"])) == ("slave", second.port)
-    redis_log = (first.dir / "redis-2.log").read_text()
+    redis_log = max(first.dir.glob("redis-*.log")).read_text()
     assert f"starting as a replica of 127.0.0.1:{second.port}" in redis_log, redis_log
     # Redis's own record: a Sentinel demoting it would have logged its REPLICAOF command (the
     # roles polled above may miss a demotion that follows the start by a few milliseconds).
@@ -343,6 +347,45 @@ def test_the_rendered_pods_elect_pod_0_then_fail_over_and_pod_0_rejoins_as_a_rep
     # Its Sentinel monitors the new primary too (asked the others, not the first-boot default).
     with first.sentinel_client() as client:
         assert client.sentinel_get_master_addr_by_name(pods.master) == ("127.0.0.1", second.port)
+
+
+def test_a_primary_restarted_while_the_sentinels_fail_it_over_comes_back_as_a_replica(
+    pods: LocalSentinelSet,
+) -> None:
+    """The Redis container of the primary restarts (a crash, a rolling update) and is away
+    long enough for the Sentinels to flag it down: they still name it until the failover
+    switches, so the start must wait for their verdict rather than take the primary role."""
+    for pod in pods.pods:
+        pod.start()
+    primary = pods.wait_settled("the three pods to settle on a primary")
+    assert primary.redis is not None
+    primary.redis.kill()
+    primary.redis = None
+
+    def flagged_down() -> bool:
+        with contextlib.suppress(redis.RedisError), primary.sentinel_client() as client:
+            state = client.sentinel_master(pods.master)
+            return bool(state["is_sdown"]) and (
+                str(state["ip"]),
+                int(state["port"]),
+            ) == ("127.0.0.1", primary.port)
+        return False
+
+    wait_until(flagged_down, 30, "the Sentinels to flag the primary down", interval=0.02)
+    primary.start_container("redis")
+    roles = [wait_until(primary.replication, 30, "the restarted Redis to answer")["role"]]
+
+    def rejoined() -> Pod | None:
+        roles.append((primary.replication() or {}).get("role", "?"))
+        return pods.settled_on()
+
+    new = wait_until(rejoined, 90, "the restarted Redis to rejoin", interval=0.05)
+    assert new is not primary
+    assert "master" not in roles, f"the old primary was a primary in {roles.count('master')} polls"
+    log = max(primary.dir.glob("redis-*.log")).read_text()
+    assert "waiting for their failover" in log, log
+    assert f"starting as a replica of 127.0.0.1:{new.port}" in log, log
+    assert "enabled (user request" not in log, log
 
 
 def test_readiness_reports_a_primary_and_in_sync_replicas_only(pods: LocalSentinelSet) -> None:

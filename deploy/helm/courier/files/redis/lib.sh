@@ -18,6 +18,14 @@ if [ "$ordinal" -ge "$node_count" ]; then
     exit 1
 fi
 
+# The other pods' ordinals: their Sentinels are asked before this pod's own.
+_order=""
+_i=0
+while [ "$_i" -lt "$node_count" ]; do
+    [ "$_i" -eq "$ordinal" ] || _order="$_order $_i"
+    _i=$((_i + 1))
+done
+
 # node_at INDEX: sets n_host, n_port (Redis) and n_sport (Sentinel) of pod INDEX.
 node_at() {
     _i=0
@@ -56,12 +64,6 @@ data_cli() {
 # fails when none does. The other pods' Sentinels are asked before this pod's own: a Sentinel
 # restarted with this pod may have been configured from the first-boot default, theirs not.
 named_primary() {
-    _order=""
-    _i=0
-    while [ "$_i" -lt "$node_count" ]; do
-        [ "$_i" -eq "$ordinal" ] || _order="$_order $_i"
-        _i=$((_i + 1))
-    done
     for _i in $_order $ordinal; do
         node_at "$_i"
         _answer=$(sentinel_cli -h "$n_host" -p "$n_sport" \
@@ -75,6 +77,21 @@ named_primary() {
         p_port=$2
         echo "$POD_NAME: the Sentinel of pod $_i names $p_host:$p_port as primary" >&2
         return 0
+    done
+    return 1
+}
+
+# named_primary_down: any Sentinel thinks the primary down (subjectively, objectively, or is
+# failing it over). Any, not the first: each flags it on its own clock, and a failover started
+# by the first ones goes on even after the primary answers the others again.
+named_primary_down() {
+    for _i in $_order $ordinal; do
+        node_at "$_i"
+        _flags=$(sentinel_cli -h "$n_host" -p "$n_sport" SENTINEL master "$SENTINEL_MASTER" \
+            2>/dev/null | awk 'previous == "flags" { print; exit } { previous = $0 }') || continue
+        case $_flags in
+            *s_down* | *o_down* | *failover_in_progress*) return 0 ;;
+        esac
     done
     return 1
 }

@@ -9,6 +9,19 @@ self_host=$n_host
 self_port=$n_port
 named_primary || first_boot_primary
 
+# Named, but down in the Sentinels' eyes: this Redis was the primary and was away longer than
+# down-after-milliseconds, so a failover may be about to promote a replica. Starting as the
+# primary now would make two; wait for their verdict (a new primary, or this one back up
+# because no replica could take over), at most a minute.
+_tries=0
+while [ "$p_host" = "$self_host" ] && [ "$p_port" = "$self_port" ] && named_primary_down; do
+    _tries=$((_tries + 1))
+    [ "$_tries" -le 60 ] || break
+    echo "$POD_NAME: the Sentinels think this primary down; waiting for their failover" >&2
+    sleep 1
+    named_primary || first_boot_primary
+done
+
 if [ "$p_host" = "$self_host" ] && [ "$p_port" = "$self_port" ]; then
     echo "$POD_NAME: starting as the primary" >&2
 else
