@@ -366,7 +366,9 @@ def test_sentinel_mode_runs_three_pods_of_redis_and_sentinel(render: Render) -> 
     manifests = render(VALUE_MATRIX["sentinel"])
     redis = one(manifests, "StatefulSet", "courier-redis")
     assert redis["spec"]["replicas"] == 3
-    assert redis["spec"]["podManagementPolicy"] == "Parallel"
+    # Immutable on a StatefulSet: the same as standalone's, so `helm upgrade` can switch modes.
+    assert "podManagementPolicy" not in redis["spec"]
+    assert redis["spec"]["serviceName"] == "courier-redis-headless"
     assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     spec = pod_spec(redis)
     server, sentinel = spec["containers"]

@@ -278,8 +278,8 @@ def masters(cluster: LocalSentinelSet) -> list[str]:
 def test_the_rendered_pods_elect_pod_0_then_fail_over_and_pod_0_rejoins_as_a_replica(
     pods: LocalSentinelSet,
 ) -> None:
-    # First boot, every pod at once (podManagementPolicy: Parallel): no Sentinel knows a
-    # primary yet, so pod 0 is the primary and the others its replicas.
+    # First boot, every pod at once (harder than the StatefulSet's one-by-one start): no
+    # Sentinel knows a primary yet, so pod 0 is the primary and the others its replicas.
     for pod in pods.pods:
         pod.start()
     first = pods.wait_settled("the three pods to settle on a primary")
