@@ -7,7 +7,9 @@ containers is started with its own command and environment (Secrets resolved, `P
 the downward API, `$(VAR)` expanded). Only what must differ on one machine is overridden, as in
 test_chart_commands.py: `REDIS_NODES` gives every pod 127.0.0.1 with ports of its own instead of
 its DNS name, `REDIS_DIR` and `SENTINEL_DIR` are directories of the test instead of the volumes,
-and `--bind 127.0.0.1` keeps the servers on loopback. Then the primary's pod is killed, the
+and `--bind 127.0.0.1` keeps the servers on loopback. The scripts run under busybox's `sh`,
+`timeout`, `env`, `awk`, `sed`... as in the `redis:*-alpine` image (Debian's redis-server and
+redis-cli stand in for the image's). Then the primary's pod is killed, the
 Sentinels promote a replica, and the old pod 0 is started again with the same scripts: it must
 come back as a replica of the new primary, never as a second primary.
 """
@@ -31,9 +33,11 @@ from tests.deploy.test_chart_commands import container_argv, container_env
 from tests.utils.processes import Service, free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
-    reason="needs redis-server and redis-cli (.ci/run installs them)",
+    not all(shutil.which(tool) for tool in ("redis-server", "redis-cli", "busybox")),
+    reason="needs redis-server, redis-cli and busybox (deploy/local/system-deps.sh test)",
 )
+# What the scripts call besides redis-cli/redis-server: busybox applets, as in the alpine image.
+APPLETS = ("sh", "timeout", "env", "awk", "sed", "grep", "dirname", "sleep", "mv", "cat")
 
 # The chart's values, with Sentinel's timings shortened so the failover takes seconds.
 VALUES: dict[str, Any] = {
@@ -66,7 +70,7 @@ class Pod:
         env["REDIS_NODES"] = self.cluster.local_nodes()
         env["REDIS_DIR"] = str(self.dir / "data")
         env["SENTINEL_DIR"] = str(self.dir / "sentinel")
-        return {"PATH": os.environ["PATH"], **env}
+        return {"PATH": f"{self.cluster.applets}{os.pathsep}{os.environ['PATH']}", **env}
 
     def argv(self, container: dict[str, Any], env: dict[str, str]) -> list[str]:
         return [self.relocate(arg) for arg in container_argv(container, env)]
@@ -160,6 +164,12 @@ class LocalSentinelSet:
         self.manifests = manifests
         self.workdir = workdir
         self.config = one(manifests, "ConfigMap", "courier-redis")["data"]
+        self.applets = workdir / "busybox"
+        self.applets.mkdir()
+        busybox = shutil.which("busybox")
+        assert busybox
+        for applet in APPLETS:
+            (self.applets / applet).symlink_to(busybox)
         secret = one(manifests, "Secret", "courier-redis")["data"]["redis-password"]
         self.password = base64.b64decode(secret).decode()
         sentinel_env = {e["name"]: e.get("value") for e in self.container("sentinel")["env"]}
