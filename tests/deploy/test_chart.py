@@ -705,6 +705,10 @@ def test_notes_tell_how_to_reach_api_flower_and_secrets() -> None:
     assert "http://courier.example.com/flower" in notes
     off = render_templates(VALUE_MATRIX["ingress-off"])["courier/templates/NOTES.txt"]
     assert "no external route" in off
+    assert "Sentinel" not in notes
+    sentinel = render_templates(VALUE_MATRIX["sentinel"])["courier/templates/NOTES.txt"]
+    assert "exec courier-redis-0 -c sentinel" in sentinel
+    assert "SENTINEL get-master-addr-by-name courier" in sentinel
 
 
 def test_readme_values_table_names_every_documented_value() -> None:
