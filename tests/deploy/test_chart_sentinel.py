@@ -137,7 +137,7 @@ class Pod:
     def sentinel_client(self) -> redis.Redis:
         return redis.Redis(
             port=self.sentinel_port,
-            password=self.cluster.password,
+            password=self.cluster.sentinel_password,
             socket_timeout=2,
             decode_responses=True,
         )
@@ -174,6 +174,8 @@ class LocalSentinelSet:
         self.password = base64.b64decode(secret).decode()
         sentinel_env = {e["name"]: e.get("value") for e in self.container("sentinel")["env"]}
         self.master = str(sentinel_env["SENTINEL_MASTER"])
+        # The chart gives the Sentinels the Redis password, or none with auth disabled.
+        self.sentinel_password = self.password if "SENTINEL_PASSWORD" in sentinel_env else None
         self.pods = [Pod(self, i) for i in range(PODS)]
 
     def __enter__(self) -> LocalSentinelSet:
@@ -396,6 +398,20 @@ def test_a_primary_restarted_while_the_sentinels_fail_it_over_comes_back_as_a_re
     assert "waiting for their failover" in log, log
     assert f"starting as a replica of 127.0.0.1:{new.port}" in log, log
     assert "enabled (user request" not in log, log
+
+
+def test_without_sentinel_auth_the_pods_elect_and_answer_without_a_password(
+    render: Render, tmp_path: Path
+) -> None:
+    values = {"redis": {**VALUES["redis"], "sentinel": {**VALUES["redis"]["sentinel"]}}}
+    values["redis"]["sentinel"]["auth"] = {"enabled": False}
+    with LocalSentinelSet(render(values), tmp_path) as cluster:
+        assert cluster.sentinel_password is None
+        for pod in cluster.pods:
+            pod.start()
+        assert cluster.wait_settled("the pods to settle without Sentinel auth") is cluster.pods[0]
+        for pod in cluster.pods:
+            assert pod.ready("sentinel").returncode == 0, pod.ready("sentinel").stderr
 
 
 def test_readiness_reports_a_primary_and_in_sync_replicas_only(pods: LocalSentinelSet) -> None:
