@@ -32,7 +32,8 @@ typecheck: install
 test: install deps lint typecheck
 	$(BIN)/python -m pytest
 
-# deploy/k8s/base from the Helm chart (tests/deploy/test_kustomize.py fails when it is stale).
+# deploy/k8s/base and components/redis-sentinel from the Helm chart (tests/deploy/test_kustomize.py
+# fails when they are stale).
 manifests: install
 	$(BIN)/python deploy/k8s/render.py
 

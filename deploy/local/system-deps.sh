@@ -5,7 +5,8 @@
 # every time.
 #
 #   deploy/local/system-deps.sh test    what the test suite runs (redis-server, Prometheus and
-#                                       promtool, the image tools, iproute2 for ip/ss)
+#                                       promtool, the image tools, iproute2 for ip/ss,
+#                                       busybox: the chart's Redis scripts as in alpine)
 #   deploy/local/system-deps.sh bench   what `make bench` adds (wrk, valgrind)
 #
 # A suite that skipped its image or Prometheus tests for want of a tool would not "pass": the
@@ -17,7 +18,7 @@ case "${1:-test}" in
     test)
         tools=(redis-server:redis-server promtool:prometheus prometheus:prometheus
             buildah:buildah podman:podman runc:runc debootstrap:debootstrap
-            ip:iproute2 ss:iproute2)
+            ip:iproute2 ss:iproute2 busybox:busybox)
         ;;
     bench) tools=(wrk:wrk valgrind:valgrind) ;;
     *)

@@ -48,8 +48,9 @@ CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
 
-# Non-default values worth rendering: each autoscaling mode, external Redis, ingress off,
-# monitoring off, existing secrets, and everything optional switched on.
+# Non-default values worth rendering: each autoscaling mode, external Redis (with and without
+# Sentinels), ingress off, monitoring off, existing secrets, Redis in sentinel mode, and
+# everything optional switched on.
 VALUE_MATRIX: dict[str, dict[str, Any]] = {
     "default": {},
     "keda": {"worker": {"autoscaling": {"mode": "keda"}}},
@@ -75,6 +76,35 @@ VALUE_MATRIX: dict[str, dict[str, Any]] = {
         "networkPolicy": {"enabled": False},
         "serviceAccount": {"create": False},
         "topologySpread": {"enabled": False},
+    },
+    "sentinel": {"redis": {"mode": "sentinel"}},
+    "sentinel-five-pods": {
+        "redis": {
+            "mode": "sentinel",
+            "metrics": {"enabled": True},
+            "sentinel": {
+                "replicas": 5,
+                "quorum": 3,
+                "antiAffinity": "required",
+                "auth": {"existingSecret": "my-sentinel"},
+            },
+        },
+    },
+    "sentinel-minimal": {
+        "redis": {
+            "mode": "sentinel",
+            "sentinel": {"auth": {"enabled": False}, "pdb": {"enabled": False}},
+        },
+        "networkPolicy": {"enabled": False},
+    },
+    "external-redis-sentinels": {
+        "redis": {"enabled": False},
+        "externalRedis": {
+            "url": "redis://:s3cret@unused:6379/0",
+            "sentinels": ["sentinel-a.example.com:26379", "sentinel-b.example.com:26379"],
+            "sentinelMaster": "mymaster",
+            "sentinelPasswordSecret": "their-sentinels",
+        },
     },
     "everything-on": {
         "api": {

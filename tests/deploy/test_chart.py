@@ -72,6 +72,10 @@ def test_chart_renders_and_lints_every_value_set(name: str, render: Render) -> N
         ({"api": {"ingress": {"hosts": ["x"]}}}, "additional properties 'hosts'"),
         ({"opentelemetry": {"sampler": "sometimes"}}, "/opentelemetry/sampler"),
         ({"opentelemetry": {"samplerArg": "1.5"}}, "/opentelemetry/samplerArg"),
+        ({"redis": {"mode": "cluster"}}, "/redis/mode"),
+        ({"redis": {"sentinel": {"replicas": 1}}}, "/redis/sentinel/replicas"),
+        ({"redis": {"sentinel": {"antiAffinity": "soft"}}}, "/redis/sentinel/antiAffinity"),
+        ({"externalRedis": {"sentinels": "a:26379,b:26379"}}, "/externalRedis/sentinels"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -88,6 +92,21 @@ def test_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> No
         ({"worker": {"terminationGracePeriodSeconds": 100}}, "must exceed config.taskTimeLimit"),
         ({"api": {"terminationGracePeriodSeconds": 20}}, "must exceed api.preStopSleepSeconds"),
         ({"redis": {"enabled": False}}, "externalRedis.url or externalRedis.existingSecret"),
+        (
+            {"redis": {"mode": "sentinel", "sentinel": {"replicas": 4}}},
+            r"replicas \(4\) must be odd and at least 3",
+        ),
+        (
+            {"redis": {"mode": "sentinel", "sentinel": {"quorum": 4}}},
+            r"quorum \(4\) cannot exceed redis.sentinel.replicas \(3\)",
+        ),
+        (
+            {
+                "redis": {"enabled": False},
+                "externalRedis": {"url": "redis://x:6379/0", "sentinels": ["s:26379"]},
+            },
+            "externalRedis.sentinelMaster is required",
+        ),
     ],
 )
 def test_inconsistent_values_fail_with_a_message(values: dict[str, Any], complaint: str) -> None:
@@ -337,6 +356,128 @@ def test_redis_url_carries_the_generated_password(default_manifests: list[Manife
         )
 
 
+def test_standalone_mode_passes_no_sentinel_settings(default_manifests: list[Manifest]) -> None:
+    for name in ("courier-api", "courier-worker", "courier-beat", "courier-flower"):
+        env = env_of(containers(one(default_manifests, "Deployment", name))[0])
+        assert not [key for key in env if "SENTINEL" in key]
+    assert find(default_manifests, "Service", "courier-redis-sentinel") == []
+    assert find(default_manifests, "PodDisruptionBudget", "courier-redis") == []
+
+
+SENTINEL_HOSTS = [f"courier-redis-{i}.courier-redis-headless.courier.svc" for i in range(3)]
+
+
+def test_sentinel_mode_runs_three_pods_of_redis_and_sentinel(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["sentinel"])
+    redis = one(manifests, "StatefulSet", "courier-redis")
+    assert redis["spec"]["replicas"] == 3
+    # Immutable on a StatefulSet: the same as standalone's, so `helm upgrade` can switch modes.
+    assert "podManagementPolicy" not in redis["spec"]
+    assert redis["spec"]["serviceName"] == "courier-redis-headless"
+    assert redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+    spec = pod_spec(redis)
+    server, sentinel = spec["containers"]
+    assert (server["name"], sentinel["name"]) == ("redis", "sentinel")
+    assert server["command"] == ["sh", "/etc/redis/start-redis.sh"]
+    assert sentinel["command"] == ["sh", "/etc/redis/start-sentinel.sh"]
+    assert server["readinessProbe"]["exec"]["command"][-2:] == ["/etc/redis/ready.sh", "redis"]
+    for container in (server, sentinel):
+        env = env_of(container)
+        assert env["REDIS_NODES"]["value"] == " ".join(SENTINEL_HOSTS)
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        assert env["SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "courier-redis"
+    sentinel_env = {e["name"]: e.get("value") for e in sentinel["env"]}
+    assert sentinel_env["SENTINEL_QUORUM"] == "2"
+    assert sentinel_env["SENTINEL_MASTER"] == "courier"
+    # Sentinel rewrites its configuration: a writable volume of its own.
+    mounts = {m["name"]: m for m in sentinel["volumeMounts"]}
+    assert mounts["sentinel"]["mountPath"] == sentinel_env["SENTINEL_DIR"] == "/sentinel"
+    assert mounts["config"]["readOnly"] is True
+    anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    data = one(manifests, "ConfigMap", "courier-redis")["data"]
+    conf = data["redis.conf"]
+    for line in ("appendonly yes", "maxmemory-policy noeviction", "min-replicas-to-write 1"):
+        assert line in conf.splitlines()
+    assert f"maxmemory {int(512 * 2**20 * 0.8)}" in conf.splitlines()
+    assert {"lib.sh", "start-redis.sh", "start-sentinel.sh", "ready.sh"} <= set(data)
+    for directive in ("announce-hostnames yes", "resolve-hostnames yes", "announce-ip"):
+        assert f"sentinel {directive}" in data["start-sentinel.sh"]
+    assert "--replica-announce-ip" in data["start-redis.sh"]
+
+
+def test_sentinel_mode_services_budget_and_network_policy(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["sentinel"])
+    # No Service that would spread clients over replicas; one for the Sentinels instead.
+    assert find(manifests, "Service", "courier-redis") == []
+    sentinels = one(manifests, "Service", "courier-redis-sentinel")
+    assert [p["port"] for p in sentinels["spec"]["ports"]] == [26379]
+    assert sentinels["spec"]["publishNotReadyAddresses"] is True
+    headless = one(manifests, "Service", "courier-redis-headless")
+    assert {p["name"] for p in headless["spec"]["ports"]} == {"redis", "sentinel"}
+    pdb = one(manifests, "PodDisruptionBudget", "courier-redis")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    policy = one(manifests, "NetworkPolicy", "courier-redis")
+    (rule,) = policy["spec"]["ingress"]
+    components = rule["from"][0]["podSelector"]["matchExpressions"][0]["values"]
+    assert set(components) == {"api", "worker", "beat", "flower", "redis"}
+    assert {p["port"] for p in rule["ports"]} == {"redis", "sentinel"}
+
+
+def test_sentinel_mode_gives_every_courier_process_the_sentinels(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["sentinel"])
+    for name in ("courier-api", "courier-worker", "courier-beat", "courier-flower"):
+        env = env_of(containers(one(manifests, "Deployment", name))[0])
+        names = list(env)
+        assert names.index("REDIS_PASSWORD") < names.index("COURIER_REDIS_URL")
+        assert env["COURIER_REDIS_URL"]["value"].startswith("redis://:$(REDIS_PASSWORD)@")
+        sentinels = env["COURIER_REDIS_SENTINELS"]["value"].split(",")
+        assert sentinels == [f"{host}:26379" for host in SENTINEL_HOSTS]
+        assert env["COURIER_REDIS_SENTINEL_MASTER"]["value"] == "courier"
+        ref = env["COURIER_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "courier-redis", "key": "redis-password"}
+
+
+def test_sentinel_mode_options(render: Render) -> None:
+    five = render(VALUE_MATRIX["sentinel-five-pods"])
+    redis = one(five, "StatefulSet", "courier-redis")
+    assert redis["spec"]["replicas"] == 5
+    spec = pod_spec(redis)
+    assert [c["name"] for c in spec["containers"]] == ["redis", "sentinel", "redis-exporter"]
+    sentinel_env = {e["name"]: e for e in spec["containers"][1]["env"]}
+    assert sentinel_env["SENTINEL_QUORUM"]["value"] == "3"
+    assert sentinel_env["SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-sentinel",
+        "key": "sentinel-password",
+    }
+    assert len(sentinel_env["REDIS_NODES"]["value"].split()) == 5
+    required = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required[0]["topologyKey"] == "kubernetes.io/hostname"
+    api = env_of(containers(one(five, "Deployment", "courier-api"))[0])
+    assert len(api["COURIER_REDIS_SENTINELS"]["value"].split(",")) == 5
+    bare = render(VALUE_MATRIX["sentinel-minimal"])
+    assert find(bare, "PodDisruptionBudget", "courier-redis") == []
+    for container in pod_spec(one(bare, "StatefulSet", "courier-redis"))["containers"]:
+        assert "SENTINEL_PASSWORD" not in env_of(container)
+    api = env_of(containers(one(bare, "Deployment", "courier-api"))[0])
+    assert "COURIER_REDIS_SENTINEL_PASSWORD" not in api
+    custom = render({"redis": {"mode": "sentinel", "affinity": {"nodeAffinity": {}}}})
+    assert pod_spec(one(custom, "StatefulSet", "courier-redis"))["affinity"] == {"nodeAffinity": {}}
+
+
+def test_external_redis_with_sentinels_passes_them_to_every_process(render: Render) -> None:
+    manifests = render(VALUE_MATRIX["external-redis-sentinels"])
+    assert find(manifests, "StatefulSet") == []
+    for name in ("courier-api", "courier-worker", "courier-beat", "courier-flower"):
+        env = env_of(containers(one(manifests, "Deployment", name))[0])
+        assert env["COURIER_REDIS_SENTINELS"]["value"] == (
+            "sentinel-a.example.com:26379,sentinel-b.example.com:26379"
+        )
+        assert env["COURIER_REDIS_SENTINEL_MASTER"]["value"] == "mymaster"
+        ref = env["COURIER_REDIS_SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "their-sentinels", "key": "sentinel-password"}
+
+
 @pytest.mark.parametrize("name", ["external-redis-url", "external-redis-secret"])
 def test_external_redis_replaces_the_statefulset(name: str, render: Render) -> None:
     manifests = render(VALUE_MATRIX[name])
@@ -569,6 +710,10 @@ def test_notes_tell_how_to_reach_api_flower_and_secrets() -> None:
     assert "http://courier.example.com/flower" in notes
     off = render_templates(VALUE_MATRIX["ingress-off"])["courier/templates/NOTES.txt"]
     assert "no external route" in off
+    assert "Sentinel" not in notes
+    sentinel = render_templates(VALUE_MATRIX["sentinel"])["courier/templates/NOTES.txt"]
+    assert "exec courier-redis-0 -c sentinel" in sentinel
+    assert "SENTINEL get-master-addr-by-name courier" in sentinel
 
 
 def test_readme_values_table_names_every_documented_value() -> None:

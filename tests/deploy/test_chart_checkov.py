@@ -41,7 +41,7 @@ def run_checkov(directory: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     directory = tmp_path_factory.mktemp("checkov")
-    for name in ("default", "keda", "everything-on", "external-redis-url"):
+    for name in ("default", "keda", "everything-on", "external-redis-url", "sentinel"):
         write_render(directory, name)
     return run_checkov(directory)
 

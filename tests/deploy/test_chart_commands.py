@@ -33,8 +33,11 @@ pytestmark = pytest.mark.skipif(
 VENV_BIN = Path(sys.executable).parent
 
 
-def container_env(manifests: list[Manifest], container: dict[str, Any]) -> dict[str, str]:
-    """The environment the kubelet builds: envFrom first, then env in order with $(VAR)."""
+def container_env(
+    manifests: list[Manifest], container: dict[str, Any], fields: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment the kubelet builds: envFrom first, then env in order with $(VAR);
+    `fields` gives the downward API's values (e.g. `metadata.name`)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
@@ -47,7 +50,9 @@ def container_env(manifests: list[Manifest], container: dict[str, Any]) -> dict[
             env[entry["name"]] = expand_vars(entry["value"], env)
             continue
         ref = entry["valueFrom"]
-        if "secretKeyRef" in ref:
+        if "fieldRef" in ref:
+            env[entry["name"]] = (fields or {})[ref["fieldRef"]["fieldPath"]]
+        elif "secretKeyRef" in ref:
             data = one(manifests, "Secret", ref["secretKeyRef"]["name"])["data"]
             env[entry["name"]] = base64.b64decode(data[ref["secretKeyRef"]["key"]]).decode()
         else:

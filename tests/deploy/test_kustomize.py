@@ -4,6 +4,7 @@ objects with `kubectl kustomize`."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 from functools import cache
@@ -62,6 +63,34 @@ def test_base_is_the_current_render_of_the_chart() -> None:
     assert stale == [], f"deploy/k8s/base is stale ({stale}): run `make manifests`"
 
 
+def test_sentinel_component_is_the_current_render_of_the_chart() -> None:
+    render = render_module()
+    stale = render.stale_files(render.render_sentinel_component(), render.SENTINEL)
+    assert stale == [], f"deploy/k8s/components/redis-sentinel is stale ({stale}): `make manifests`"
+
+
+def test_base_plus_sentinel_component_is_the_charts_sentinel_render(tmp_path: Path) -> None:
+    """The Component's computed patches add up to exactly the chart's `redis.mode: sentinel`
+    objects: nothing lost, nothing left over from standalone mode."""
+    render = render_module()
+    tmp_path.joinpath("kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                # kustomize takes relative paths only.
+                "resources": [os.path.relpath(K8S / "base", tmp_path)],
+                "components": [os.path.relpath(render.SENTINEL, tmp_path)],
+            }
+        )
+    )
+    built = {(m["kind"], m["metadata"]["name"]): m for m in build(str(tmp_path))}
+    chart = render.render_plain(render.SENTINEL_VALUES)
+    expected = {(m["kind"], m["metadata"]["name"]): m for ms in chart.values() for m in ms}
+    assert sorted(built) == sorted(expected)
+    assert [key for key in expected if built[key] != expected[key]] == []
+
+
 def test_staleness_check_notices_a_change(tmp_path: Path) -> None:
     render = render_module()
     files = render.render_base()
@@ -108,6 +137,8 @@ def test_build_validates_strictly(directory: str) -> None:
 
 def test_dev_overlay_runs_fixed_workers_with_its_own_secrets() -> None:
     manifests = list(build("overlays/dev"))
+    # One standalone Redis: dev keeps the chart's default mode.
+    assert one(manifests, "StatefulSet", "courier-redis")["spec"]["replicas"] == 1
     assert {m["metadata"].get("namespace") for m in manifests} == {"courier-dev"}
     assert find(manifests, "HorizontalPodAutoscaler") == []
     assert one(manifests, "Deployment", "courier-worker")["spec"]["replicas"] == 1
@@ -127,6 +158,17 @@ def test_prod_overlay_scales_wider_and_expects_secrets_from_outside() -> None:
     redis = one(manifests, "StatefulSet", "courier-redis")
     claim = redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]
     assert claim["storage"] == "20Gi"
+    # Redis with Sentinel: three pods of Redis + Sentinel, clients told where the Sentinels are.
+    assert redis["spec"]["replicas"] == 3
+    assert [c["name"] for c in pod_spec(redis)["containers"]] == ["redis", "sentinel"]
+    assert find(manifests, "Service", "courier-redis") == []
+    one(manifests, "Service", "courier-redis-sentinel")
+    one(manifests, "PodDisruptionBudget", "courier-redis")
+    for name in ("courier-api", "courier-worker", "courier-beat", "courier-flower"):
+        (container,) = pod_spec(one(manifests, "Deployment", name))["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["COURIER_REDIS_SENTINEL_MASTER"]["value"] == "courier"
+        assert "courier-redis-2.courier-redis-headless" in env["COURIER_REDIS_SENTINELS"]["value"]
     flower = one(manifests, "Ingress", "courier-flower")
     assert flower["spec"]["tls"][0]["hosts"] == ["flower.courier.example.com"]
     assert "nginx.ingress.kubernetes.io/auth-type" in flower["metadata"]["annotations"]

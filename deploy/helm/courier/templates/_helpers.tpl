@@ -163,7 +163,26 @@ envFrom:
 {{- end }}
 
 {{- define "courier.redisEnv" -}}
-{{- if .Values.redis.enabled -}}
+{{- if include "courier.sentinelMode" . -}}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "courier.redisSecretName" . }}
+      key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+{{- /* The host is not used with Sentinel; the URL still gives the password and database. */}}
+- name: COURIER_REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:6379/0" (include "courier.componentName" (list . "redis-headless")) | quote }}
+- name: COURIER_REDIS_SENTINELS
+  value: {{ include "courier.sentinelAddresses" . | quote }}
+- name: COURIER_REDIS_SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterName | quote }}
+{{- if .Values.redis.sentinel.auth.enabled }}
+- name: COURIER_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- include "courier.sentinelSecretRef" . | nindent 6 }}
+{{- end }}
+{{- else if .Values.redis.enabled -}}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -177,6 +196,19 @@ envFrom:
     secretKeyRef:
       name: {{ include "courier.externalRedisSecretName" . }}
       key: {{ .Values.externalRedis.existingSecretUrlKey }}
+{{- with .Values.externalRedis.sentinels }}
+- name: COURIER_REDIS_SENTINELS
+  value: {{ join "," . | quote }}
+- name: COURIER_REDIS_SENTINEL_MASTER
+  value: {{ required "externalRedis.sentinelMaster is required with externalRedis.sentinels" $.Values.externalRedis.sentinelMaster | quote }}
+{{- with $.Values.externalRedis.sentinelPasswordSecret }}
+- name: COURIER_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.externalRedis.sentinelPasswordKey }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with .Values.config.email.smtp.existingSecret }}
 - name: COURIER_SMTP_PASSWORD
@@ -269,4 +301,80 @@ adds (results are written even when it is full), buffers, fragmentation. */}}
 {{- $bytes := mulf (float64 $number) (get $units $suffix) }}
 {{- printf "%d" (int64 (floor (divf (mulf $bytes $r.maxmemoryPercent) 100))) }}
 {{- end }}
+{{- end }}
+
+{{/* ---- Redis with Sentinel (redis.mode: sentinel) ---- */}}
+
+{{/* "true" when the release runs its own Redis in sentinel mode, else "" (use with include). */}}
+{{- define "courier.sentinelMode" -}}
+{{- if and .Values.redis.enabled (eq .Values.redis.mode "sentinel") }}true{{ end }}
+{{- end }}
+
+{{/* Each Redis pod's stable DNS name through the headless Service, in ordinal order,
+space-separated (`<statefulset>-<i>.<headless>.<namespace>.svc`: the pod's search path adds the
+cluster domain, so no cluster domain is assumed). */}}
+{{- define "courier.redisNodes" -}}
+{{- $sts := include "courier.componentName" (list . "redis") }}
+{{- $headless := include "courier.componentName" (list . "redis-headless") }}
+{{- $nodes := list }}
+{{- range $i := until (int .Values.redis.sentinel.replicas) }}
+{{- $nodes = append $nodes (printf "%s-%d.%s.%s.svc" $sts $i $headless $.Release.Namespace) }}
+{{- end }}
+{{- join " " $nodes }}
+{{- end }}
+
+{{/* COURIER_REDIS_SENTINELS: every pod's Sentinel, so a client skips one that is down. */}}
+{{- define "courier.sentinelAddresses" -}}
+{{- $addresses := list }}
+{{- range splitList " " (include "courier.redisNodes" .) }}
+{{- $addresses = append $addresses (printf "%s:26379" .) }}
+{{- end }}
+{{- join "," $addresses }}
+{{- end }}
+
+{{/* name/key of the Sentinel password: its own Secret, or the Redis password's. */}}
+{{- define "courier.sentinelSecretRef" -}}
+{{- $auth := .Values.redis.sentinel.auth }}
+{{- if $auth.existingSecret -}}
+name: {{ $auth.existingSecret }}
+key: {{ $auth.existingSecretPasswordKey }}
+{{- else -}}
+name: {{ include "courier.redisSecretName" . }}
+key: {{ .Values.redis.auth.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/* Sentinel quorum: redis.sentinel.quorum, else a majority; with a check of the pod count. */}}
+{{- define "courier.sentinelQuorum" -}}
+{{- $n := int .Values.redis.sentinel.replicas }}
+{{- if or (lt $n 3) (eq (mod $n 2) 0) }}
+{{- fail (printf "redis.sentinel.replicas (%d) must be odd and at least 3: a majority of Sentinels must survive the loss of a pod" $n) }}
+{{- end }}
+{{- $quorum := .Values.redis.sentinel.quorum | default (add (div $n 2) 1) | int }}
+{{- if gt $quorum $n }}
+{{- fail (printf "redis.sentinel.quorum (%d) cannot exceed redis.sentinel.replicas (%d)" $quorum $n) }}
+{{- end }}
+{{- $quorum }}
+{{- end }}
+
+{{/* Environment the Redis and Sentinel containers share in sentinel mode (files/redis/lib.sh). */}}
+{{- define "courier.sentinelPodEnv" -}}
+{{- if .Values.redis.sentinel.auth.enabled }}
+- name: SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      {{- include "courier.sentinelSecretRef" . | nindent 6 }}
+{{- end }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: REDIS_NODES
+  value: {{ include "courier.redisNodes" . | quote }}
+- name: REDIS_PORT
+  value: "6379"
+- name: SENTINEL_PORT
+  value: "26379"
+- name: SENTINEL_MASTER
+  value: {{ .Values.redis.sentinel.masterName | quote }}
 {{- end }}
