@@ -55,6 +55,9 @@ class Courier:
     loglevel: str = CHART_LOGLEVEL
     through_api: bool = True  # False: raw messages, so no task records exist
     env: dict[str, str] = field(default_factory=dict)
+    # Same total concurrency as the chart's one prefork worker of 2: two ``--pool=solo``
+    # workers, each consuming and executing in one process (no hand-over to a pool child).
+    solo_processes: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ KNOBS = [
     Courier("courier, kombu's stock Redis transport", app="benchmarks.stock_transport_app"),
     Courier("courier, --loglevel=WARNING", loglevel="WARNING"),
     Courier("courier, no task records (raw messages)", through_api=False),
+    Courier("courier, 2 x --pool=solo (same concurrency, no pool child)", solo_processes=2),
 ]
 CELERY_QUIET = Celery("celery defaults, WARNING, no track_started", False, "WARNING")
 DRAMATIQ = next(p for p in PEERS if "default" in p.label)
@@ -107,7 +111,16 @@ def drain_courier(variant: Courier, plan: Plan) -> float:
         r = start_redis(s)
         fill_courier(s, r, variant, plan.tasks)
         env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
-        start_courier_worker(s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel)
+        if variant.solo_processes:
+            for i in range(variant.solo_processes):
+                start_courier_worker(
+                    s, r, ["--pool=solo", "--concurrency=1"], env, name=f"solo{i}",
+                    metrics=False, wait=False, app=variant.app, loglevel=variant.loglevel,
+                )  # fmt: skip
+        else:
+            start_courier_worker(
+                s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel
+            )
         return steady_rate(r.client(), DEFAULT_QUEUE, plan.tasks, plan.drain_timeout)
 
 

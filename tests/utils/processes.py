@@ -111,7 +111,30 @@ def wait_until(
         time.sleep(interval)
 
 
-class RedisServer:
+class ServerProcess:
+    """One server process (not a group) that a test may stop gracefully or SIGKILL."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                _stop_process(process, STOP_TIMEOUT, group=False)
+            finally:
+                RUNNING.pop(process.pid, None)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to fsync or rewrite anything."""
+        process, self.process = self.process, None
+        if process is not None:
+            try:
+                _wait_killed(process, group=False)
+            finally:
+                RUNNING.pop(process.pid, None)
+
+
+class RedisServer(ServerProcess):
     """A redis-server of our own on a free port, which a test may stop and start again."""
 
     def __init__(
@@ -176,23 +199,6 @@ class RedisServer:
             raise
         finally:
             client.close()
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            try:
-                _stop_process(process, STOP_TIMEOUT, group=False)
-            finally:
-                RUNNING.pop(process.pid, None)
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to fsync or rewrite anything."""
-        process, self.process = self.process, None
-        if process is not None:
-            try:
-                _wait_killed(process, group=False)
-            finally:
-                RUNNING.pop(process.pid, None)
 
 
 def _answers_as(client: redis.Redis, pid: int) -> bool:

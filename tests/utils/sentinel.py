@@ -17,15 +17,7 @@ from typing import Self
 
 import redis
 
-from tests.utils.processes import (
-    RUNNING,
-    STOP_TIMEOUT,
-    RedisServer,
-    _stop_process,
-    _wait_killed,
-    free_port,
-    wait_until,
-)
+from tests.utils.processes import RUNNING, RedisServer, ServerProcess, free_port, wait_until
 
 MASTER = "courier"
 DATA_PASSWORD = "data-secret"
@@ -34,7 +26,7 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 3000
 
 
-class SentinelProcess:
+class SentinelProcess(ServerProcess):
     """One redis-sentinel with its own config file (Sentinel rewrites it as it learns)."""
 
     def __init__(self, workdir: Path, primary_port: int) -> None:
@@ -75,22 +67,6 @@ class SentinelProcess:
         RUNNING[self.process.pid] = self
         with self.client() as client:
             wait_until(lambda: _pings(client), 30, f"redis-sentinel on port {self.port}")
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            try:
-                _stop_process(process, STOP_TIMEOUT, group=False)
-            finally:
-                RUNNING.pop(process.pid, None)
-
-    def kill(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            try:
-                _wait_killed(process, group=False)
-            finally:
-                RUNNING.pop(process.pid, None)
 
 
 def _pings(client: redis.Redis) -> bool:
