@@ -471,15 +471,21 @@ def test_a_task_stamped_at_fetch_costs_its_pool_child_one_round_trip_not_two(
 
 def test_a_task_revoked_while_queued_is_skipped_on_the_fetch_check_alone(tmp_path: Path) -> None:
     """The revoked flag set without the broadcast (what a worker started after the cancel
-    sees): the fetch reads it, and the pool child, which makes no round trip of its own, skips
-    the task on that check."""
+    sees): the fetch reads it and stamps nothing (no start time, no attempt, no STARTED, which
+    a reader could see before REVOKED), and the pool child, which makes no round trip of its
+    own, skips the task on that check and stores REVOKED."""
     with worker_stack(tmp_path, "unbroadcast") as stack:
         blocker = stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 1}).json()["id"]
         wait_for_status(stack.api, blocker, {"started"})
         queued = stack.api.post("/v1/tasks/noop", json={"echo": "never"}).json()["id"]
-        assert TaskRecords(stack.redis, 300).mark_revoked(queued)
-        done = wait_for_status(stack.api, queued)
+        records = TaskRecords(stack.redis, 300)
+        assert records.mark_revoked(queued)
         assert wait_for_status(stack.api, blocker)["status"] == "succeeded"
-        stored = json.loads(stack.redis.get(CELERY_RESULT_KEY.format(task_id=queued)) or b"{}")
+        stored = wait_until(
+            lambda: stack.redis.get(CELERY_RESULT_KEY.format(task_id=queued)), 20, "a state"
+        )
+        done = wait_for_status(stack.api, queued)
+        record, _ = records.get_with_result(queued)
     assert (done["status"], done["result"]) == ("revoked", None)
-    assert stored["status"] == states.REVOKED
+    assert json.loads(stored)["status"] == states.REVOKED
+    assert record is not None and (record.started_at, record.executions) == (None, 0)
