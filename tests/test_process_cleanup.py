@@ -131,3 +131,38 @@ def test_a_killed_worker_leaves_its_temporary_files_in_the_test_directory(tmp_pa
         finally:
             worker.kill()  # no atexit clean-up runs
     assert all(path.is_relative_to(tmp_path) for path in metrics_dirs)
+
+
+# A socket left open in a reference cycle: only a garbage collection finds it, and none runs
+# before the session ends. Warnings are errors, as in the suite's own configuration.
+LEAKY_TEST = """
+import socket
+
+class Holder:
+    def __init__(self):
+        self.me = self
+        self.sock = socket.socket()
+
+def test_leaves_a_socket_in_a_cycle():
+    Holder()
+"""
+
+
+def test_a_socket_found_only_at_session_end_is_reported_and_does_not_fail_the_run(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "test_leaky.py").write_text(LEAKY_TEST)
+    command = [sys.executable, "-m", "pytest", "-q", "-W", "error", "-p", "no:cacheprovider"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*plugins: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *plugins, str(tmp_path / "test_leaky.py")],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    without = run()
+    assert without.returncode != 0 and "unclosed" in without.stdout + without.stderr
+    reaped = run("-p", "tests.utils.reaper")
+    assert reaped.returncode == 0, reaped.stdout + reaped.stderr
+    assert "left unclosed, found only at the session's end: unclosed <socket" in reaped.stdout
