@@ -167,12 +167,21 @@ class SentinelCluster:
 
         return wait_until(switched, timeout, f"a primary other than {old}", interval=0.1)
 
-    def wait_settled(self, primary: int, timeout: float = 60) -> None:
-        """Until every live server other than ``primary`` is its replica with the link up: an
-        old primary still taking writes (until Sentinel converts it, up to ~10 s after a
-        forced failover) has lost them by then, so statuses read after this are final."""
+    def wait_settled(self, timeout: float = 60) -> int:
+        """Until every live server other than the primary the Sentinels name now is its replica
+        with the link up; returns that primary. An old primary still taking writes (until
+        Sentinel converts it, up to ~10 s after a forced failover) has lost them by then, so
+        statuses read after this are final. The Sentinels are asked on every poll: on a loaded
+        machine a promoted replica slow to answer for ``down-after-milliseconds`` is failed
+        over in turn (seen: a second switch 2 s after the first)."""
+        named: list[int] = []
 
         def settled() -> bool:
+            try:
+                primary = self.primary_port()
+            except RuntimeError:
+                return False
+            named.append(primary)
             for server in self.servers:
                 if server.process is None or server.port == primary:
                     continue
@@ -187,7 +196,8 @@ class SentinelCluster:
                     return False
             return True
 
-        wait_until(settled, timeout, f"every replica to follow {primary}", interval=0.2)
+        wait_until(settled, timeout, "every replica to follow the named primary", interval=0.2)
+        return named[-1]
 
     def kill_primary(self) -> int:
         """SIGKILL the primary; returns its port."""
