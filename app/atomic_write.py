@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -25,12 +26,26 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import CoreCommands
 
 from worker.core.redis_client import REDIS_ERRORS, Command
+from worker.core.settings import Settings
 
-# ARGV holds, per command, its argument count and then its name and arguments after the key;
-# KEYS[i] is the key of command i. Every command here names its key first.
+# ARGV[1] is the condition: '' none; '=<value>' when KEYS[1] (the guard's key) must hold
+# <value> (an idempotency claim), '!' when KEYS[1] must not exist (a re-write after a failover
+# of a task whose record is gone). A failed condition writes nothing and returns -1.
+# Then, per command, its argument count and its name and arguments after the key; its key is
+# the next of KEYS. Every command here names its key first.
 WRITE_ALL = """
-local at = 1
-for i = 1, #KEYS do
+local condition = ARGV[1]
+local first_key = 1
+if condition ~= '' then
+  first_key = 2
+  if condition == '!' then
+    if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+  elseif redis.call('GET', KEYS[1]) ~= string.sub(condition, 2) then
+    return -1
+  end
+end
+local at = 2
+for i = first_key, #KEYS do
   local count = tonumber(ARGV[at])
   local command = {ARGV[at + 1], KEYS[i]}
   for j = at + 2, at + count do
@@ -39,9 +54,63 @@ for i = 1, #KEYS do
   redis.call(unpack(command))
   at = at + count + 1
 end
-return #KEYS
+return #KEYS - first_key + 1
 """
 WRITE_ALL_SHA = hashlib.sha1(WRITE_ALL.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Write only while ``key`` holds ``expected``, or, with ``expected`` None, while ``key``
+    does not exist."""
+
+    key: str
+    expected: bytes | None = None
+
+    def arguments(self) -> tuple[list[Any], bytes]:
+        return [self.key], b"!" if self.expected is None else b"=" + self.expected
+
+
+class ConditionFailed(Exception):
+    """The condition did not hold: nothing was written."""
+
+
+class NotReplicated(redis.RedisError):
+    """Written on the primary, but fewer replicas than asked acknowledged it in time: a failover
+    now could lose it (``redis_client.REPLICATION``)."""
+
+    def __init__(self, acknowledged: int, wanted: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"the write reached {acknowledged} of the {wanted} replica(s) it waits for"
+            f" within {timeout_ms} ms"
+        )
+
+
+@dataclass(frozen=True)
+class Replication:
+    """``WAIT replicas timeout_ms`` after the write (``replicas`` 0: no WAIT)."""
+
+    replicas: int = 0
+    timeout_ms: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Replication:
+        """Only with Sentinel: a standalone Redis has no replica a failover would promote."""
+        if not settings.uses_sentinel:
+            return cls()
+        timeout_ms = max(1, round(settings.redis_replica_ack_timeout * 1000))
+        return cls(settings.redis_min_replicas_ack, timeout_ms)
+
+
+NO_WAIT = Replication()
+
+
+@dataclass(frozen=True)
+class Written:
+    """A script call Redis answered, and where: the address of the server that answered."""
+
+    address: tuple[str, int]
+    applied: bool  # False: its condition did not hold, nothing was written
 
 
 class NotReached(Exception):
@@ -64,13 +133,17 @@ class _Arguments(CoreCommands):
         self.sent.append(args)
 
 
-def script_arguments(commands: Sequence[Command]) -> tuple[list[Any], list[Any]]:
+def script_arguments(
+    commands: Sequence[Command], condition: Condition | None = None
+) -> tuple[list[Any], list[Any]]:
     """KEYS and ARGV of ``WRITE_ALL`` for ``commands`` given as (redis-py method, arguments)."""
     recorder = _Arguments()
     for name, args in commands:
         getattr(recorder, name)(*args)
     keys: list[Any] = []
-    argv: list[Any] = []
+    argv: list[Any] = [b""]
+    if condition is not None:
+        keys, argv[0] = condition.arguments()
     for name, key, *rest in recorder.sent:
         keys.append(key)
         argv += [len(rest) + 1, name, *rest]
@@ -94,29 +167,83 @@ def pack_command(args: Sequence[Any], encoder: Encoder) -> bytes:
     return b"".join(parts)
 
 
-async def write_all(client: AsyncRedis, commands: Sequence[Command]) -> None:
-    """Run ``commands`` atomically in one round trip. ``NotReached`` when Redis could not be
-    reached (nothing sent); any other error was raised after sending."""
-    keys, argv = script_arguments(commands)
+def _request(
+    keys: Sequence[Any], argv: Sequence[Any], replication: Replication, encoder: Encoder, full: bool
+) -> bytes:
+    """The script call, and its ``WAIT`` pipelined behind it: still one round trip."""
+    script = ("EVAL", WRITE_ALL) if full else ("EVALSHA", WRITE_ALL_SHA)
+    packed = pack_command((*script, len(keys), *keys, *argv), encoder)
+    if replication.replicas:
+        packed += pack_command(("WAIT", replication.replicas, replication.timeout_ms), encoder)
+    return packed
+
+
+def _outcome(reply: Any, error: Exception | None, acked: Any, replication: Replication) -> bool:
+    """Whether the script wrote; raises what the replies say went wrong, the script's error
+    first (a refused write)."""
+    if error is not None:
+        raise error
+    if reply == -1:
+        return False
+    if replication.replicas and int(acked) < replication.replicas:
+        raise NotReplicated(int(acked), replication.replicas, replication.timeout_ms)
+    return True
+
+
+def _address(connection: Any) -> tuple[str, int]:
+    return str(connection.host), int(connection.port)
+
+
+async def write_all(
+    client: AsyncRedis,
+    commands: Sequence[Command],
+    condition: Condition | None = None,
+    replication: Replication = NO_WAIT,
+) -> Written:
+    """Run ``commands`` atomically in one round trip, then wait for ``replication``.
+    ``NotReached`` when Redis could not be reached (nothing sent); ``ConditionFailed`` when
+    ``condition`` did not hold (nothing written); ``NotReplicated`` when written on the primary
+    but not acknowledged by enough replicas; any other error was raised after sending."""
+    keys, argv = script_arguments(commands, condition)
+    written = await write_script(client, keys, argv, replication)
+    if not written.applied:
+        raise ConditionFailed()
+    return written
+
+
+async def write_script(
+    client: AsyncRedis, keys: list[Any], argv: list[Any], replication: Replication
+) -> Written:
+    """``write_all`` with its script arguments already made (a write made again, as it was);
+    a condition that did not hold is ``Written.applied`` False, not an error."""
     pool = client.connection_pool
     try:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     except REDIS_ERRORS as exc:
         raise NotReached(exc) from exc
     try:
-        try:
-            arguments = (len(keys), *keys, *argv)
+        for full in (False, True):
             await connection.send_packed_command(
-                pack_command(("EVALSHA", WRITE_ALL_SHA, *arguments), connection.encoder)
+                _request(keys, argv, replication, connection.encoder, full)
             )
-            await connection.read_response()
-        except redis.exceptions.NoScriptError:
-            await connection.send_packed_command(
-                pack_command(("EVAL", WRITE_ALL, *arguments), connection.encoder)
-            )
-            await connection.read_response()
+            reply: Any = None
+            error: Exception | None = None
+            try:
+                reply = await connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if full:
+                    raise
+                error = _NOSCRIPT
+            except redis.ResponseError as exc:
+                error = exc
+            acked = await connection.read_response() if replication.replicas else 0
+            if error is not _NOSCRIPT:
+                applied = _outcome(reply, error, acked, replication)
+                return Written(_address(connection), applied)
     except redis.ResponseError:
         raise  # an error reply: the connection is fine
+    except NotReplicated:
+        raise
     except BaseException:
         # No answer (timeout, cancellation, lost link): a late reply must not be read as the
         # answer to the next command sent on this connection.
@@ -124,3 +251,61 @@ async def write_all(client: AsyncRedis, commands: Sequence[Command]) -> None:
         raise
     finally:
         await pool.release(connection)
+    raise AssertionError("unreachable")
+
+
+def write_all_sync(
+    client: redis.Redis,
+    commands: Sequence[Command],
+    condition: Condition | None = None,
+    replication: Replication = NO_WAIT,
+) -> Written:
+    """``write_all`` for callers off the event loop (the same script, replies and errors)."""
+    keys, argv = script_arguments(commands, condition)
+    written = _write_script_sync(client, keys, argv, replication)
+    if not written.applied:
+        raise ConditionFailed()
+    return written
+
+
+def _write_script_sync(
+    client: redis.Redis, keys: list[Any], argv: list[Any], replication: Replication
+) -> Written:
+    pool = client.connection_pool
+    try:
+        connection = pool.get_connection()
+    except REDIS_ERRORS as exc:
+        raise NotReached(exc) from exc
+    try:
+        for full in (False, True):
+            connection.send_packed_command(  # type: ignore[no-untyped-call]
+                [_request(keys, argv, replication, connection.encoder, full)]
+            )
+            reply: Any = None
+            error: Exception | None = None
+            try:
+                reply = connection.read_response()
+            except redis.exceptions.NoScriptError:
+                if full:
+                    raise
+                error = _NOSCRIPT
+            except redis.ResponseError as exc:
+                error = exc
+            acked = connection.read_response() if replication.replicas else 0
+            if error is not _NOSCRIPT:
+                applied = _outcome(reply, error, acked, replication)
+                return Written(_address(connection), applied)
+    except redis.ResponseError:
+        raise
+    except NotReplicated:
+        raise
+    except BaseException:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(connection)
+    raise AssertionError("unreachable")
+
+
+# Stands for "the script was not cached": send it in full (NOSCRIPT ran nothing).
+_NOSCRIPT = redis.exceptions.NoScriptError("NOSCRIPT")

@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry
 from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, dead_letters, health, queues, seed, tasks
 from app.api.security import RateLimiter
+from app.atomic_write import Replication
 from app.body_limit import BodySizeLimitMiddleware
+from app.failover_audit import auditing, failover_audit
 from app.idempotency import IdempotentSubmitter
 from app.memory_watermark import MemoryWatermark
 from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
@@ -63,11 +65,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     aclient = create_async_redis(settings)
     celery = create_celery_app(settings)
     watermark = MemoryWatermark(client, settings.redis_memory_high_watermark)
+    journal, auditor = failover_audit(settings, aclient)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
-        yield
+        async with auditing(auditor):
+            yield
         app.state.queue.close()
         watermark.close()
         client.close()
@@ -90,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.default_queue,
         aclient,
         watermark=watermark,
+        replication=Replication.from_settings(settings),
+        journal=journal,
     )
     app.state.dead_letters = DeadLetterStore(
         client, settings.dead_letter_max, settings.dead_letter_max_bytes

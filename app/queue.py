@@ -1,13 +1,13 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
 Enqueue writes the task's record and its message in one atomic step (see ``app.publish``):
-one script call from the event loop (``app.atomic_write``), a MULTI/EXEC from a thread, so
-a 202 is only returned for a task whose message Redis accepted, and a failed write leaves
-neither behind; the caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task
-was stored: not when Redis refused the write or could not be reached, perhaps when it did not
-answer after the write was sent. A caller may add its own writes to that transaction, on a
-condition (a ``Guard``: the idempotency key's claim). Above the memory high watermark nothing
-is written at all (``RedisFull``).
+one script call (``app.atomic_write``), from the event loop or from a thread, so a 202 is only
+returned for a task whose message Redis accepted, and a failed write leaves neither behind; the
+caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task was stored: not when
+Redis refused the write or could not be reached, perhaps when it did not answer after the write
+was sent, or (with Sentinel) when fewer replicas than asked acknowledged it in time. A caller
+may add its own writes to that step, on a condition (a ``Guard``: the idempotency key's claim).
+Above the memory high watermark nothing is written at all (``RedisFull``).
 """
 
 from __future__ import annotations
@@ -26,11 +26,20 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from redis.asyncio import Redis as AsyncRedis
 from starlette.concurrency import run_in_threadpool
 
-from app.atomic_write import NotReached, write_all
+from app.atomic_write import (
+    NO_WAIT,
+    Condition,
+    ConditionFailed,
+    NotReached,
+    Replication,
+    write_all,
+    write_all_sync,
+)
+from app.failover_audit import AcceptedJournal
 from app.memory_watermark import MemoryWatermark
 from app.publish import MessageBuilder, PreparedMessage
 from worker.core.records import TaskRecord, TaskRecords
-from worker.core.redis_client import REDIS_ERRORS, Command, queue_commands, refusal_code
+from worker.core.redis_client import REDIS_ERRORS, Command, refusal_code
 from worker.core.status import TaskStatus, from_celery_state
 from worker.core.telemetry import current_trace_ids
 
@@ -70,8 +79,8 @@ class GuardFailed(Exception):
 
 @dataclass(frozen=True)
 class Guard:
-    """Enqueue only while ``key`` holds ``expected`` (WATCHed until EXEC), and write ``also``
-    in the same MULTI/EXEC as the task: both or neither."""
+    """Enqueue only while ``key`` holds ``expected`` (checked in the write's script), and write
+    ``also`` in the same atomic step as the task: both or neither."""
 
     key: str
     expected: bytes
@@ -132,7 +141,11 @@ class TaskQueue:
         default_queue: str,
         aredis: AsyncRedis,
         watermark: MemoryWatermark | None = None,
+        replication: Replication = NO_WAIT,
+        journal: AcceptedJournal | None = None,
     ) -> None:
+        """``replication``: the replicas a submit waits for (Sentinel mode); ``journal``: where
+        accepted submits are kept for ``app.failover_audit`` to check after a failover."""
         self._celery = celery
         self._watermark = watermark
         self._records = records
@@ -140,6 +153,8 @@ class TaskQueue:
         self._redis = records.client
         self._aredis = aredis
         self._messages = MessageBuilder(celery)
+        self._replication = replication
+        self._journal = journal
 
     def _prepare(
         self, name: str, payload: dict[str, Any], options: EnqueueOptions, task_id: str | None
@@ -170,41 +185,29 @@ class TaskQueue:
     ) -> str:
         """Blocking form, for callers already off the event loop (idempotent submits).
 
-        With a ``guard``: ``GuardFailed`` when its key changed before EXEC, and nothing is
-        written."""
+        With a ``guard``: ``GuardFailed`` when its key changed, and nothing is written."""
         if self._watermark is not None:
             self._watermark.check()
         if not self._messages.ready:
             self._open_channel()
-        with self._redis.pipeline(transaction=True) as pipe:
+        message, commands = self._prepare(name, payload, options, task_id)
+        condition = None
+        if guard is not None:
+            commands += guard.also
+            condition = Condition(guard.key, guard.expected)
+        # As in enqueue_async: the producer span is this write.
+        with suppress_instrumentation():
             try:
-                if guard is not None:
-                    pipe.watch(guard.key)  # type: ignore[no-untyped-call]
-                    if pipe.get(guard.key) != guard.expected:
-                        raise GuardFailed(guard.key)
-                    pipe.multi()
-                else:
-                    pipe.connection = self._redis.connection_pool.get_connection()
-            except REDIS_ERRORS as exc:
-                pipe.watching = False  # the connection is gone, and its WATCH with it
-                raise EnqueueFailed(exc, stored=False) from exc
-            except redis.ResponseError as exc:
-                raise EnqueueFailed(exc, stored=False) from exc
-            message, commands = self._prepare(name, payload, options, task_id)
-            queue_commands(pipe, [*commands, *(guard.also if guard else ())])
-            # EXEC ends the WATCH on the server whatever its outcome, and a connection that
-            # got no answer is dropped; redis-py's UNWATCH after it would only cost a round
-            # trip, or reconnect to an unresponsive Redis and double the time to answer 503.
-            pipe.watching = False
-            # As in enqueue_async: the producer span is this write.
-            with suppress_instrumentation():
-                try:
-                    pipe.execute()
-                except redis.WatchError as exc:
-                    assert guard is not None  # only a watched transaction is aborted
-                    raise GuardFailed(guard.key) from exc
-                except redis.RedisError as exc:
-                    raise _failed_write(exc) from exc
+                written = write_all_sync(self._redis, commands, condition, self._replication)
+            except ConditionFailed as exc:
+                assert guard is not None  # only a guarded write has a condition
+                raise GuardFailed(guard.key) from exc
+            except NotReached as exc:
+                raise EnqueueFailed(exc.cause, stored=False) from exc.cause
+            except redis.RedisError as exc:
+                raise _failed_write(exc) from exc
+        if self._journal is not None:
+            self._journal.add(written.address, commands)
         return self._published(message)
 
     async def enqueue_async(
@@ -226,11 +229,13 @@ class TaskQueue:
         # write: a Redis client span inside it would say the same again, at a price per submit.
         with suppress_instrumentation():
             try:
-                await write_all(self._aredis, commands)
+                written = await write_all(self._aredis, commands, replication=self._replication)
             except NotReached as exc:
                 raise EnqueueFailed(exc.cause, stored=False) from exc.cause
             except redis.RedisError as exc:
                 raise _failed_write(exc) from exc
+        if self._journal is not None:
+            self._journal.add(written.address, commands)
         return self._published(message)
 
     def _open_channel(self) -> None:

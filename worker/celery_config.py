@@ -95,6 +95,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # the runner skips it as a finished duplicate.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_max_retries": None,
+        # Reconnects every second, not kombu's 2..30 s backoff (worker/consumer.py says why).
+        "worker_consumer": "worker.consumer:Consumer",
         "broker_connection_timeout": settings.redis_connect_timeout,
         # A publish to an unreachable Redis gives up within about a second (the API answers 503).
         "task_publish_retry_policy": {

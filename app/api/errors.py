@@ -15,6 +15,7 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel
 
 from app.api.security import Forbidden, RateLimited, Unauthenticated
+from app.atomic_write import NotReplicated
 from app.idempotency import IdempotencyConflict, IdempotencyKeyInvalid
 from app.memory_watermark import RedisFull
 from app.queue import EnqueueFailed, TaskAlreadyFinished, TaskNotFound
@@ -158,7 +159,10 @@ async def _enqueue_failed(request: Request, exc: Exception) -> JSONResponse:
             f"Redis is unavailable ({_cause(cause)}): the task was not stored",
             RETRY_AFTER_UNAVAILABLE,
         )
-    detail = f"Redis did not answer in time ({_cause(cause)}): {MAY_BE_STORED}"
+    if isinstance(cause, NotReplicated):
+        detail = f"Redis stored the write, but no replica confirmed it ({cause}): {MAY_BE_STORED}"
+    else:
+        detail = f"Redis did not answer in time ({_cause(cause)}): {MAY_BE_STORED}"
     if "idempotency-key" not in request.headers:
         detail += NO_KEY_SENT
     return _unavailable(detail, RETRY_AFTER_UNAVAILABLE)

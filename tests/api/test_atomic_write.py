@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from redis.asyncio import Redis as AsyncRedis
 
-from app.atomic_write import NotReached, pack_command, script_arguments, write_all
-from tests.utils.processes import RedisServer, free_port
+from app.atomic_write import (
+    NO_WAIT,
+    Condition,
+    ConditionFailed,
+    NotReached,
+    NotReplicated,
+    Replication,
+    Written,
+    pack_command,
+    script_arguments,
+    write_all,
+    write_all_sync,
+)
+from tests.utils.processes import RedisServer, free_port, wait_until
 from worker.core.names import DEFAULT_QUEUE
 from worker.core.redis_client import Command, queue_commands
 
@@ -31,22 +47,46 @@ def _stored(client: redis.Redis) -> tuple[dict[bytes, bytes], int, list[bytes]]:
     return client.hgetall("rec"), client.ttl("rec"), client.lrange("q", 0, -1)
 
 
-def _write(url: str, commands: list[Command]) -> None:
-    async def run() -> None:
+def _write(
+    url: str,
+    commands: list[Command],
+    condition: Condition | None = None,
+    replication: Replication = NO_WAIT,
+) -> Written:
+    async def run() -> Written:
         aclient = AsyncRedis.from_url(url)
         try:
-            await write_all(aclient, commands)
+            return await write_all(aclient, commands, condition, replication)
         finally:
             await aclient.aclose()
 
-    asyncio.run(run())
+    return asyncio.run(run())
+
+
+def _write_sync(
+    url: str,
+    commands: list[Command],
+    condition: Condition | None = None,
+    replication: Replication = NO_WAIT,
+) -> Written:
+    with redis.Redis.from_url(url) as client:
+        return write_all_sync(client, commands, condition, replication)
+
+
+Writer = Callable[..., Written]
+WRITERS = [pytest.param(_write, id="asyncio"), pytest.param(_write_sync, id="sync")]
 
 
 def test_script_arguments_are_the_commands_arguments() -> None:
     keys, argv = script_arguments(COMMANDS)
     assert keys == ["rec", "rec", "q"]
-    assert argv[:8] == [7, "HSET", "name", "noop", "queue", DEFAULT_QUEUE, "enqueued_at", 1.25]
-    assert argv[8:] == [2, "EXPIRE", 86400, 2, "LPUSH", '{"body": "\\u00e9", "n": 1}']
+    assert argv[0] == b""  # no condition
+    assert argv[1:9] == [7, "HSET", "name", "noop", "queue", DEFAULT_QUEUE, "enqueued_at", 1.25]
+    assert argv[9:] == [2, "EXPIRE", 86400, 2, "LPUSH", '{"body": "\\u00e9", "n": 1}']
+    keys, argv = script_arguments(COMMANDS, Condition("claim", b"mine"))
+    assert (keys[:2], argv[0]) == (["claim", "rec"], b"=mine")
+    keys, argv = script_arguments(COMMANDS, Condition("rec"))
+    assert (keys[:2], argv[0]) == (["rec", "rec"], b"!")
 
 
 @pytest.mark.parametrize(
@@ -85,26 +125,92 @@ def test_the_script_stores_what_the_transaction_stored(
     assert _stored(client) == by_transaction
 
 
+@pytest.mark.parametrize("write", WRITERS)
+@pytest.mark.parametrize("replicas", [0, 1])
 def test_a_flushed_script_cache_is_refilled_in_the_same_call(
-    client: redis.Redis, own_redis: RedisServer
+    write: Writer, replicas: int, tmp_path: Path, client: redis.Redis, own_redis: RedisServer
 ) -> None:
-    client.script_flush()
-    _write(own_redis.url, COMMANDS)
-    assert client.llen("q") == 1
-    _write(own_redis.url, COMMANDS)  # now by EVALSHA
-    assert client.llen("q") == 2
+    """With a WAIT pipelined behind the script too: its reply to the NOSCRIPT attempt is read
+    and dropped, not taken for the answer to the EVAL that follows."""
+    with contextlib.ExitStack() as stack:
+        if replicas:
+            stack.enter_context(replica_of(own_redis, tmp_path))
+        replication = Replication(replicas, 2000)
+        client.script_flush()
+        assert write(own_redis.url, COMMANDS, None, replication).applied
+        assert client.llen("q") == 1
+        write(own_redis.url, COMMANDS, None, replication)  # now by EVALSHA
+        assert client.llen("q") == 2
 
 
-def test_a_refused_write_stores_nothing(client: redis.Redis, own_redis: RedisServer) -> None:
+@pytest.mark.parametrize("write", WRITERS)
+def test_a_refused_write_stores_nothing(
+    write: Writer, client: redis.Redis, own_redis: RedisServer
+) -> None:
     client.replicaof("127.0.0.1", free_port())
     try:
         with pytest.raises(redis.exceptions.ReadOnlyError):
-            _write(own_redis.url, COMMANDS)
+            write(own_redis.url, COMMANDS)
     finally:
         client.replicaof("NO", "ONE")
     assert _stored(client) == ({}, -2, [])
 
 
-def test_an_unreachable_redis_is_not_reached() -> None:
+@pytest.mark.parametrize("write", WRITERS)
+def test_an_unreachable_redis_is_not_reached(write: Writer) -> None:
     with pytest.raises(NotReached):
-        _write(f"redis://127.0.0.1:{free_port()}/0", COMMANDS)
+        write(f"redis://127.0.0.1:{free_port()}/0", COMMANDS)
+
+
+@pytest.mark.parametrize("write", WRITERS)
+def test_a_condition_writes_all_or_nothing(
+    write: Writer, client: redis.Redis, own_redis: RedisServer
+) -> None:
+    client.set("claim", "mine")
+    with pytest.raises(ConditionFailed):
+        write(own_redis.url, COMMANDS, Condition("claim", b"theirs"))
+    assert _stored(client) == ({}, -2, [])
+    write(own_redis.url, COMMANDS, Condition("claim", b"mine"))
+    assert client.llen("q") == 1
+    # '!': only while the key is absent (a re-write after a failover).
+    with pytest.raises(ConditionFailed):
+        write(own_redis.url, COMMANDS, Condition("rec"))
+    assert client.llen("q") == 1
+    client.delete("rec")
+    write(own_redis.url, COMMANDS, Condition("rec"))
+    assert client.llen("q") == 2
+
+
+@contextlib.contextmanager
+def replica_of(primary: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
+    with redis.Redis.from_url(primary.url) as direct:
+        direct.config_set("repl-diskless-sync-delay", 0)  # sync at once, not after 5 s
+    with RedisServer(
+        tmp_path / "replica", extra_args=("--replicaof", "127.0.0.1", str(primary.port))
+    ) as replica:
+        with redis.Redis.from_url(replica.url) as direct:
+            wait_until(
+                lambda: direct.info("replication").get("master_link_status") == "up",
+                30,
+                "the replica in sync",
+            )
+        yield replica
+
+
+@pytest.mark.parametrize("write", WRITERS)
+def test_wait_answers_once_a_replica_has_the_write_and_says_when_none_did(
+    write: Writer, tmp_path: Path, client: redis.Redis, own_redis: RedisServer
+) -> None:
+    with replica_of(own_redis, tmp_path) as replica:
+        written = write(own_redis.url, COMMANDS, None, Replication(1, 2000))
+        assert written.address == ("127.0.0.1", own_redis.port)
+        with redis.Redis.from_url(replica.url) as direct:
+            assert direct.llen("q") == 1  # WAIT returned: the replica has it
+        assert replica.process is not None
+        os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(NotReplicated, match="reached 0 of the 1 replica"):
+                write(own_redis.url, COMMANDS, None, Replication(1, 300))
+        finally:
+            os.kill(replica.process.pid, signal.SIGCONT)
+    assert client.llen("q") == 2  # stored on the primary all the same: "may have been stored"

@@ -195,9 +195,9 @@ def test_redis_lost_right_after_the_enqueue_leaves_the_key_done(
 ) -> None:
     api, link = cut_api
     key = f"cut-after-{uuid.uuid4()}"
-    link.fail_at_next_exec(deliver=True)
+    link.fail_at_next_write(deliver=True)
     first = keyed_noop(api, key, "once")
-    assert link.failed  # Redis was gone from the instant after the transaction
+    assert link.failed  # Redis was gone from the instant after the write
     # Before, the done marker was a write of its own after the enqueue: a 503 here, the task
     # queued, and every retry a 409 for a day.
     assert first.status_code == 202, first.text
@@ -218,7 +218,7 @@ def test_redis_lost_with_the_enqueue_leaves_neither_task_nor_marker(
 ) -> None:
     api, link = cut_api
     key = f"cut-before-{uuid.uuid4()}"
-    link.fail_at_next_exec(deliver=False)
+    link.fail_at_next_write(deliver=False)
     first = keyed_noop(api, key, "once")
     assert link.failed
     assert first.status_code == 503, first.text

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
@@ -35,7 +37,7 @@ from tests.utils.processes import (
 )
 from tests.utils.sentinel import SentinelCluster
 from worker.celery_config import create_celery_app
-from worker.core.names import DEFAULT_QUEUE, RECONCILE_TASK
+from worker.core.names import DEFAULT_QUEUE, RECONCILE_TASK, TASK_RECORD_KEY
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.result_backend import CourierSentinelBackend
 from worker.transport import SentinelChannel
@@ -129,6 +131,78 @@ def test_beat_sends_its_schedule_through_sentinel(cluster: SentinelCluster, tmp_
         assert beat.process.poll() is None
 
 
+# --- a 202 means replicated, and a failover that loses one is repaired -------------------
+
+
+def test_a_submit_waits_for_a_replica_and_is_503_without_one(cluster: SentinelCluster) -> None:
+    """``WAIT``: with both replicas frozen, the write reaches the primary but no replica, so the
+    API says 503 "may have been stored" within the timeout, not 202."""
+    from fastapi.testclient import TestClient
+
+    settings = settings_from({**cluster.courier_vars(), "COURIER_REDIS_REPLICA_ACK_TIMEOUT": "0.3"})
+    primary = cluster.primary_port()
+    replicas = [server for server in cluster.servers if server.port != primary]
+    with TestClient(create_app(settings)) as api:
+        assert api.post("/v1/tasks/noop", json={}).status_code == 202
+        for replica in replicas:
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            refused = api.post("/v1/tasks/noop", json={}, headers={"Idempotency-Key": "k-wait"})
+            took = time.monotonic() - started
+        finally:
+            for replica in replicas:
+                assert replica.process is not None
+                os.kill(replica.process.pid, signal.SIGCONT)
+        assert refused.status_code == 503, refused.text
+        assert "no replica confirmed it" in refused.json()["detail"]
+        assert "Idempotency-Key" in refused.json()["detail"]
+        assert took < 5, took
+        # The retry with the same key is answered with the task the first attempt stored.
+        retried = api.post("/v1/tasks/noop", json={}, headers={"Idempotency-Key": "k-wait"})
+        assert retried.status_code == 202, retried.text
+
+
+def test_an_accepted_task_the_new_primary_lacks_is_written_again(
+    failover_cluster: SentinelCluster,
+) -> None:
+    """The failover audit (``app/failover_audit.py``): a task accepted on the old primary and
+    missing on the new one (as if it was never replicated there) is restored, with its id,
+    record and message, once the Sentinels name the new primary; one it has is left alone."""
+    from fastapi.testclient import TestClient
+
+    cluster = failover_cluster
+    with TestClient(create_app(settings_from(cluster.courier_vars()))) as api:
+        lost = api.post("/v1/tasks/noop", json={"echo": "lost"}).json()["id"]
+        kept = api.post("/v1/tasks/noop", json={"echo": "kept"}).json()["id"]
+        record = TASK_RECORD_KEY.format(task_id=lost)
+        primary = cluster.primary_port()
+        for server in cluster.servers:
+            if server.port == primary:
+                continue
+            # Each replica forgets the task, as one that never received it: whichever is
+            # promoted lacks it (a writable replica keeps its own writes to itself).
+            with cluster.data_client(server.port) as replica:
+                wait_until(lambda r=replica: r.exists(record), 10, "the task replicated")
+                replica.config_set("replica-read-only", "no")
+                message = next(
+                    m for m in replica.lrange(DEFAULT_QUEUE, 0, -1) if lost.encode() in m
+                )
+                assert replica.delete(record) == 1 and replica.lrem(DEFAULT_QUEUE, 0, message) == 1
+                replica.config_set("replica-read-only", "yes")
+        old = cluster.kill_primary()
+        new = cluster.wait_for_new_primary(old)
+        with cluster.data_client(new) as direct:
+            wait_until(lambda: direct.exists(record), 15, "the audit to restore the task")
+            messages = direct.lrange(DEFAULT_QUEUE, 0, -1)
+            assert sorted(lost.encode() in m for m in messages) == [False, True], messages
+        assert api.get(f"/v1/tasks/{lost}").json()["status"] == "queued"
+        assert api.get(f"/v1/tasks/{kept}").json()["status"] == "queued"
+        metrics = api.get("/metrics").text
+        assert "courier_failover_rewrites_total 1.0" in metrics, metrics
+
+
 # --- failover, end to end ------------------------------------------------------------------
 
 
@@ -206,21 +280,7 @@ def failover_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
         yield running
 
 
-DEMOTE_LOSES_WRITES = (
-    "Sentinel's forced failover does not stop the old primary first: it takes writes (submits,"
-    " results) for up to ~10 s after a replica was promoted, until Sentinel's next INFO poll"
-    " converts it, and they are gone at its resync. Closing this needs item 3 of issue 14"
-    " (min-replicas-to-write, and writes paused on the old primary before the switch)."
-)
-
-
-@pytest.mark.parametrize(
-    "fault",
-    [
-        "kill",
-        pytest.param("demote", marks=pytest.mark.xfail(strict=True, reason=DEMOTE_LOSES_WRITES)),
-    ],
-)
+@pytest.mark.parametrize("fault", ["kill", "demote"])
 def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
     failover_cluster: SentinelCluster, tmp_path: Path, fault: str
 ) -> None:

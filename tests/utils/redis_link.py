@@ -1,11 +1,11 @@
-"""A TCP link to a real redis-server that can fail right after a transaction.
+"""A TCP link to a real redis-server that can fail right after a submit's write.
 
-Clients connect to the link instead of to Redis. ``fail_at_next_exec()`` makes the link
-behave as if Redis died at the next EXEC a client sends: just after it (the transaction is
-applied and its reply gets through), or just before it (``deliver=False``: the transaction is
-lost). From then on whatever any client sends is lost and new connections are refused, until
-``restore()``. Those are moments no timing from outside can hit: between a transaction and
-the client's next command.
+Clients connect to the link instead of to Redis. ``fail_at_next_write()`` makes the link
+behave as if Redis died at the next submit write a client sends (an EXEC, or the call of
+``app.atomic_write``'s script): just after it (the write is applied and its reply gets
+through), or just before it (``deliver=False``: the write is lost). From then on whatever any
+client sends is lost and new connections are refused, until ``restore()``. Those are moments
+no timing from outside can hit: between a write and the client's next command.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ import threading
 from types import TracebackType
 from typing import Self
 
-# EXEC as a client sends it (RESP): base64 message bodies and JSON cannot contain CRLF.
+from app.atomic_write import WRITE_ALL_SHA
+
+# EXEC as a client sends it (RESP): base64 message bodies and JSON cannot contain CRLF; the
+# script's SHA1 as EVALSHA names it.
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+WRITES = (EXEC, WRITE_ALL_SHA.encode())
+TAIL = max(len(marker) for marker in WRITES)
 
 
 class RedisLink:
@@ -42,7 +47,7 @@ class RedisLink:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def fail_at_next_exec(self, deliver: bool = True) -> None:
+    def fail_at_next_write(self, deliver: bool = True) -> None:
         with self._lock:
             self._armed, self._deliver = True, deliver
 
@@ -104,12 +109,12 @@ class RedisLink:
                 if self._failed:
                     return  # sent to a dead Redis: lost
                 seen = self._tails.get(sock, b"") + data
-                self._tails[sock] = seen[-len(EXEC) :]
-                if self._armed and EXEC in seen:
+                self._tails[sock] = seen[-TAIL:]
+                if self._armed and any(marker in seen for marker in WRITES):
                     self._armed, self._failed = False, True
                     if not self._deliver:
                         return  # the transaction never reaches Redis
-        peer.sendall(data)  # Redis -> client always flows: the EXEC's reply gets through
+        peer.sendall(data)  # Redis -> client always flows: the write's reply gets through
 
     def _close(self, sock: socket.socket) -> None:
         for one in (sock, self._peers.pop(sock, None)):

@@ -81,7 +81,12 @@ class SentinelCluster:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        auth = ("--requirepass", DATA_PASSWORD, "--masterauth", DATA_PASSWORD)
+        auth = (
+            *("--requirepass", DATA_PASSWORD, "--masterauth", DATA_PASSWORD),
+            # As the chart configures them: a primary left without a replica refuses writes.
+            *("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10"),
+            *("--repl-diskless-sync-delay", "0"),
+        )
         primary = RedisServer(workdir / "redis-0", extra_args=auth)
         replica_of = ("--replicaof", "127.0.0.1", str(primary.port))
         self.servers = [primary] + [

@@ -73,6 +73,11 @@ TASKS_PURGED = Counter(
     "Messages removed from a queue by DELETE /v1/queues/{name}/messages (each task revoked).",
     ("queue_name",),
 )
+FAILOVER_REWRITES = Counter(
+    "courier_failover_rewrites",
+    "Accepted tasks a Redis failover lost and the API wrote again on the new primary "
+    "(app/failover_audit.py).",
+)
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
 TASKS_LOST = Counter(
     "courier_tasks_lost",

@@ -128,16 +128,61 @@ def sentinel_pool(
     return module.SentinelConnectionPool(options["master_name"], manager, **kwargs)
 
 
+# The error reply of a primary with fewer good replicas than its min-replicas-to-write.
+NOREPLICAS = "NOREPLICAS"
+
+
+def _left_behind(connection: Any, exc: redis.ResponseError) -> bool:
+    return bool(connection.connection_pool.is_master) and str(exc).startswith(NOREPLICAS)
+
+
+class FencedConnection(redis.sentinel.SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, which treats ``NOREPLICAS`` as ``READONLY``: the
+    server is a primary left behind by a failover. After a planned switch the old primary is
+    demoted only ~10 s later; once its replicas have left for the new one, ``min-replicas-to-
+    write`` makes it refuse writes, and this reply is the first sign a client gets. Dropping
+    the connection sends the next command through Sentinel to the new primary, instead of
+    asking the old one again until it is demoted."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not _left_behind(self, exc):
+                raise
+            self.disconnect()  # type: ignore[no-untyped-call]
+            raise redis.ConnectionError(f"the primary lost its replicas: {exc}") from exc
+
+
+class FencedSSLConnection(FencedConnection, redis.SSLConnection):
+    pass
+
+
+class AsyncFencedConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """``FencedConnection`` for asyncio clients."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not _left_behind(self, exc):
+                raise
+            await self.disconnect()
+            raise redis.ConnectionError(f"the primary lost its replicas: {exc}") from exc
+
+
+class AsyncFencedSSLConnection(AsyncFencedConnection, redis.asyncio.SSLConnection):
+    pass
+
+
 def _sentinel_managed(connection_class: type | None, asyncio: bool) -> type:
     """The Sentinel-managed twin of a direct connection class (TLS or not)."""
-    module: Any = redis.asyncio.sentinel if asyncio else redis.sentinel
     plain: Any = redis.asyncio if asyncio else redis
-    managed: type = module.SentinelManagedConnection
+    managed: type = AsyncFencedConnection if asyncio else FencedConnection
     if connection_class is None or issubclass(connection_class, managed):
         return connection_class or managed
     if issubclass(connection_class, plain.SSLConnection):
-        tls: type = module.SentinelManagedSSLConnection
-        return tls
+        return AsyncFencedSSLConnection if asyncio else FencedSSLConnection
     if issubclass(connection_class, plain.UnixDomainSocketConnection):
         raise ValueError("Sentinel names TCP addresses: COURIER_REDIS_URL cannot be a socket")
     return managed

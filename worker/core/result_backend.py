@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import redis.sentinel
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
-from worker.core.redis_client import ALLOW_OOM, sentinel_pool
+from worker.core.redis_client import ALLOW_OOM, FencedSSLConnection, sentinel_pool
 
 # Terminal Celery states: a stored state in this set is never overwritten.
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
@@ -122,7 +121,7 @@ class CourierSentinelBackend(CourierRedisBackend):
     worker retries (``result_backend_always_retry``) on a new connection to the new primary;
     storing a state twice is harmless (the script refuses to overwrite a finished one)."""
 
-    connection_class_ssl: Any = redis.sentinel.SentinelManagedSSLConnection
+    connection_class_ssl: Any = FencedSSLConnection
 
     def _get_pool(self, **params: Any) -> Any:
         backend: Any = self  # celery-types lacks _transport_options

@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     redis_sentinel_master: str | None = Field(None, min_length=1, pattern=r"^\S+$")
     # The Sentinels' own password (their requirepass), when they have one.
     redis_sentinel_password: SecretStr | None = None
+    # With Sentinel, a submit is answered 202 only once this many replicas acknowledged its
+    # write (Redis WAIT), within redis_replica_ack_timeout seconds, else 503 "may have been
+    # stored" (0: no WAIT). Without Sentinel neither applies.
+    redis_min_replicas_ack: int = Field(1, ge=0, le=16)
+    redis_replica_ack_timeout: float = Field(0.5, gt=0, le=10)
+    # With Sentinel, each API process keeps what it wrote for the tasks it accepted in the last
+    # this many seconds, and writes again those a failover lost (0: off). Longer than the
+    # Sentinels take to fail over (down-after-milliseconds + election + promotion).
+    redis_failover_audit_seconds: float = Field(30.0, ge=0, le=3600)
     # kombu restores a delivered-but-unacknowledged message after this many seconds.
     broker_visibility_timeout: int = Field(3600, ge=1)
     result_expires: int = Field(86400, ge=1)

@@ -16,29 +16,26 @@ quietly lose the atomic fetch at its first failover.
 What a failover does to a consumer: the primary's death, or its demotion (Sentinel kills its
 clients; a command still reaching it is answered ``READONLY``, a blocked one ``UNBLOCKED``),
 reaches the channel as a connection error (redis-py's ``SentinelManagedConnection`` turns both
-replies into one), exactly like a restart of a standalone Redis: Celery's consumer reconnects,
-and the new channel's connections ask the Sentinels where the primary is now.
+replies into one, and Courier's ``FencedConnection`` a ``NOREPLICAS`` too: an old primary whose
+replicas left for the new one), exactly like a restart of a standalone Redis: Celery's
+consumer reconnects, and the new channel's connections ask the Sentinels where the primary is.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kombu.transport import redis as kombu_redis
-
-from worker.core.redis_client import sentinel_pool
+from worker.core.redis_client import FencedConnection, FencedSSLConnection, sentinel_pool
 from worker.transport.channel import Channel
 from worker.transport.poller import Transport
-
-_KombuSentinelChannel: Any = kombu_redis.SentinelChannel
 
 
 class SentinelChannel(Channel):
     from_transport_options = (*Channel.from_transport_options, "sentinel")
     #: ``redis_client.sentinel_options(settings)``: sentinels, master_name, sentinel_kwargs.
     sentinel: dict[str, Any] | None = None
-    connection_class = _KombuSentinelChannel.connection_class
-    connection_class_ssl = _KombuSentinelChannel.connection_class_ssl
+    connection_class = FencedConnection
+    connection_class_ssl = FencedSSLConnection
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         if not self.sentinel:
