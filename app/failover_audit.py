@@ -95,8 +95,10 @@ class FailoverAuditor:
         client: AsyncRedis,
         journal: AcceptedJournal,
         replication: Replication,
+        master: str,
         interval: float = AUDIT_INTERVAL_SECONDS,
     ) -> None:
+        self._rewrites = FAILOVER_REWRITES.labels(master)
         self._client = client
         self._journal = journal
         self._replication = replication
@@ -153,9 +155,8 @@ class FailoverAuditor:
             entry.address = written.address
         return rewritten
 
-    @staticmethod
-    def _restored(record_key: Any, lost_on: Address, primary: Address) -> None:
-        FAILOVER_REWRITES.inc()
+    def _restored(self, record_key: Any, lost_on: Address, primary: Address) -> None:
+        self._rewrites.inc()
         logger.warning(
             "accepted task restored after a failover",
             extra={"record": str(record_key), "written_to": lost_on, "primary": primary},
@@ -169,7 +170,9 @@ def failover_audit(
     if not settings.uses_sentinel or not settings.redis_failover_audit_seconds:
         return None, None
     journal = AcceptedJournal(settings.redis_failover_audit_seconds)
-    return journal, FailoverAuditor(client, journal, Replication.from_settings(settings))
+    replication = Replication.from_settings(settings)
+    master = str(settings.redis_sentinel_master)
+    return journal, FailoverAuditor(client, journal, replication, master)
 
 
 @contextlib.asynccontextmanager

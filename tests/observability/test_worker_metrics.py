@@ -216,3 +216,20 @@ def test_backlog_counts_waiting_and_reserved_messages(stack: Stack) -> None:
     assert stack.api.delete(f"/v1/tasks/{delayed}").status_code == 202
     for task_id in ids:
         wait_for_status(stack.api, task_id, timeout=30)
+
+
+def test_every_metric_is_labelled() -> None:
+    """An unlabelled metric creates its value when the module is imported, before an entry
+    point switches prometheus-client to multiprocess mode: its value class is then the
+    single-process one, and a worker exported none of its per-task series (seen when
+    courier_failover_rewrites_total was added without a label)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from worker.core import metrics as module
+
+    unlabelled = [
+        name
+        for name, value in vars(module).items()
+        if isinstance(value, MetricWrapperBase) and not value._labelnames
+    ]
+    assert unlabelled == []

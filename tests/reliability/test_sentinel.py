@@ -200,7 +200,7 @@ def test_an_accepted_task_the_new_primary_lacks_is_written_again(
         assert api.get(f"/v1/tasks/{lost}").json()["status"] == "queued"
         assert api.get(f"/v1/tasks/{kept}").json()["status"] == "queued"
         metrics = api.get("/metrics").text
-        assert "courier_failover_rewrites_total 1.0" in metrics, metrics
+        assert 'courier_failover_rewrites_total{master="courier"} 1.0' in metrics, metrics
 
 
 # --- failover, end to end ------------------------------------------------------------------

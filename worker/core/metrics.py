@@ -73,10 +73,13 @@ TASKS_PURGED = Counter(
     "Messages removed from a queue by DELETE /v1/queues/{name}/messages (each task revoked).",
     ("queue_name",),
 )
+# Labelled, as every metric here: an unlabelled one creates its value at import, before the
+# entry points have switched prometheus-client to multiprocess mode (worker/core/multiproc.py).
 FAILOVER_REWRITES = Counter(
     "courier_failover_rewrites",
     "Accepted tasks a Redis failover lost and the API wrote again on the new primary "
-    "(app/failover_audit.py).",
+    "(app/failover_audit.py); master: the Sentinel master name.",
+    ("master",),
 )
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
 TASKS_LOST = Counter(
