@@ -24,6 +24,7 @@ from benchmarks import (
     memory,
     peers,
     redis_work,
+    sentinel_submit,
     submit,
 )
 from benchmarks.load import require_wrk
@@ -34,6 +35,7 @@ from benchmarks.stats import Figure
 
 SCENARIOS: dict[str, Callable[[Plan], list[Figure]]] = {
     "submit": submit.run,
+    "submit-sentinel": sentinel_submit.run,
     "execution": execution.run,
     "drain": drain.run,
     "peers": peers.run,
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tasks:
         plan = replace(plan, tasks=max(100, args.tasks))
     names = args.only or list(SCENARIOS)
-    if "submit" in names or "instrumentation" in names:
+    if {"submit", "submit-sentinel", "instrumentation"} & set(names):
         require_wrk()
     started = time.monotonic()
     figures: list[Figure] = []
