@@ -489,3 +489,67 @@ def test_a_task_revoked_while_queued_is_skipped_on_the_fetch_check_alone(tmp_pat
     assert (done["status"], done["result"]) == ("revoked", None)
     assert json.loads(stored)["status"] == states.REVOKED
     assert record is not None and (record.started_at, record.executions) == (None, 0)
+
+
+# --- acknowledgements on the fetches' own connection (Sentinel mode) ---
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_acknowledgements_stay_on_the_connection_that_fetched(
+    own_redis: RedisServer, client: redis.Redis, own: bool
+) -> None:
+    """With ``acks_on_own_connection`` (the Sentinel channel's), an acknowledgement goes on the
+    connection whose fetch delivered the message, and once that connection is gone it is not
+    sent through a new one (which, after a failover, may reach another server than the one
+    holding the task's result): the message stays in unacked for the visibility timeout.
+    Without it, a pooled connection sends it, as before."""
+    publish(own_redis.url, 1, 2)
+    messages: list[Any] = []
+    with (
+        courier_connection(own_redis.url, acks_on_own_connection=own) as connection,
+        Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda body, message: messages.append(message)],
+            accept=["json"],
+            prefetch_count=1,
+        ),
+    ):
+        channel = connection.default_channel
+        connection.drain_events(timeout=10)
+        messages[0].ack()
+        with contextlib.suppress(TimeoutError, OSError):
+            connection.drain_events(timeout=1)  # its poll start: a fetch carries the ack
+        assert len(messages) == 2 and client.hlen("unacked") == 1
+        with contextlib.suppress(TimeoutError, OSError):
+            connection.drain_events(timeout=0.5)  # nothing to fetch: fetch reply read, idle
+        messages[1].ack()
+        channel.client.connection.disconnect()  # the fetches' connection is gone
+        channel.flush_acks()
+        assert client.hlen("unacked") == (1 if own else 0)
+
+
+def test_a_lone_acknowledgement_on_the_fetches_own_connection_is_applied(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    publish(own_redis.url, 1)
+    messages: list[Any] = []
+    with (
+        courier_connection(own_redis.url, acks_on_own_connection=True) as connection,
+        Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda body, message: messages.append(message)],
+            accept=["json"],
+            prefetch_count=1,
+        ),
+    ):
+        connection.drain_events(timeout=10)
+        client.config_resetstat()
+        messages[0].ack()
+        with contextlib.suppress(TimeoutError, OSError):
+            connection.drain_events(timeout=0.5)  # poll start: a fetch carries it, or ACK
+        own = connection.default_channel.client.connection
+        assert own is not None and own._sock is not None
+        assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
+    assert client.info("commandstats")["cmdstat_hdel"]["calls"] == 1

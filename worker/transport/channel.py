@@ -131,6 +131,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         "wait_timeout",
         "message_screen",
         "start_stamp",
+        "acks_on_own_connection",
     )
     #: Most messages one fetch takes (the QoS credit bounds it first).
     fetch_limit = 32
@@ -140,6 +141,9 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     message_screen: Screen | str | None = None
     #: A ``stamp.StampSource``, or its dotted path; None: no start stamp at fetch.
     start_stamp: StampSource | str | None = None
+    #: Acknowledgements only on the connection whose fetches delivered the messages, never
+    #: through a new one (``SentinelChannel``; ``_ack_on_own_connection`` says why).
+    acks_on_own_connection = False
     #: When Redis last refused a peek (full): peeks pause, fetches poll (``headroom``).
     _peek_refused_at = float("-inf")
 
@@ -222,7 +226,11 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     # --- acknowledgements ---
 
     def send_acks(self, tags: list[str]) -> None:
-        """Acknowledge ``tags`` in one ACK script call, on a pooled connection."""
+        """Acknowledge ``tags`` in one ACK script call, on a pooled connection (or, with
+        ``acks_on_own_connection``, on the fetches' own)."""
+        if self.acks_on_own_connection and self._own_connection() is not None:
+            self._ack_on_own_connection(tags)
+            return
         with self.conn_or_acquire() as client:
             self.ack_script(
                 keys=[self.unacked_key, self.unacked_index_key], args=tags, client=client
@@ -233,9 +241,38 @@ class Channel(_KombuChannel):  # type: ignore[misc]
 
         Should Redis not take them, the messages stay in unacked and come back after the
         visibility timeout, where the runner skips them as finished duplicates."""
+        if self.acks_on_own_connection and self._fetch_sent_at is not None:
+            return  # the own connection awaits a fetch's reply: the next fetch or tick
         tags, self.pending_acks = self.pending_acks, []
         if tags:
             self.send_acks(tags)
+
+    def _own_connection(self) -> Any:
+        """The connection the fetches use, once they have used it (None before)."""
+        client = self.__dict__.get("client")
+        return getattr(client, "connection", None)
+
+    def _ack_on_own_connection(self, tags: list[str]) -> None:
+        """Why, with Sentinel: a failover leaves a moment in which the old primary still takes
+        writes (until its last replica leaves it) while a new connection already reaches the
+        new primary. A task whose result went to the old primary in that moment (lost with
+        it) must not have its acknowledgement applied on the new one, where its status would
+        stay ``started`` for good. The fetch's connection reached the server that delivered the
+        messages; while it stays connected it is that server still. Once it was dropped, the
+        acknowledgements are not sent at all: the messages come back after the visibility
+        timeout, and the fetch's finished check acknowledges those whose result is there and
+        runs again those whose result was lost (README, Guarantees, Redis Sentinel)."""
+        connection = self._own_connection()
+        if getattr(connection, "_sock", None) is None or self._fetch_sent_at is not None:
+            logger.info("acknowledgements left to the visibility timeout", extra={"tags": tags})
+            return
+        keys = [self.unacked_key, self.unacked_index_key]
+        connection.send_command("EVALSHA", scripts.ACK_SHA, len(keys), *keys, *tags)
+        try:
+            self.client.parse_response(connection, "EVALSHA")
+        except redis.exceptions.NoScriptError:
+            connection.send_command("EVAL", scripts.ACK, len(keys), *keys, *tags)
+            self.client.parse_response(connection, "EVAL")
 
     def _resend_acks(self) -> None:
         """A fetch whose script did not run (NOSCRIPT) or whose fate is unknown (connection

@@ -149,3 +149,4 @@ redis.call('HDEL', KEYS[1], unpack(ARGV))
 """
 
 FETCH_SHA = sha1(FETCH.encode()).hexdigest()
+ACK_SHA = sha1(ACK.encode()).hexdigest()

@@ -36,6 +36,7 @@ class SentinelChannel(Channel):
     sentinel: dict[str, Any] | None = None
     connection_class = FencedConnection
     connection_class_ssl = FencedSSLConnection
+    acks_on_own_connection = True
 
     def _get_pool(self, asynchronous: bool = False) -> Any:
         if not self.sentinel:
