@@ -41,7 +41,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from app.atomic_write import Condition, NotReplicated, Replication, script_arguments, write_script
 from worker.core.metrics import FAILOVER_REWRITES
-from worker.core.redis_client import REDIS_ERRORS, Command, is_transient
+from worker.core.redis_client import NO_WRITES, REDIS_ERRORS, Command, is_transient
 from worker.core.settings import Settings
 
 logger = logging.getLogger("courier.failover")
@@ -50,6 +50,17 @@ logger = logging.getLogger("courier.failover")
 AUDIT_INTERVAL_SECONDS = 0.25
 # A bound on memory (about 1.5 KB per entry): past it the oldest entries are dropped unchecked.
 MAX_ENTRIES = 200_000
+# Records checked per round trip after a failover.
+CHECK_BATCH = 500
+# KEYS: records. Returns, per record, 1 when it exists. Read-only: runs on a full Redis too.
+_PRESENT = (
+    NO_WRITES
+    + """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('EXISTS', key) end
+return out
+"""
+)
 
 Address = tuple[str, int]
 
@@ -133,27 +144,44 @@ class FailoverAuditor:
         """Check every kept entry written elsewhere than the named primary; returns how many
         had to be written again."""
         primary = await self.primary()  # every tick: moves idle connections at once
-        if not len(self._journal):
-            return 0
+        suspects = self._journal.elsewhere(primary) if len(self._journal) else []
         rewritten = 0
-        for entry in self._journal.elsewhere(primary):
-            record_key = entry.commands[0][1][0]
-            keys, argv = script_arguments(entry.commands, Condition(record_key))
+        for start in range(0, len(suspects), CHECK_BATCH):
+            batch = suspects[start : start + CHECK_BATCH]
             try:
-                written = await write_script(self._client, keys, argv, self._replication)
-            except NotReplicated:
-                # Restored on the primary, not yet on a replica: checked again next tick (its
-                # record is there then, so it is not counted twice).
-                self._restored(record_key, entry.address, primary)
-                rewritten += 1
-                continue
+                address, present = await records_present(
+                    self._client, [entry.commands[0][1][0] for entry in batch]
+                )
             except REDIS_ERRORS:
                 return rewritten  # the primary is away again: next tick
-            if written.applied:
-                self._restored(record_key, entry.address, primary)
-                rewritten += 1
-            entry.address = written.address
+            if address != primary:
+                return rewritten  # the connection reached another server: next tick
+            for entry, here in zip(batch, present, strict=True):
+                if not here:
+                    try:
+                        await self._rewrite(entry, primary)
+                    except NotReplicated:
+                        # Restored on the primary, not yet on a replica: checked again next
+                        # tick (its record is there then, so it is not counted twice).
+                        rewritten += 1
+                        return rewritten
+                    except REDIS_ERRORS:
+                        return rewritten
+                    rewritten += 1
+                entry.address = primary
         return rewritten
+
+    async def _rewrite(self, entry: _Accepted, primary: Address) -> None:
+        """The task's writes again, on the condition that its record is still absent."""
+        record_key = entry.commands[0][1][0]
+        keys, argv = script_arguments(entry.commands, Condition(record_key))
+        try:
+            written = await write_script(self._client, keys, argv, self._replication)
+        except NotReplicated:
+            self._restored(record_key, entry.address, primary)
+            raise
+        if written.applied:
+            self._restored(record_key, entry.address, primary)
 
     def _restored(self, record_key: Any, lost_on: Address, primary: Address) -> None:
         self._rewrites.inc()
@@ -161,6 +189,22 @@ class FailoverAuditor:
             "accepted task restored after a failover",
             extra={"record": str(record_key), "written_to": lost_on, "primary": primary},
         )
+
+
+async def records_present(client: AsyncRedis, keys: list[Any]) -> tuple[Address, list[bool]]:
+    """Which of ``keys`` exist, and the address of the server that said so (one script call
+    on one connection: every answer comes from that server)."""
+    pool: Any = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_command("EVAL", _PRESENT, len(keys), *keys)
+        reply = await connection.read_response()
+        return (str(connection.host), int(connection.port)), [bool(x) for x in reply]
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
 
 
 def failover_audit(
