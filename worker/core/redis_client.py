@@ -121,7 +121,7 @@ def sentinel_pool(
     kwargs = {k: v for k, v in connection_kwargs.items() if k not in ("host", "port")}
     kwargs["connection_class"] = _sentinel_managed(kwargs.get("connection_class"), asyncio)
     module: Any = redis.asyncio.sentinel if asyncio else redis.sentinel
-    manager = module.Sentinel(
+    manager = (_AsyncSentinel if asyncio else _Sentinel)(
         [(host, int(port)) for host, port in options["sentinels"]],
         sentinel_kwargs=dict(options["sentinel_kwargs"]),
     )
@@ -173,6 +173,32 @@ class AsyncFencedConnection(redis.asyncio.sentinel.SentinelManagedConnection):
 
 class AsyncFencedSSLConnection(AsyncFencedConnection, redis.asyncio.SSLConnection):
     pass
+
+
+def _settled(state: Mapping[str, Any]) -> bool:
+    """Is this Sentinel's answer about the primary final, not mid-failover?
+
+    redis-py finds the primary with ``SENTINEL MASTERS`` (redis-py issue 626), and the Sentinel
+    leading a failover keeps naming the old primary there, flagged ``failover_in_progress``,
+    until every other replica has resynced with the promoted one (seconds; minutes for a large
+    dataset), while the other Sentinels name the new primary at once. A client that asked the
+    leader went back to the old primary: demoted, it refused every write, and the worker's
+    consumer retried five times a second until the leader was done. Such an answer is skipped
+    for the next Sentinel's; with none left, the primary is not found (a connection error,
+    tried again), which is the truth while it is being switched."""
+    flags = state.get("flags", "")
+    return "failover_in_progress" not in (flags.split(",") if isinstance(flags, str) else flags)
+
+
+class _Sentinel(redis.sentinel.Sentinel):
+    def check_master_state(self, state: dict[str, Any], service_name: str) -> bool:
+        healthy = super().check_master_state(state, service_name)  # type: ignore[no-untyped-call]
+        return bool(healthy) and _settled(state)
+
+
+class _AsyncSentinel(redis.asyncio.sentinel.Sentinel):
+    def check_master_state(self, state: dict[str, Any], service_name: str) -> bool:
+        return super().check_master_state(state, service_name) and _settled(state)
 
 
 def _sentinel_managed(connection_class: type | None, asyncio: bool) -> type:
