@@ -3,10 +3,11 @@
 It runs in the worker's main process. ``/healthz`` answers from memory, so a liveness probe
 never touches the broker (a Redis outage must not restart every worker). ``/readyz`` asks Redis
 for a PING each time, so it turns 503 within about a socket timeout of Redis freezing or of a
-partition, and 200 again as soon as Redis answers. The cluster-wide queue gauges are exported
-by one worker at a time, the holder of a short Redis lease, so ``sum()`` (celery-exporter's
-dashboards) and ``max()`` (Courier's autoscaling) both read one series per queue however many
-workers are scraped.
+partition, and 200 again once Redis answers and the consumer is connected again (after a
+failover, Redis answers seconds before Celery's next reconnection attempt). The cluster-wide
+queue gauges are exported by one worker at a time, the holder of a short Redis lease, so
+``sum()`` (celery-exporter's dashboards) and ``max()`` (Courier's autoscaling) both read one
+series per queue however many workers are scraped.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class MetricsServer:
         # Set at worker_ready: False once the worker's blueprint stopped running (e.g. after an
         # "unrecoverable error"), so the liveness probe restarts a worker that hangs.
         self.running: Callable[[], bool] = lambda: True
+        # Set at worker_ready: False while the consumer has no broker connection (lost, and
+        # being made again: Celery retries after 2 s, 4 s, 6 s...). Redis answering a PING is
+        # not enough: after a failover the new primary answers seconds before the consumer's
+        # next attempt reaches it.
+        self.consuming: Callable[[], bool] = lambda: True
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -140,6 +146,8 @@ class MetricsServer:
         if not self.running():
             return "stopped", None
         problem = self.redis_answers()
+        if problem is None and not self.consuming():
+            problem = "the consumer is reconnecting to the broker"
         return ("unavailable", problem) if problem else ("ready", None)
 
     def start(self) -> None:

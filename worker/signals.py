@@ -175,6 +175,9 @@ def _worker_ready(sender: Any, **_: Any) -> None:
     if _MainProcess.server:
         blueprint = sender.controller.blueprint
         _MainProcess.server.running = lambda: blueprint.state == RUN
+        # The sender is the consumer: its connection is None from a connection loss until
+        # it is connected again (celery.worker.consumer: on_connection_error_after_connected).
+        _MainProcess.server.consuming = lambda: sender.connection is not None
         _MainProcess.server.ready.set()
     if not sender.controller.pool_cls.__module__.endswith("prefork"):
         # solo, threads, gevent, eventlet: no children, this process executes the tasks.
