@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+import signal
 import socket
 import sys
 import threading
@@ -301,14 +303,27 @@ def test_beat_flower_and_readiness_follow_a_kill_and_a_planned_failover(tmp_path
 # --- a Sentinel that is down ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["killed", "frozen"])
 def test_a_dead_sentinel_named_first_is_skipped_at_start_and_in_a_failover(
-    tmp_path: Path,
+    tmp_path: Path, how: str
 ) -> None:
+    """``killed``: its port refuses connections. ``frozen`` (SIGSTOP): its port takes them and
+    never answers, so every lookup that asks it first waits out a socket timeout."""
     api_port, worker_port = free_port(), free_port()
     api_url, worker_url = f"http://127.0.0.1:{api_port}", f"http://127.0.0.1:{worker_port}"
     with contextlib.ExitStack() as stack:
         cluster = stack.enter_context(SentinelCluster(tmp_path / "cluster"))
-        cluster.sentinels[0].kill()
+        down = cluster.sentinels[0]
+        if how == "killed":
+            down.kill()
+        else:
+            assert down.process is not None
+            pid = down.process.pid
+            os.kill(pid, signal.SIGSTOP)
+            # The test's own look-ups skip it (each would wait out its timeout, retried);
+            # resumed, then stopped, at the end.
+            stack.callback(down.stop)
+            stack.callback(os.kill, pid, signal.SIGCONT)
         env = courier_env(
             {
                 # COURIER_REDIS_SENTINELS keeps the dead one first.
@@ -319,7 +334,9 @@ def test_a_dead_sentinel_named_first_is_skipped_at_start_and_in_a_failover(
                 "COURIER_WORKER_METRICS_HOST": "127.0.0.1",
             }
         )
-        assert env["COURIER_REDIS_SENTINELS"].startswith(f"127.0.0.1:{cluster.sentinels[0].port},")
+        assert env["COURIER_REDIS_SENTINELS"].startswith(f"127.0.0.1:{down.port},")
+        if how == "frozen":
+            cluster.sentinels.remove(down)
         api = stack.enter_context(gunicorn(env, tmp_path / "api.log"))
         worker = stack.enter_context(celery_worker(env, tmp_path / "worker.log", WORKER_NAME))
         beat = stack.enter_context(celery_beat(beat_env(env, tmp_path), tmp_path / "beat.log"))
