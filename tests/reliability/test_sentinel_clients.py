@@ -473,3 +473,18 @@ def test_a_primary_demoted_by_replicaof_under_a_blocked_peek_is_left_for_the_new
             wait_until(lambda: blocked_in_peek(client), TIMEOUT, "the peek on the new primary")
         with cluster.data_client(old) as client:
             assert not blocked_in_peek(client)
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_the_sentinel_leading_a_failover_is_not_taken_at_its_word(protocol: int) -> None:
+    """Its SENTINEL MASTERS reply, as redis-py parses it over RESP2 (flags a string) and RESP3
+    (a set): the primary it names mid-failover is the old one (the demotion test above shows
+    it with real processes)."""
+    from worker.core.redis_client import _settled
+
+    def state(flags: str) -> dict[str, object]:
+        return {"flags": flags if protocol == 2 else set(flags.split(","))}
+
+    assert _settled(state("master"))
+    assert not _settled(state("master,failover_in_progress,force_failover"))
+    assert not _settled(state("master,s_down,o_down,failover_in_progress"))
