@@ -296,8 +296,8 @@ def test_beat_flower_and_readiness_follow_a_kill_and_a_planned_failover(tmp_path
     for watch in (api_ready, worker_ready):
         assert 503 in watch.codes_between(start, end), (watch.url, watch.seen[-50:])
         assert watch.seen[-1][1] == 200, (watch.url, watch.seen[-5:])
-    # The worker's 200 means it consumes again: none before its consumer reconnected (which
-    # Celery retries after 2 s, then 4 s: seconds after the new primary answers PING).
+    # The worker's 200 means it consumes again: none before its consumer reconnected (an
+    # attempt that fails while no primary is named is tried again up to a second later).
     reconnected = min(at for at in logged_at(worker, "Connected to ") if at > start)
     print(f"kill: the worker's consumer connected again {reconnected - start:.1f}s after it")
     early = [(at, code) for at, code in worker_ready.seen if start < at < reconnected - 0.1]
