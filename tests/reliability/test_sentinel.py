@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -201,6 +202,36 @@ def test_an_accepted_task_the_new_primary_lacks_is_written_again(
         assert api.get(f"/v1/tasks/{kept}").json()["status"] == "queued"
         metrics = api.get("/metrics").text
         assert 'courier_failover_rewrites_total{master="courier"} 1.0' in metrics, metrics
+
+
+def test_idle_connections_leave_a_frozen_primary_once_another_is_named(
+    failover_cluster: SentinelCluster,
+) -> None:
+    """``worker/core/primary_watch.py``: a connection idle in a pool through a failover is
+    dropped once the Sentinels name the new primary, before the old one comes back (as a stale
+    primary that could still take writes); the client's next command goes to the new one."""
+    cluster = failover_cluster
+    client = create_redis(settings_from(cluster.courier_vars()))
+    try:
+        client.set("before", 1)  # one connection, now idle in the pool, to the primary
+        old = cluster.primary_port()
+        frozen = cluster.server(old).process
+        assert frozen is not None
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            new = cluster.wait_for_new_primary(old)
+            pool: Any = client.connection_pool
+
+            def left_old() -> bool:
+                idle = list(pool._available_connections)
+                return all(c._sock is None or c.port != old for c in idle)
+
+            wait_until(left_old, 5, "the idle connection to leave the old primary")
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        assert served_by(client) == new
+    finally:
+        client.close()
 
 
 # --- failover, end to end ------------------------------------------------------------------

@@ -34,6 +34,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from worker.core.primary_watch import WATCH
 from worker.core.settings import Settings
 
 # An idle connection whose peer vanished (a partition, a dead node) is noticed within about
@@ -113,19 +114,28 @@ def sentinel_options(settings: Settings) -> dict[str, Any] | None:
 
 
 def sentinel_pool(
-    options: Mapping[str, Any], connection_kwargs: Mapping[str, Any], *, asyncio: bool = False
+    options: Mapping[str, Any],
+    connection_kwargs: Mapping[str, Any],
+    *,
+    asyncio: bool = False,
+    watch: bool = True,
 ) -> Any:
     """redis-py's ``SentinelConnectionPool`` for the primary named in ``options``
     (``sentinel_options``), whose connections are made with ``connection_kwargs`` (a direct
-    connection's: host and port are dropped, a TLS connection class stays TLS)."""
+    connection's: host and port are dropped, a TLS connection class stays TLS). A sync pool is
+    followed by ``primary_watch`` unless ``watch`` is False (kombu's event-loop pool, whose
+    connections may only be closed from the event loop's thread)."""
     kwargs = {k: v for k, v in connection_kwargs.items() if k not in ("host", "port")}
     kwargs["connection_class"] = _sentinel_managed(kwargs.get("connection_class"), asyncio)
     module: Any = redis.asyncio.sentinel if asyncio else redis.sentinel
+    sentinels = [(host, int(port)) for host, port in options["sentinels"]]
     manager = (_AsyncSentinel if asyncio else _Sentinel)(
-        [(host, int(port)) for host, port in options["sentinels"]],
-        sentinel_kwargs=dict(options["sentinel_kwargs"]),
+        sentinels, sentinel_kwargs=dict(options["sentinel_kwargs"])
     )
-    return module.SentinelConnectionPool(options["master_name"], manager, **kwargs)
+    pool = module.SentinelConnectionPool(options["master_name"], manager, **kwargs)
+    if watch and not asyncio:  # the API's asyncio pool is followed by its failover audit
+        WATCH.add((tuple(sentinels), options["master_name"]), pool)
+    return pool
 
 
 # The error reply of a primary with fewer good replicas than its min-replicas-to-write.

@@ -44,7 +44,8 @@ class SentinelChannel(Channel):
         params = self._connparams(asynchronous=asynchronous)
         channel: Any = self  # kombu's attributes are untyped
         channel.keyprefix_fanout = channel.keyprefix_fanout.format(db=params["db"])
-        pool = sentinel_pool(self.sentinel, params)
+        # The event loop's pool closes its connections only from the event loop's thread.
+        pool = sentinel_pool(self.sentinel, params, watch=not asynchronous)
         # As kombu's SentinelChannel: closed with the channel's pools (_disconnect_pools).
         if asynchronous:
             self._async_sentinel_manager = pool.sentinel_manager
