@@ -38,7 +38,13 @@ from tests.utils.processes import (
 )
 from tests.utils.sentinel import SentinelCluster
 from worker.celery_config import create_celery_app
-from worker.core.names import DEFAULT_QUEUE, RECONCILE_TASK, TASK_RECORD_KEY
+from worker.core.names import (
+    DEFAULT_QUEUE,
+    DELIVERY_TAG_HEADER,
+    RECONCILE_TASK,
+    TASK_RECORD_KEY,
+    UNACKED_KEY,
+)
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.result_backend import CourierSentinelBackend
 from worker.transport import SentinelChannel
@@ -130,6 +136,37 @@ def test_beat_sends_its_schedule_through_sentinel(cluster: SentinelCluster, tmp_
         wait_until(lambda: direct.llen("beat-only") >= 2, 30, "beat's messages on the primary")
         assert RECONCILE_TASK.encode() in (direct.lindex("beat-only", 0) or b"")
         assert beat.process.poll() is None
+
+
+def test_a_result_is_stored_where_its_delivery_is_recorded(cluster: SentinelCluster) -> None:
+    """A state of a task a channel delivered is stored in one call where its ``unacked`` entry
+    is; where it is not (as on a primary a failover left behind), the backend's connections are
+    dropped and the state is stored on a new connection to the primary the Sentinels name."""
+    from celery.app.task import Context
+
+    app = create_celery_app(settings_from(cluster.courier_vars()))
+    backend = app.backend
+    assert isinstance(backend, CourierSentinelBackend)
+    try:
+        with cluster.data_client(cluster.primary_port()) as direct:
+            direct.hset(UNACKED_KEY, "delivered-here", "[]")
+            here = Context({"id": "t-here", DELIVERY_TAG_HEADER: "delivered-here"})
+            backend.store_result("t-here", 1, "SUCCESS", request=here)
+            pool: Any = backend.client.connection_pool
+            (connection,) = pool._available_connections
+            first = connection._sock.getsockname()
+            backend.store_result("t-here", 1, "SUCCESS", request=here)  # again: same socket
+            assert connection._sock.getsockname() == first
+            elsewhere = Context({"id": "t-else", DELIVERY_TAG_HEADER: "not-delivered-here"})
+            backend.store_result("t-else", 2, "SUCCESS", request=elsewhere)
+            # Dropped: connected anew (through the Sentinels) for the store that followed.
+            assert connection._sock.getsockname() != first
+            for task_id, value in (("t-here", 1), ("t-else", 2)):
+                stored = direct.get(backend.get_key_for_task(task_id))
+                assert stored is not None and backend.decode(stored)["result"] == value
+            direct.hdel(UNACKED_KEY, "delivered-here")
+    finally:
+        app.close()
 
 
 # --- a 202 means replicated, and a failover that loses one is repaired -------------------

@@ -27,7 +27,7 @@ from tests.conftest import settings_from, wait_for_status
 from tests.utils.processes import RedisServer, celery_worker, courier_env, wait_until
 from tests.worker.stack import worker_stack
 from worker.celery_config import TRANSPORT
-from worker.core.names import CELERY_RESULT_KEY, DEFAULT_QUEUE, TASK_RECORD_KEY
+from worker.core.names import CELERY_RESULT_KEY, DEFAULT_QUEUE, DELIVERY_TAG_HEADER, TASK_RECORD_KEY
 from worker.core.records import TaskRecords
 from worker.core.redis_client import queue_commands
 from worker.core.result_backend import CourierRedisBackend
@@ -553,3 +553,35 @@ def test_a_lone_acknowledgement_on_the_fetches_own_connection_is_applied(
         assert own is not None and own._sock is not None
         assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
     assert client.info("commandstats")["cmdstat_hdel"]["calls"] == 1
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_with_sentinel_a_fetched_task_carries_its_delivery_tag_and_no_producer_sets_it(
+    own_redis: RedisServer, own: bool
+) -> None:
+    """``courier_delivery_tag``: the tag of the fetch that delivered the message (Sentinel's
+    channel, for the result backend to store where the delivery is recorded); whatever a
+    producer wrote under that name is dropped."""
+    with courier_connection(own_redis.url) as connection:
+        Producer(connection).publish(
+            {"n": 1},
+            routing_key=QUEUE.name,
+            declare=[QUEUE],
+            headers={DELIVERY_TAG_HEADER: "forged", "kept": "yes"},
+        )
+    messages: list[Any] = []
+    with (
+        courier_connection(own_redis.url, acks_on_own_connection=own) as connection,
+        Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda body, message: messages.append(message)],
+            accept=["json"],
+        ),
+    ):
+        connection.drain_events(timeout=10)
+        (message,) = messages
+        assert message.headers["kept"] == "yes"
+        expected = message.delivery_tag if own else None
+        assert message.headers.get(DELIVERY_TAG_HEADER) == expected
+        message.ack()

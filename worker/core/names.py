@@ -59,3 +59,9 @@ ENQUEUED_AT_HEADER = "courier_enqueued_at"
 # The message header carrying the fetch's start check (worker/transport/stamp.py); set by the
 # worker's own transport only, removed from whatever a producer sends.
 START_CHECK_HEADER = "courier_start_check"
+# With Sentinel: the delivery tag of the fetch that delivered a task, for its result to be stored
+# only where that delivery is recorded (``result_backend.CourierSentinelBackend``). Set by the
+# channel, stripped from what producers send, as the start check.
+DELIVERY_TAG_HEADER = "courier_delivery_tag"
+# kombu's hash of delivered, unacknowledged messages (its Redis transport's ``unacked_key``).
+UNACKED_KEY = "unacked"

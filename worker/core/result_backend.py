@@ -8,7 +8,9 @@ terminal state wins.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
 
 from celery import states
@@ -16,7 +18,10 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
 
+from worker.core.names import DELIVERY_TAG_HEADER, UNACKED_KEY
 from worker.core.redis_client import ALLOW_OOM, FencedSSLConnection, sentinel_pool
+
+logger = logging.getLogger(__name__)
 
 # Terminal Celery states: a stored state in this set is never overwritten.
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
@@ -111,6 +116,20 @@ class CourierRedisBackend(RedisBackend):
         self._guarded_set(keys=[key], args=[value, int(ttl or 0)])
 
 
+# KEYS[1] the result, KEYS[2] kombu's unacked hash; ARGV: the state, its TTL, the delivery tag.
+# -1: the delivery is not recorded on this server, nothing stored.
+_SET_WHERE_DELIVERED = (
+    ALLOW_OOM
+    + LUA_STATE_HELPERS
+    + """
+if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return -1 end
+if is_finished(KEYS[1]) then return 0 end
+store_state(KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+)
+
+
 class CourierSentinelBackend(CourierRedisBackend):
     """The same backend on the primary Sentinel names (``COURIER_REDIS_SENTINELS``).
 
@@ -122,6 +141,57 @@ class CourierSentinelBackend(CourierRedisBackend):
     storing a state twice is harmless (the script refuses to overwrite a finished one)."""
 
     connection_class_ssl: Any = FencedSSLConnection
+    _set_where_delivered: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._storing = threading.local()
+
+    def _store_result(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any = None,
+        request: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        tag = getattr(request, DELIVERY_TAG_HEADER, None) if request is not None else None
+        self._storing.delivery = tag if isinstance(tag, str) and tag else None
+        try:
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        finally:
+            self._storing.delivery = None
+
+    def _set(self, key: str | bytes, value: str | bytes, expires: int | None = None) -> None:
+        """A state of a task a Courier channel delivered is stored where that delivery is
+        recorded (its ``unacked`` entry), else the connection is suspect: a connection opened to
+        a primary that a failover is leaving behind (frozen, cut off: the kernel still completes
+        the handshake) reaches a server whose history no longer holds the fetch, and a result
+        stored there would be lost at its resync while the task's acknowledgement reaches the
+        new primary (seen in ``make chaos``: a task that ran reading ``started`` for good). The
+        pool's connections are then dropped and the state stored as before, on a connection to
+        the primary the Sentinels name now; a delivery that is legitimately gone (the
+        visibility timeout handed the message on, an early acknowledgement) costs that one
+        extra attempt."""
+        delivery = getattr(self._storing, "delivery", None)
+        if delivery is None:
+            super()._set(key, value, expires)
+            return
+        if self._set_where_delivered is None:
+            self._set_where_delivered = self.client.register_script(_SET_WHERE_DELIVERED)
+        ttl = getattr(self, "expires", None) if expires is None else expires
+        stored = self._set_where_delivered(
+            keys=[key, UNACKED_KEY], args=[value, int(ttl or 0), delivery]
+        )
+        if stored != -1:
+            return
+        logger.warning(
+            "result's delivery not recorded on this Redis: asking the Sentinels again",
+            extra={"key": bytes_to_str(key)},
+        )
+        self.client.connection_pool.disconnect()
+        super()._set(key, value, expires)
 
     def _get_pool(self, **params: Any) -> Any:
         backend: Any = self  # celery-types lacks _transport_options

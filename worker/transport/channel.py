@@ -29,6 +29,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.imports import symbol_by_name
 from kombu.utils.json import dumps, loads
 
+from worker.core.names import DELIVERY_TAG_HEADER
 from worker.core.redis_client import refusal_code
 from worker.transport import headroom, scripts
 from worker.transport.stamp import START_CHECK_HEADER, StampSource
@@ -50,15 +51,17 @@ _KombuChannel: Any = kombu_redis.Channel
 _socket_readable: Callable[[Any], bool] = kombu_redis._socket_readable  # type: ignore[attr-defined]
 
 
-def with_start_check(payload: Any, check: bytes | str) -> Any:
-    """The envelope with the fetch's start check in its headers, and with no such header
-    otherwise, whatever the producer wrote there: only a fetch may tell a task it was stamped."""
+def with_fetch_headers(payload: Any, check: bytes | str, delivery_tag: str = "") -> Any:
+    """The envelope with the fetch's start check (and, with Sentinel, its delivery tag) in its
+    headers, and with no such headers otherwise, whatever the producer wrote there: only a
+    fetch may tell a task it was stamped, or where it was delivered."""
     headers = payload.get("headers") if isinstance(payload, dict) else None
     if isinstance(headers, dict):
-        if check:
-            headers[START_CHECK_HEADER] = bytes_to_str(check)
-        else:
-            headers.pop(START_CHECK_HEADER, None)
+        for name, value in ((START_CHECK_HEADER, check), (DELIVERY_TAG_HEADER, delivery_tag)):
+            if value:
+                headers[name] = bytes_to_str(value)
+            else:
+                headers.pop(name, None)
     return payload
 
 
@@ -361,7 +364,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             try:
                 payload = self._screened(raw, queue, key, tag)
                 if payload is not None:
-                    self.connection._deliver(with_start_check(payload, check), queue)
+                    tag_header = tag if self.acks_on_own_connection else ""
+                    self.connection._deliver(with_fetch_headers(payload, check, tag_header), queue)
             except BaseException:
                 # Not delivered: back at the head of their lists now, not after the timeout.
                 self._restore_tags([t for _, _, t, _, _ in fetched[position + 1 :]])
@@ -486,7 +490,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             key, tag, raw = lists[int(reply[i]) - 1][0], bytes_to_str(reply[i + 1]), reply[i + 2]
             payload = self._screened(raw, queue, key, tag)
             if payload is not None:
-                delivered.append(with_start_check(payload, reply[i + 3]))
+                delivered.append(with_fetch_headers(payload, reply[i + 3]))
         return delivered
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
