@@ -8,14 +8,22 @@ import pytest
 
 from tests.reliability import chaos_sentinel
 
-# Measured on main before the fencing work (2026-12-07), one planned failover at test scale:
-# 169 accepted, all 169 ran, 84 read 404 at the end.
+# Measured on main before the fencing work (2026-12-07): see README "Guarantees", Redis
+# Sentinel under faults. Each reason names what the fence (issue 14, item 3) has to close.
 PLANNED_FAILOVER_LOSES_RECORDS = (
     "SENTINEL FAILOVER leaves the old primary taking writes until Sentinel converts it (up to"
     " ~10 s): submits are accepted there and the workers, still connected to it, run them and"
     " store their results there; its resync then drops the records and results, so tasks that"
-    " ran read 404 (seen: 84 of 169). Needs the old primary fenced before the switch (issue 14,"
-    " item 3)."
+    " ran read 404 (seen: 84 of 169 at one switch; 248 of 464 and 1 lost at three)."
+)
+STALE_PRIMARY_TAKES_RESULTS = (
+    "A primary frozen (SIGSTOP) or cut off until a replica is promoted comes back as a stale"
+    " primary for up to ~10 s (Sentinel's INFO period) before it is converted: connections to"
+    " it that outlived the outage work again, results stored through them are lost at its"
+    " resync, and tasks that ran read 'started' (seen: freeze 42 of 180 in one run of five,"
+    " partition 110 of 539 over three cuts). The workers often resume only once it is"
+    " converted (~14 s after the fault). Needs min-replicas-to-write on the servers and the"
+    " fence."
 )
 
 
@@ -27,9 +35,15 @@ PLANNED_FAILOVER_LOSES_RECORDS = (
             "planned-failover",
             marks=pytest.mark.xfail(strict=False, reason=PLANNED_FAILOVER_LOSES_RECORDS),
         ),
-        "freeze-primary",
+        pytest.param(
+            "freeze-primary",
+            marks=pytest.mark.xfail(strict=False, reason=STALE_PRIMARY_TAKES_RESULTS),
+        ),
         "kill-sentinel",
-        "partition-primary",
+        pytest.param(
+            "partition-primary",
+            marks=pytest.mark.xfail(strict=False, reason=STALE_PRIMARY_TAKES_RESULTS),
+        ),
     ],
 )
 def test_no_accepted_task_is_lost_or_misreported_across_a_sentinel_fault(fault: str) -> None:
