@@ -201,9 +201,9 @@ class SentinelStack:
             thread.start()
             stack.callback(thread.join, 15)
             stack.callback(self.submitter.stop.set)
+            # Both workers consume before any fault.
+            wait_until(lambda: self._workers_seen() == 2, 90, "both workers to run tasks")
             self._stack = stack.pop_all()
-        # Both workers consume before any fault.
-        wait_until(lambda: self._workers_seen() == 2, 90, "both workers to run tasks")
         return self
 
     def __exit__(self, *exc: object) -> None:
