@@ -64,7 +64,7 @@ fuzz: install
 	COURIER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/fuzz
 
 # The fault-injection suite at the issue's scale, with its table of figures, then the Redis
-# Sentinel faults and theirs (~17 minutes): `make chaos CHAOS_ARGS="--only sentinel"` for a part.
+# Sentinel faults and theirs (~15 minutes): `make chaos CHAOS_ARGS="--only sentinel"` for a part.
 CHAOS_ARGS ?=
 
 chaos: install
