@@ -26,6 +26,7 @@ alone); ``test_chaos_sentinel.py`` at one or two repetitions.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import threading
 import time
@@ -438,8 +439,6 @@ def _sum(fault: str, parts: list[SentinelFigures]) -> SentinelFigures:
 def run_all(repeats: int, only: str | None = None) -> list[str]:
     """Every fault (or those whose name contains ``only``): their table rows, printed as they
     come (stderr) so a long run shows progress."""
-    import sys
-
     rows = []
     for fault in FAULTS:
         if only and only not in f"sentinel {fault}":

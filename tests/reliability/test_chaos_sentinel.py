@@ -17,8 +17,8 @@ FROZEN_PRIMARY_TAKES_RESULTS = (
     " primary for a moment: its replicas' last acknowledgements are only as old as the freeze"
     " (under min-replicas-max-lag 10), so min-replicas-to-write does not refuse yet, and a"
     " result written there through a connection that outlived the freeze is lost at its resync:"
-    " the task ran and reads 'started' (seen with the fence: 3 of 361 tasks in one make chaos"
-    " run of two, 0 in 4 other freezes; before it 42 of 180 in one test run)."
+    " the task ran and reads 'started' (seen with the fence: 3, 0, 4 and 0 of ~360 tasks in"
+    " four make chaos runs of three freezes, 0 in two single ones; before it 42 of 180 once)."
 )
 
 
