@@ -2,7 +2,8 @@
 
 Each scenario runs a real Redis, real Celery workers and the API, injects faults, then checks
 every task that got a 202 and reports figures. The tests run small scales; ``make chaos``
-(``python -m tests.reliability.chaos``) runs the issue's full scale and prints the table.
+(``python -m tests.reliability.chaos``) runs the issue's full scale and prints the table, then
+the Redis Sentinel faults (``chaos_sentinel.py``) and their own table.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from tests.reliability import chaos_sentinel
 from tests.utils.netns import NetworkLink
 from tests.utils.processes import (
     RedisServer,
@@ -481,7 +483,11 @@ def redis_full(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Courier's fault-injection figures")
     parser.add_argument("--quick", action="store_true", help="test-suite scale")
-    parser.add_argument("--only", help="run the scenarios whose name contains this")
+    parser.add_argument(
+        "--only",
+        help="run the scenarios whose name contains this (the Sentinel ones: 'sentinel' for all,"
+        " or kill-primary, planned-failover, freeze-primary, kill-sentinel, partition-primary)",
+    )
     args = parser.parse_args()
     full = not args.quick
     runs = {
@@ -504,8 +510,14 @@ def main() -> None:
         figures = run()
         print(figures.row(), file=sys.stderr, flush=True)
         rows.append(figures.row())
-    print(TABLE_HEADER)
-    print("\n".join(rows))
+    if rows:
+        print(TABLE_HEADER)
+        print("\n".join(rows))
+    # Redis Sentinel (issue 14): three Redis, three Sentinels, each fault several times.
+    sentinel_rows = chaos_sentinel.run_all(repeats=3 if full else 1, only=args.only)
+    if sentinel_rows:
+        print(("\n" if rows else "") + chaos_sentinel.TABLE_HEADER)
+        print("\n".join(sentinel_rows))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ fails.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +19,7 @@ from typing import Self
 
 import redis
 
+from tests.utils.netns import NetworkLink
 from tests.utils.processes import RUNNING, RedisServer, ServerProcess, free_port, wait_until
 
 MASTER = "courier"
@@ -29,7 +32,13 @@ FAILOVER_TIMEOUT_MS = 3000
 class SentinelProcess(ServerProcess):
     """One redis-sentinel with its own config file (Sentinel rewrites it as it learns)."""
 
-    def __init__(self, workdir: Path, primary_port: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        primary_port: int,
+        primary_host: str = "127.0.0.1",
+        bind: tuple[str, ...] = ("127.0.0.1",),
+    ) -> None:
         self.port = free_port()
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -38,11 +47,11 @@ class SentinelProcess(ServerProcess):
             "\n".join(
                 [
                     f"port {self.port}",
-                    "bind 127.0.0.1",
+                    f"bind {' '.join(bind)}",
                     f"dir {workdir}",
                     f"requirepass {SENTINEL_PASSWORD}",
                     f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
-                    f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2",
+                    f"sentinel monitor {MASTER} {primary_host} {primary_port} 2",
                     f"sentinel auth-pass {MASTER} {DATA_PASSWORD}",
                     f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
                     f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
@@ -227,6 +236,44 @@ class SentinelCluster:
         wait_until(started, 30, "Sentinel to accept a failover", interval=0.2)
         return port
 
+    # --- faults for the chaos suite (tests/reliability/chaos_sentinel.py) ---
+
+    def freeze_primary(self) -> int:
+        """SIGSTOP the primary: its sockets stay open, nothing answers (a stalled host, a long
+        GC-like pause). Returns its port; ``thaw`` resumes it."""
+        port = self.primary_port()
+        process = self.server(port).process
+        assert process is not None
+        os.kill(process.pid, signal.SIGSTOP)
+        return port
+
+    def thaw(self, port: int) -> None:
+        """SIGCONT a frozen server: it comes back believing it is still the primary."""
+        process = self.server(port).process
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGCONT)
+
+    def restart_as_replica(self, port: int) -> None:
+        """Start a killed server again (empty: no persistence) as a replica of the primary the
+        Sentinels name now, as an orchestrator restarting its pod would."""
+        server = self.server(port)
+        primary = self.primary_port()
+        args = list(server.extra_args)
+        if "--replicaof" in args:
+            at = args.index("--replicaof")
+            del args[at : at + 3]
+        server.extra_args = (*args, "--replicaof", "127.0.0.1", str(primary))
+        server.start()
+
+    def kill_sentinel(self, index: int = 0) -> None:
+        """SIGKILL one Sentinel (by default the first one every client is given)."""
+        self.sentinels[index].kill()
+
+    def restart_sentinel(self, index: int = 0) -> None:
+        """Start a killed Sentinel again from the config it rewrote (same id, same peers)."""
+        self.sentinels[index].start()
+
     def _sentinels_see_everyone(self) -> bool:
         for sentinel in self.sentinels:
             try:
@@ -245,3 +292,94 @@ def _in_sync(server: RedisServer) -> bool:
             return client.info("replication").get("master_link_status") == "up"
     except redis.RedisError:
         return False
+
+
+# --- a cluster whose first server can be cut off (network namespace) -------------------------
+
+
+class NamespacedRedisServer(RedisServer):
+    """A redis-server inside a ``NetworkLink``'s namespace, listening on the link's inner
+    address: the host reaches it there only while the link is up."""
+
+    def __init__(
+        self, link: NetworkLink, workdir: Path, port: int, extra_args: tuple[str, ...]
+    ) -> None:
+        super().__init__(workdir, port, (*extra_args, "--bind", link.inner_address))
+        self.link = link
+        self.host = link.inner_address
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # ``ip netns exec`` execs redis-server itself: the pid is the server's (SIGSTOP, SIGKILL).
+        process = self.process = subprocess.Popen(
+            [
+                *self.link.exec_prefix,
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--maxmemory-policy",
+                "noeviction",
+                *self.extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        RUNNING[process.pid] = self
+        client = redis.Redis(
+            host=self.host, port=self.port, socket_connect_timeout=0.2, password=self.password
+        )
+        try:
+            wait_until(
+                lambda: process.poll() is not None or _pings(client),
+                30,
+                f"redis-server on {self.host}:{self.port}",
+            )
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server in {self.link.namespace} exited")
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            client.close()
+
+
+class NamespacedSentinelCluster(SentinelCluster):
+    """``SentinelCluster`` whose first server (the primary at the start) runs in ``link``'s
+    namespace; the replicas and Sentinels run on the host and reach it over the veth, and
+    listen on the host's end of the link too, because the primary reports its replicas (and
+    the Sentinels announce themselves) by the address it sees them from. ``link.cut()`` then
+    isolates the primary from everyone: packets dropped, no reset, as in a real partition."""
+
+    def __init__(self, workdir: Path, link: NetworkLink) -> None:
+        super().__init__(workdir)
+        self.link = link
+        first = self.servers[0]
+        self.servers[0] = NamespacedRedisServer(link, first.workdir, first.port, first.extra_args)
+        on_host = ("--bind", "127.0.0.1", link.host_address)
+        for replica in self.servers[1:]:
+            args = list(replica.extra_args)
+            args[args.index("--replicaof") + 1] = link.inner_address
+            replica.extra_args = (*args, *on_host)
+        self.sentinels = [
+            SentinelProcess(
+                sentinel.workdir,
+                first.port,
+                primary_host=link.inner_address,
+                bind=("127.0.0.1", link.host_address),
+            )
+            for sentinel in self.sentinels
+        ]
+
+    def data_client(self, port: int) -> redis.Redis:
+        host = getattr(self.server(port), "host", "127.0.0.1")
+        return redis.Redis(host=host, port=port, password=DATA_PASSWORD, socket_timeout=2)
