@@ -10,17 +10,9 @@ from tests.reliability import chaos_sentinel
 
 # Measured 2026-12-07 (README "Guarantees", Redis Sentinel under faults). Before the fence
 # (WAIT, min-replicas-to-write, acknowledgements on the fetch's own connection) the planned
-# failover and the partition failed here too; with it, only the frozen primary still does,
-# rarely.
-FROZEN_PRIMARY_TAKES_RESULTS = (
-    "A result write of a task fetched from the new primary can still go to the frozen old one"
-    " (a pooled connection from before the freeze, or a new one: a TCP connect to a stopped"
-    " process succeeds), wait there until SIGCONT, and be taken by it (its replicas'"
-    " acknowledgements are only as old as the freeze, under min-replicas-max-lag 10). It is"
-    " lost at the resync while the ack reached the new primary: the task ran and reads"
-    " 'started' (seen with the fence: 3, 0, 4, 0, 0, 0, 2 of ~360 tasks in seven make chaos"
-    " runs of three freezes; since discovery skips the leading Sentinel 0, 0, 1, 0, 0 in five)."
-)
+# failover and the partition failed here; before the primary watch and states stored where
+# their delivery is recorded, the frozen primary failed rarely (a task that ran reading
+# 'started': 3, 0, 4, 0, 0, 0, 2 of ~360 in seven make chaos runs; 0 in five runs since).
 
 
 @pytest.mark.parametrize(
@@ -28,10 +20,7 @@ FROZEN_PRIMARY_TAKES_RESULTS = (
     [
         "kill-primary",
         "planned-failover",
-        pytest.param(
-            "freeze-primary",
-            marks=pytest.mark.xfail(strict=False, reason=FROZEN_PRIMARY_TAKES_RESULTS),
-        ),
+        "freeze-primary",
         "kill-sentinel",
         "partition-primary",
     ],
