@@ -121,3 +121,25 @@ def test_publish_signals_fire_around_the_write(celery_app: Celery) -> None:
     finally:
         before_task_publish.disconnect(before)
         after_task_publish.disconnect(after)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"echo": {"n": [1, "two", None]}, "sleep_seconds": 0.0}])
+def test_the_templated_headers_are_celerys_in_the_same_order(
+    celery_app: Celery, kwargs: dict[str, Any]
+) -> None:
+    """A submit without delay takes its headers from a template learnt once per task name;
+    they must be what ``create_task_message`` makes, key order included (the wire bytes)."""
+    builder = MessageBuilder(celery_app)
+    for task_id in ("first", "second"):  # learnt, then reused
+        kwargsrepr = repr(kwargs)
+        ours = builder._from_template("noop", task_id, kwargs, kwargsrepr)
+        headers, properties, body, _ = celery_app.amqp.create_task_message(
+            task_id, "noop", (), kwargs, reply_to=celery_app.thread_oid, ignore_result=None,
+            argsrepr="()", kwargsrepr=kwargsrepr,
+        )  # fmt: skip
+        assert json.dumps(ours) == json.dumps((headers, properties, body))
+        ours[0]["timelimit"].append("changed by a signal")  # never shared between messages
+        ours[0]["stamps"]["x"] = 1
+        ours[2][2]["chain"] = []
+    assert builder._from_template("noop", "third", kwargs, "")[0]["timelimit"] == [None, None]
+    assert builder._from_template("noop", "third", kwargs, "")[2][2]["chain"] is None
