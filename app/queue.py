@@ -13,7 +13,7 @@ Above the memory high watermark nothing is written at all (``RedisFull``).
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -46,6 +46,16 @@ from worker.core.telemetry import current_trace_ids
 logger = logging.getLogger("courier.queue")
 # Opening kombu's channel (it pings Redis) failed: nothing was written.
 CHANNEL_ERRORS: tuple[type[Exception], ...] = (OperationalError, *REDIS_ERRORS)
+
+
+def new_task_id() -> str:
+    """``str(uuid.uuid4())``, made without the ``UUID`` object (half the instructions): the
+    same 16 random bytes with the version 4 and RFC 4122 variant bits set, in the same form."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class TaskNotFound(LookupError):
@@ -160,7 +170,7 @@ class TaskQueue:
         self, name: str, payload: dict[str, Any], options: EnqueueOptions, task_id: str | None
     ) -> tuple[PreparedMessage, list[Command]]:
         """The task's message and its record, as one list of writes for a single MULTI."""
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or new_task_id()
         queue = options.queue or self._default_queue
         ids = current_trace_ids()
         message = self._messages.build(
