@@ -155,18 +155,35 @@ def script_arguments(
 def pack_command(args: Sequence[Any], encoder: Encoder) -> bytes:
     """The bytes redis-py's own packer sends for ``args`` (RESP: an array of bulk strings),
     in one pass: its packer calls its encoder per argument and re-formats the growing buffer
-    per argument, a visible share of a submit's instructions for the ~20 arguments here."""
+    per argument, a visible share of a submit's instructions for the ~20 arguments here.
+    Short strings and integers (command and field names, the script's hash, task and queue
+    names, counts) are packed once and remembered (``_PACKED``)."""
     encoding, errors = encoder.encoding, encoder.encoding_errors
+    known = _PACKED.setdefault((encoding, errors), {})
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if type(arg) is str:
-            data = arg.encode(encoding, errors)
-        elif type(arg) is bytes:
-            data = arg
-        else:  # numbers, and anything redis-py refuses: its encoder decides
-            data = bytes(encoder.encode(arg))  # type: ignore[no-untyped-call]
+        kind = type(arg)
+        if kind is str or kind is int:
+            piece = known.get(arg)
+            if piece is None:
+                data = arg.encode(encoding, errors) if kind is str else b"%d" % arg
+                piece = b"$%d\r\n%s\r\n" % (len(data), data)
+                if len(data) <= _PACKED_LENGTH and len(known) < _PACKED_COUNT:
+                    known[arg] = piece
+            parts.append(piece)
+            continue
+        # Floats, and anything redis-py refuses: its encoder decides.
+        data = arg if kind is bytes else bytes(encoder.encode(arg))  # type: ignore[no-untyped-call]
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+# Packed arguments by encoding, then by value: a str and an int never compare equal, and a
+# bool or a float never gets here (type checks are exact). Bounded: the first values seen
+# stay, which are the constants every write repeats; ids and timestamps are longer or floats.
+_PACKED: dict[tuple[str, str], dict[str | int, bytes]] = {}
+_PACKED_LENGTH = 40
+_PACKED_COUNT = 1024
 
 
 def _request(

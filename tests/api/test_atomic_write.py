@@ -106,6 +106,18 @@ def test_commands_are_packed_as_redis_py_packs_them(args: tuple[object, ...]) ->
     assert pack_command(args, connection.encoder) == theirs
 
 
+def test_remembered_arguments_are_packed_as_the_first_time() -> None:
+    """Short strings and integers are packed once and remembered: a string and an integer
+    that print alike, a bool and a float stay apart, and each pack is still redis-py's."""
+    connection = AsyncRedis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    args = ("HSET", "k", "1", 1, 1.0, "1.0", -7, 10**30, "x" * 41, b"1")
+    theirs = b"".join(connection.pack_command(*args))
+    for _ in range(3):
+        assert pack_command(args, connection.encoder) == theirs
+    with pytest.raises(redis.DataError):
+        pack_command(("LPUSH", "q", True), connection.encoder)  # after 1 was remembered
+
+
 def test_what_redis_py_refuses_to_send_is_refused_alike() -> None:
     connection = AsyncRedis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
     with pytest.raises(redis.DataError):
