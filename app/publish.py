@@ -24,7 +24,9 @@ from celery.signals import after_task_publish, before_task_publish
 from celery.utils.saferepr import saferepr
 from kombu import Connection, serialization
 from kombu.compression import compress
+from kombu.exceptions import EncodeError
 from kombu.transport.virtual import Channel
+from kombu.utils import json as kombu_json
 
 from worker.core.redis_client import Command
 
@@ -35,6 +37,26 @@ def kwargs_repr(kwargs: dict[str, Any], limit: int) -> str:
     as Celery bounds it; API payloads are already capped by ``COURIER_MAX_PAYLOAD_BYTES``."""
     text = repr(kwargs)
     return text if len(text) <= limit else saferepr(kwargs, limit)
+
+
+# kombu's JSON encoder class, made once: ``kombu.utils.json.dumps`` makes one per call.
+_KOMBU_JSON = kombu_json.JSONEncoder()
+
+
+def serialize(body: Any, serializer: str) -> tuple[str, str, Any]:
+    """``kombu.serialization.dumps(body, serializer)``, and for kombu's own JSON (Celery's
+    default) the same bytes at half the instructions: ``dumps`` wraps its encoder in a
+    generator-based context manager per call, and kombu's encoder builds a ``JSONEncoder``
+    per call. Any other serializer, or a JSON encoder registered in kombu's place, is called
+    through ``dumps`` as before."""
+    entry = serialization.registry._encoders.get(serializer)  # type: ignore[attr-defined]
+    if entry is None or entry[2] is not kombu_json.dumps:
+        return serialization.dumps(body, serializer)
+    content_type, encoding, _ = entry
+    try:
+        return content_type, encoding, _KOMBU_JSON.encode(body)
+    except Exception as exc:  # as kombu's dumps reraises what its encoder raises
+        raise EncodeError(exc) from exc
 
 
 class _Capture:
@@ -173,7 +195,7 @@ class MessageBuilder:
             properties=properties,
             retry_policy=dict(self._retry_policy),
         )
-        content_type, encoding, serialized = serialization.dumps(body, self._serializer)
+        content_type, encoding, serialized = serialize(body, self._serializer)
         payload: str | bytes = serialized
         if self._compression:
             payload, headers["compression"] = compress(payload, self._compression)

@@ -16,8 +16,10 @@ import pytest
 import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
+from kombu import serialization
+from kombu.exceptions import EncodeError
 
-from app.publish import MessageBuilder
+from app.publish import MessageBuilder, serialize
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
@@ -143,3 +145,19 @@ def test_the_templated_headers_are_celerys_in_the_same_order(
         ours[2][2]["chain"] = []
     assert builder._from_template("noop", "third", kwargs, "")[0]["timelimit"] == [None, None]
     assert builder._from_template("noop", "third", kwargs, "")[2][2]["chain"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ((), {"echo": {"n": [1, "two", None]}, "s": "\u00e9\U0001f600"}, {"chain": None}),
+        ((), {"when": datetime(2030, 1, 1, tzinfo=UTC), "f": 1.5, "big": 10**30}, {}),
+    ],
+)
+def test_a_body_is_serialized_as_kombu_serializes_it(body: Any) -> None:
+    assert serialize(body, "json") == serialization.dumps(body, "json")
+
+
+def test_a_body_json_cannot_encode_is_kombus_encode_error() -> None:
+    with pytest.raises(EncodeError):
+        serialize(((), {"x": object()}, {}), "json")
