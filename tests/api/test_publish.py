@@ -19,7 +19,7 @@ from celery.signals import after_task_publish, before_task_publish
 from kombu import serialization
 from kombu.exceptions import EncodeError
 
-from app.publish import MessageBuilder, serialize
+from app.publish import MessageBuilder, _Capture, _direct_publish, serialize
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
@@ -161,3 +161,27 @@ def test_a_body_is_serialized_as_kombu_serializes_it(body: Any) -> None:
 def test_a_body_json_cannot_encode_is_kombus_encode_error() -> None:
     with pytest.raises(EncodeError):
         serialize(((), {"x": object()}, {}), "json")
+
+
+@pytest.mark.parametrize(("queue", "priority"), [(DEFAULT_QUEUE, None), ("reports", 7), ("q", 0)])
+def test_the_direct_lpush_is_the_one_basic_publish_hands_over(
+    celery_app: Celery, queue: str, priority: int | None
+) -> None:
+    builder = MessageBuilder(celery_app)
+    builder.connect()
+    channel: Any = builder._channel
+    channel._next_delivery_tag = lambda: "tag"  # the one random part, fixed for both
+
+    def message() -> dict[str, Any]:
+        headers = {"id": "x", "timelimit": [None, None], "s": "\u00e9"}
+        properties = {"correlation_id": "x", "reply_to": "r", "delivery_mode": 2}
+        return channel.prepare_message(  # type: ignore[no-any-return]
+            "eyJhIjogMX0=", priority, "application/json", "utf-8", headers, properties
+        )
+
+    capture = _Capture()
+    channel.basic_publish(message(), exchange="", routing_key=queue, _publish_batch=capture)
+    assert _direct_publish(channel, message(), "", queue) == capture.commands
+    channel._expires = {queue: 60_000}  # a queue with x-expires: kombu's own path
+    assert _direct_publish(channel, message(), "", queue) is None
+    builder.close()
