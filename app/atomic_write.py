@@ -289,6 +289,8 @@ async def _take_connection(pool: Any) -> Any:
     try:
         if _left_for_another_primary(pool, connection):
             await connection.disconnect()
+        elif connection.is_connected and await _idle_and_clean(connection):
+            return connection  # what ensure_connection checks, without its connect() retry
         await pool.ensure_connection(connection)
     except BaseException as exc:
         await pool.release(connection)
@@ -296,6 +298,16 @@ async def _take_connection(pool: Any) -> Any:
             raise NotReached(exc) from exc
         raise
     return connection
+
+
+async def _idle_and_clean(connection: Any) -> bool:
+    """Nothing unread and no end of stream on an open connection: the check the pool's
+    ``ensure_connection`` makes after its ``connect()``. Anything else (stray data, a closed
+    or reset link) is left to ``ensure_connection``, which sees the same and reconnects."""
+    try:
+        return not await connection.can_read()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
 
 
 def _left_for_another_primary(pool: Any, connection: Any) -> bool:
