@@ -15,7 +15,9 @@ nothing either: the script is then sent in full once with ``EVAL``, which also c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,18 +155,35 @@ def script_arguments(
 def pack_command(args: Sequence[Any], encoder: Encoder) -> bytes:
     """The bytes redis-py's own packer sends for ``args`` (RESP: an array of bulk strings),
     in one pass: its packer calls its encoder per argument and re-formats the growing buffer
-    per argument, a visible share of a submit's instructions for the ~20 arguments here."""
+    per argument, a visible share of a submit's instructions for the ~20 arguments here.
+    Short strings and integers (command and field names, the script's hash, task and queue
+    names, counts) are packed once and remembered (``_PACKED``)."""
     encoding, errors = encoder.encoding, encoder.encoding_errors
+    known = _PACKED.setdefault((encoding, errors), {})
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if type(arg) is str:
-            data = arg.encode(encoding, errors)
-        elif type(arg) is bytes:
-            data = arg
-        else:  # numbers, and anything redis-py refuses: its encoder decides
-            data = bytes(encoder.encode(arg))  # type: ignore[no-untyped-call]
+        kind = type(arg)
+        if kind is str or kind is int:
+            piece = known.get(arg)
+            if piece is None:
+                data = arg.encode(encoding, errors) if kind is str else b"%d" % arg
+                piece = b"$%d\r\n%s\r\n" % (len(data), data)
+                if len(data) <= _PACKED_LENGTH and len(known) < _PACKED_COUNT:
+                    known[arg] = piece
+            parts.append(piece)
+            continue
+        # Floats, and anything redis-py refuses: its encoder decides.
+        data = arg if kind is bytes else bytes(encoder.encode(arg))  # type: ignore[no-untyped-call]
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(parts)
+
+
+# Packed arguments by encoding, then by value: a str and an int never compare equal, and a
+# bool or a float never gets here (type checks are exact). Bounded: the first values seen
+# stay, which are the constants every write repeats; ids and timestamps are longer or floats.
+_PACKED: dict[tuple[str, str], dict[str | int, bytes]] = {}
+_PACKED_LENGTH = 40
+_PACKED_COUNT = 1024
 
 
 def _request(
@@ -217,15 +236,10 @@ async def write_script(
     """``write_all`` with its script arguments already made (a write made again, as it was);
     a condition that did not hold is ``Written.applied`` False, not an error."""
     pool = client.connection_pool
-    try:
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-    except REDIS_ERRORS as exc:
-        raise NotReached(exc) from exc
+    connection = await _take_connection(pool)
     try:
         for full in (False, True):
-            await connection.send_packed_command(
-                _request(keys, argv, replication, connection.encoder, full)
-            )
+            await _send(connection, _request(keys, argv, replication, connection.encoder, full))
             reply: Any = None
             error: Exception | None = None
             try:
@@ -250,8 +264,96 @@ async def write_script(
         await connection.disconnect()
         raise
     finally:
-        await pool.release(connection)
+        await _give_back(pool, connection)
     raise AssertionError("unreachable")
+
+
+# Connections this module keeps checked out of each asyncio pool, idle between script calls.
+# A pool checkout and release (its lock, its connection-count metrics, its release event) were
+# ~10 % of a submit's instructions: a kept connection is handed out with only the checks the
+# pool makes on every checkout (``ensure_connection``: connected, no stray data, else a
+# reconnect). To the pool they stay in use, so ``aclose()`` still disconnects them.
+_KEPT: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+async def _take_connection(pool: Any) -> Any:
+    """A connection ready to send, as ``pool.get_connection()`` gives it; ``NotReached`` when
+    none could be had (nothing was sent)."""
+    kept = _KEPT.get(pool)
+    if not kept:
+        try:
+            return await pool.get_connection()
+        except REDIS_ERRORS as exc:
+            raise NotReached(exc) from exc
+    connection = kept.pop()
+    try:
+        if _left_for_another_primary(pool, connection):
+            await connection.disconnect()
+        elif connection.is_connected and await _idle_and_clean(connection):
+            return connection  # what ensure_connection checks, without its connect() retry
+        await pool.ensure_connection(connection)
+    except BaseException as exc:
+        await pool.release(connection)
+        if isinstance(exc, REDIS_ERRORS):
+            raise NotReached(exc) from exc
+        raise
+    return connection
+
+
+async def _idle_and_clean(connection: Any) -> bool:
+    """Nothing unread and no end of stream on an open connection: the check the pool's
+    ``ensure_connection`` makes after its ``connect()``. Anything else (stray data, a closed
+    or reset link) is left to ``ensure_connection``, which sees the same and reconnects."""
+    try:
+        return not await connection.can_read()
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+def _left_for_another_primary(pool: Any, connection: Any) -> bool:
+    """Sentinel mode: the pool learnt of a new primary since this connection was made. The pool
+    disconnects its idle connections then; a kept one is dropped here, before its next use, so
+    it reconnects through Sentinel (to the pool's primary, with its ``FencedConnection``)."""
+    primary = getattr(pool, "master_address", None)
+    return (
+        primary is not None
+        and connection.is_connected
+        and (connection.host, connection.port) != tuple(primary)
+    )
+
+
+async def _give_back(pool: Any, connection: Any) -> None:
+    if connection.should_reconnect():  # the pool's release reconnects it, as before
+        await pool.release(connection)
+        return
+    _KEPT.setdefault(pool, []).append(connection)
+
+
+# Above asyncio's default high-water mark a write may wait for the socket (``drain``).
+_NEVER_WAITS = 64 * 1024
+
+
+async def _send(connection: Any, packed: bytes) -> None:
+    """``connection.send_packed_command(packed)``, without its ``asyncio.wait_for`` (a task and
+    two turns of the event loop per command, ~5 % of a submit) when the write cannot wait: the
+    connection is open, idle (nothing buffered), not due for its health check, and the command
+    is below the transport's high-water mark, so ``drain`` would return at once. A socket error
+    then closes the transport and is raised by ``read_response`` as redis-py raises it (the
+    connection dropped, a ``ConnectionError``); anything else takes redis-py's own path."""
+    writer = connection._writer
+    if (
+        writer is None
+        or len(packed) >= _NEVER_WAITS
+        or writer.transport.is_closing()
+        or writer.transport.get_write_buffer_size()
+        or (
+            connection.health_check_interval
+            and asyncio.get_running_loop().time() > connection.next_health_check
+        )
+    ):
+        await connection.send_packed_command(packed)
+        return
+    writer.write(packed)
 
 
 def write_all_sync(

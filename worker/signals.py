@@ -89,7 +89,18 @@ def _stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None
 
 
 def _count_sent(sender: str, routing_key: str = "", **_: Any) -> None:
-    metrics.TASK_SENT.labels(sender, socket.gethostname(), routing_key).inc()
+    # The counter's child per task and queue, kept: labels() checks and builds its key on
+    # every call, and the API publishes once per submit. The host is this process's.
+    child = _SENT_COUNTERS.get((sender, routing_key))
+    if child is None:
+        child = metrics.TASK_SENT.labels(sender, socket.gethostname(), routing_key)
+        if len(_SENT_COUNTERS) < _SENT_COUNTERS_KEPT:
+            _SENT_COUNTERS[(sender, routing_key)] = child
+    child.inc()
+
+
+_SENT_COUNTERS: dict[tuple[str, str], Any] = {}
+_SENT_COUNTERS_KEPT = 1024
 
 
 # --- main process --------------------------------------------------------------------------

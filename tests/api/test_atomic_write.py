@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -103,6 +104,18 @@ def test_commands_are_packed_as_redis_py_packs_them(args: tuple[object, ...]) ->
     connection = AsyncRedis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
     theirs = b"".join(connection.pack_command(*args))
     assert pack_command(args, connection.encoder) == theirs
+
+
+def test_remembered_arguments_are_packed_as_the_first_time() -> None:
+    """Short strings and integers are packed once and remembered: a string and an integer
+    that print alike, a bool and a float stay apart, and each pack is still redis-py's."""
+    connection = AsyncRedis().connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    args = ("HSET", "k", "1", 1, 1.0, "1.0", -7, 10**30, "x" * 41, b"1")
+    theirs = b"".join(connection.pack_command(*args))
+    for _ in range(3):
+        assert pack_command(args, connection.encoder) == theirs
+    with pytest.raises(redis.DataError):
+        pack_command(("LPUSH", "q", True), connection.encoder)  # after 1 was remembered
 
 
 def test_what_redis_py_refuses_to_send_is_refused_alike() -> None:
@@ -214,3 +227,46 @@ def test_wait_answers_once_a_replica_has_the_write_and_says_when_none_did(
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
     assert client.llen("q") == 2  # stored on the primary all the same: "may have been stored"
+
+
+def test_a_kept_connection_redis_closed_is_replaced_before_the_next_write(
+    client: redis.Redis, own_redis: RedisServer
+) -> None:
+    """The write keeps its connections out of the pool between calls; one the server dropped
+    while idle is reconnected before sending, as a pool checkout would, not answered 503."""
+
+    async def run() -> None:
+        aclient = AsyncRedis.from_url(own_redis.url)
+        try:
+            await write_all(aclient, COMMANDS)
+            client.client_kill_filter(_type="normal", skipme=True)
+            await asyncio.sleep(0.2)  # idle: the event loop sees the connection's end
+            await write_all(aclient, COMMANDS)
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(run())
+    assert client.llen("q") == 2
+
+
+def test_a_kept_connection_to_a_former_primary_reconnects_first(own_redis: RedisServer) -> None:
+    """Sentinel mode: once the pool has learnt of another primary, a kept connection made to
+    the old one is dropped before its next write (the pool drops its idle ones likewise)."""
+
+    async def run() -> tuple[int, int]:
+        aclient = AsyncRedis.from_url(own_redis.url)
+        pool: Any = aclient.connection_pool
+        try:
+            await write_all(aclient, COMMANDS)
+            (connection,) = pool._in_use_connections
+            before = id(connection._writer)
+            pool.master_address = ("127.0.0.1", own_redis.port)  # the same primary: kept
+            await write_all(aclient, COMMANDS)
+            same = id(connection._writer)
+            pool.master_address = ("192.0.2.1", 6379)  # another one: reconnected
+            await write_all(aclient, COMMANDS)
+            return int(same == before), int(id(connection._writer) != before)
+        finally:
+            await aclient.aclose()
+
+    assert asyncio.run(run()) == (1, 1)

@@ -16,8 +16,10 @@ import pytest
 import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
+from kombu import serialization
+from kombu.exceptions import EncodeError
 
-from app.publish import MessageBuilder
+from app.publish import MessageBuilder, _Capture, _direct_publish, serialize
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
@@ -121,3 +123,65 @@ def test_publish_signals_fire_around_the_write(celery_app: Celery) -> None:
     finally:
         before_task_publish.disconnect(before)
         after_task_publish.disconnect(after)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"echo": {"n": [1, "two", None]}, "sleep_seconds": 0.0}])
+def test_the_templated_headers_are_celerys_in_the_same_order(
+    celery_app: Celery, kwargs: dict[str, Any]
+) -> None:
+    """A submit without delay takes its headers from a template learnt once per task name;
+    they must be what ``create_task_message`` makes, key order included (the wire bytes)."""
+    builder = MessageBuilder(celery_app)
+    for task_id in ("first", "second"):  # learnt, then reused
+        kwargsrepr = repr(kwargs)
+        ours = builder._from_template("noop", task_id, kwargs, kwargsrepr)
+        headers, properties, body, _ = celery_app.amqp.create_task_message(
+            task_id, "noop", (), kwargs, reply_to=celery_app.thread_oid, ignore_result=None,
+            argsrepr="()", kwargsrepr=kwargsrepr,
+        )  # fmt: skip
+        assert json.dumps(ours) == json.dumps((headers, properties, body))
+        ours[0]["timelimit"].append("changed by a signal")  # never shared between messages
+        ours[0]["stamps"]["x"] = 1
+        ours[2][2]["chain"] = []
+    assert builder._from_template("noop", "third", kwargs, "")[0]["timelimit"] == [None, None]
+    assert builder._from_template("noop", "third", kwargs, "")[2][2]["chain"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        ((), {"echo": {"n": [1, "two", None]}, "s": "\u00e9\U0001f600"}, {"chain": None}),
+        ((), {"when": datetime(2030, 1, 1, tzinfo=UTC), "f": 1.5, "big": 10**30}, {}),
+    ],
+)
+def test_a_body_is_serialized_as_kombu_serializes_it(body: Any) -> None:
+    assert serialize(body, "json") == serialization.dumps(body, "json")
+
+
+def test_a_body_json_cannot_encode_is_kombus_encode_error() -> None:
+    with pytest.raises(EncodeError):
+        serialize(((), {"x": object()}, {}), "json")
+
+
+@pytest.mark.parametrize(("queue", "priority"), [(DEFAULT_QUEUE, None), ("reports", 7), ("q", 0)])
+def test_the_direct_lpush_is_the_one_basic_publish_hands_over(
+    celery_app: Celery, queue: str, priority: int | None
+) -> None:
+    builder = MessageBuilder(celery_app)
+    builder.connect()
+    channel: Any = builder._channel
+    channel._next_delivery_tag = lambda: "tag"  # the one random part, fixed for both
+
+    def message() -> dict[str, Any]:
+        headers = {"id": "x", "timelimit": [None, None], "s": "\u00e9"}
+        properties = {"correlation_id": "x", "reply_to": "r", "delivery_mode": 2}
+        return channel.prepare_message(  # type: ignore[no-any-return]
+            "eyJhIjogMX0=", priority, "application/json", "utf-8", headers, properties
+        )
+
+    capture = _Capture()
+    channel.basic_publish(message(), exchange="", routing_key=queue, _publish_batch=capture)
+    assert _direct_publish(channel, message(), "", queue) == capture.commands
+    channel._expires = {queue: 60_000}  # a queue with x-expires: kombu's own path
+    assert _direct_publish(channel, message(), "", queue) is None
+    builder.close()

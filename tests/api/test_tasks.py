@@ -6,9 +6,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from celery import Celery, states
 from fastapi.testclient import TestClient
 
+from app.api.routes.tasks import json_depth
 from tests.conftest import wait_for_status
 
 
@@ -218,3 +220,28 @@ def test_location_is_the_url_starlette_would_build(api: TestClient) -> None:
         }
         request = Request(scope)
         assert task_url(request, "abc") == str(request.url_for("get_task", task_id="abc"))
+
+
+def _reference_depth(value: object) -> int:
+    """The depth as first written: every value on a stack with its depth."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0, "x", None, {}, [], {"a": 1}, [[]], {"a": {}}, {"echo": {"n": 1}, "sleep_seconds": 0},
+        {"a": [1, {"b": [2, [3, {"c": None}]]}], "d": {}}, [[[[[]]]], 1, {"e": [[]]}],
+        {"a": [1] * 50, "b": [{"c": [[[]]]}]},
+    ],
+)  # fmt: skip
+def test_json_depth_counts_nesting_as_before(value: object) -> None:
+    assert json_depth(value) == _reference_depth(value)

@@ -127,6 +127,8 @@ def test_request_enqueue_and_execution_form_one_trace(traced: TracedStack) -> No
     assert consumer.attributes["courier.queue_wait_seconds"] >= 0
     # Redis calls made while executing belong to the same trace.
     assert any(s.kind == "client" and s.service == "courier-worker" for s in spans)
+    # The enqueue write is the producer span: no Redis client span under it says it again.
+    assert not [s.name for s in spans if s.parent_id == producer.span_id and s.kind == "client"]
 
     status = httpx.get(f"{traced.url}/v1/tasks/{task_id}", timeout=5).json()
     assert status["trace_id"] == trace_id

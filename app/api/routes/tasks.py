@@ -39,8 +39,30 @@ PREFIX = "/v1/tasks"
 
 def task_url(request: Request, task_id: str) -> str:
     """``request.url_for("get_task", ...)``, which is a visible share of a submit's CPU: it
-    searches the routes by name for a path that is fixed."""
-    return f"{str(request.base_url).rstrip('/')}{PREFIX}/{task_id}"
+    searches the routes by name for a path that is fixed. The base URL is remembered per
+    scheme, server address, root path and ``Host`` header (what Starlette builds it from)."""
+    scope = request.scope
+    server = scope.get("server")
+    host = None
+    for name, value in scope["headers"]:
+        if name == b"host":  # the first one, as Starlette reads it
+            host = value
+            break
+    root_path = scope.get("app_root_path", scope.get("root_path", ""))
+    key = (scope.get("scheme", "http"), server, root_path, host)
+    cacheable = server is None or type(server) is tuple  # a list would not be a dict key
+    base = _BASE_URLS.get(key) if cacheable else None
+    if base is None:
+        base = str(request.base_url).rstrip("/")
+        if cacheable and len(_BASE_URLS) < _BASE_URLS_KEPT:
+            _BASE_URLS[key] = base
+    return f"{base}{PREFIX}/{task_id}"
+
+
+# Base URLs by what they are made of: a few per deployment (one per Host a client uses);
+# bounded, since the Host header is the client's to choose.
+_BASE_URLS: dict[tuple[Any, ...], str] = {}
+_BASE_URLS_KEPT = 64
 
 
 TaskId = Annotated[str, Path(max_length=64, description="Task id returned on submission.")]
@@ -108,16 +130,19 @@ IdempotencyKeyHeader = Annotated[
 
 
 def json_depth(value: object) -> int:
-    """Nesting depth of a JSON value (a scalar is 0), without recursion."""
-    deepest, stack = 0, [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
+    """Nesting depth of a JSON value (a scalar is 0), without recursion: one level at a time,
+    so a submit's small payload costs a few list extensions rather than a tuple per value."""
+    depth, level = 0, [value]
+    while True:
+        below: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(item.values())
+            elif isinstance(item, list):
+                below.extend(item)
+        if not below:
+            return depth
+        depth, level = depth + 1, below
 
 
 def check_depth(payload: dict[str, Any], limit: int) -> None:
