@@ -254,10 +254,8 @@ async def write_script(
             if error is not _NOSCRIPT:
                 applied = _outcome(reply, error, acked, replication)
                 return Written(_address(connection), applied)
-    except redis.ResponseError:
-        raise  # an error reply: the connection is fine
-    except NotReplicated:
-        raise
+    except (redis.ResponseError, NotReplicated):
+        raise  # an error reply, or WAIT's count: the connection is fine
     except BaseException:
         # No answer (timeout, cancellation, lost link): a late reply must not be read as the
         # answer to the next command sent on this connection.
@@ -397,9 +395,7 @@ def _write_script_sync(
             if error is not _NOSCRIPT:
                 applied = _outcome(reply, error, acked, replication)
                 return Written(_address(connection), applied)
-    except redis.ResponseError:
-        raise
-    except NotReplicated:
+    except (redis.ResponseError, NotReplicated):
         raise
     except BaseException:
         connection.disconnect()  # type: ignore[no-untyped-call]

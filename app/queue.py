@@ -12,8 +12,10 @@ Above the memory high watermark nothing is written at all (``RedisFull``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -31,6 +33,7 @@ from app.atomic_write import (
     ConditionFailed,
     NotReached,
     Replication,
+    Written,
     write_all,
     write_all_sync,
 )
@@ -80,6 +83,18 @@ class EnqueueFailed(Exception):
 def _failed_write(exc: Exception) -> EnqueueFailed:
     """A failure of the write itself (EXEC sent): unknown, unless Redis refused it."""
     return EnqueueFailed(exc, stored=False if refusal_code(exc) else None)
+
+
+@contextlib.contextmanager
+def _enqueue_errors() -> Iterator[None]:
+    """The write's failures as ``EnqueueFailed``: not stored when Redis was not reached, else
+    unknown unless Redis refused it."""
+    try:
+        yield
+    except NotReached as exc:
+        raise EnqueueFailed(exc.cause, stored=False) from exc.cause
+    except redis.RedisError as exc:
+        raise _failed_write(exc) from exc
 
 
 class GuardFailed(Exception):
@@ -206,17 +221,12 @@ class TaskQueue:
             condition = Condition(guard.key, guard.expected)
         # As in enqueue_async: no Redis client span (app.atomic_write writes below them).
         try:
-            written = write_all_sync(self._redis, commands, condition, self._replication)
+            with _enqueue_errors():
+                written = write_all_sync(self._redis, commands, condition, self._replication)
         except ConditionFailed as exc:
             assert guard is not None  # only a guarded write has a condition
             raise GuardFailed(guard.key) from exc
-        except NotReached as exc:
-            raise EnqueueFailed(exc.cause, stored=False) from exc.cause
-        except redis.RedisError as exc:
-            raise _failed_write(exc) from exc
-        if self._journal is not None:
-            self._journal.add(written.address, commands)
-        return self._published(message)
+        return self._accepted(message, commands, written)
 
     async def enqueue_async(
         self,
@@ -237,15 +247,9 @@ class TaskQueue:
         # write, and no Redis client span says it again: app.atomic_write talks to its
         # connection directly, below the client methods the Redis instrumentation wraps
         # (tests/observability/test_tracing.py checks), so nothing needs suppressing here.
-        try:
+        with _enqueue_errors():
             written = await write_all(self._aredis, commands, replication=self._replication)
-        except NotReached as exc:
-            raise EnqueueFailed(exc.cause, stored=False) from exc.cause
-        except redis.RedisError as exc:
-            raise _failed_write(exc) from exc
-        if self._journal is not None:
-            self._journal.add(written.address, commands)
-        return self._published(message)
+        return self._accepted(message, commands, written)
 
     def _open_channel(self) -> None:
         try:
@@ -255,6 +259,12 @@ class TaskQueue:
 
     def close(self) -> None:
         self._messages.close()
+
+    def _accepted(self, message: PreparedMessage, commands: list[Command], written: Written) -> str:
+        """Kept for the failover audit (Sentinel mode), then published."""
+        if self._journal is not None:
+            self._journal.add(written.address, commands)
+        return self._published(message)
 
     @staticmethod
     def _published(message: PreparedMessage) -> str:

@@ -31,8 +31,9 @@ class Redis:
         return redis.Redis(host=LOOPBACK, port=self.port, db=0)
 
 
-def start_redis(s: Stack) -> Redis:
-    """A private redis-server: no persistence, so a benchmark never waits on a disk save."""
+def start_redis(s: Stack, *extra: str) -> Redis:
+    """A private redis-server: no persistence, so a benchmark never waits on a disk save;
+    ``extra`` arguments after Courier's (a replica's, min-replicas-to-write...)."""
     port = free_port()
     s.spawn(
         [
@@ -42,7 +43,9 @@ def start_redis(s: Stack) -> Redis:
             "--save", "",
             "--appendonly", "no",
             "--dir", str(s.tmp),
+            "--dbfilename", f"dump-{port}.rdb",  # a replica's sync file, one per server
             "--maxmemory-policy", "noeviction",
+            *extra,
         ]
     )  # fmt: skip
     server = Redis(port)

@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from tests.utils.processes import (
     http_ok,
     wait_until,
 )
+from tests.utils.readiness import ReadyzWatch
 from tests.utils.sentinel import MASTER, SENTINEL_PASSWORD, SentinelCluster
 from worker.core.names import ENQUEUED_AT_HEADER, RECONCILE_TASK
 
@@ -108,28 +109,6 @@ def started(service: Service, url: str, what: str) -> None:
 
 
 # --- what is observed -----------------------------------------------------------------------
-
-
-@dataclass
-class ReadyzWatch:
-    """Polls a /readyz every 0.1 s in a thread: (wall-clock time, status code; 0 = no answer)."""
-
-    url: str
-    seen: list[tuple[float, int]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        with httpx.Client(timeout=3) as http:
-            while not self.stop.is_set():
-                try:
-                    code = http.get(self.url).status_code
-                except httpx.HTTPError:
-                    code = 0
-                self.seen.append((time.time(), code))
-                time.sleep(0.1)
-
-    def codes_between(self, start: float, end: float) -> list[int]:
-        return [code for at, code in self.seen if start <= at <= end]
 
 
 @contextlib.contextmanager

@@ -161,15 +161,23 @@ class RedisServer(ServerProcess):
     ) -> None:
         self.stop()
 
+    #: The address it listens on, and what its command line is prefixed with (a subclass runs
+    #: it inside a network namespace: ``tests/utils/sentinel.py``).
+    host = "127.0.0.1"
+    exec_prefix: tuple[str, ...] = ()
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # With an exec prefix (``ip netns exec``, which execs redis-server itself) the pid is
+        # still the server's (SIGSTOP, SIGKILL).
         process = self.process = subprocess.Popen(
             [
+                *self.exec_prefix,
                 "redis-server",
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                self.host,
                 "--save",
                 "",
                 "--appendonly",
@@ -184,16 +192,20 @@ class RedisServer(ServerProcess):
             stderr=subprocess.DEVNULL,
         )
         RUNNING[process.pid] = self
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, password=self.password)
+        client = redis.Redis(
+            host=self.host, port=self.port, socket_connect_timeout=0.2, password=self.password
+        )
         try:
             # Another server may hold the port: only ours answering counts as started.
             wait_until(
                 lambda: process.poll() is not None or _answers_as(client, process.pid),
                 30,
-                f"redis-server on port {self.port}",
+                f"redis-server on {self.host}:{self.port}",
             )
             if process.poll() is not None:
-                raise RuntimeError(f"redis-server on port {self.port} exited: {process.returncode}")
+                raise RuntimeError(
+                    f"redis-server on {self.host}:{self.port} exited: {process.returncode}"
+                )
         except BaseException:
             self.kill()
             raise

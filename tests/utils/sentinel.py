@@ -304,53 +304,14 @@ class NamespacedRedisServer(RedisServer):
     def __init__(
         self, link: NetworkLink, workdir: Path, port: int, extra_args: tuple[str, ...]
     ) -> None:
-        super().__init__(workdir, port, (*extra_args, "--bind", link.inner_address))
+        super().__init__(workdir, port, extra_args)
         self.link = link
         self.host = link.inner_address
+        self.exec_prefix = link.exec_prefix
 
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        # ``ip netns exec`` execs redis-server itself: the pid is the server's (SIGSTOP, SIGKILL).
-        process = self.process = subprocess.Popen(
-            [
-                *self.link.exec_prefix,
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--maxmemory-policy",
-                "noeviction",
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        RUNNING[process.pid] = self
-        client = redis.Redis(
-            host=self.host, port=self.port, socket_connect_timeout=0.2, password=self.password
-        )
-        try:
-            wait_until(
-                lambda: process.poll() is not None or _pings(client),
-                30,
-                f"redis-server on {self.host}:{self.port}",
-            )
-            if process.poll() is not None:
-                raise RuntimeError(f"redis-server in {self.link.namespace} exited")
-        except BaseException:
-            self.kill()
-            raise
-        finally:
-            client.close()
 
 
 class NamespacedSentinelCluster(SentinelCluster):

@@ -494,6 +494,24 @@ def test_a_task_revoked_while_queued_is_skipped_on_the_fetch_check_alone(tmp_pat
 # --- acknowledgements on the fetches' own connection (Sentinel mode) ---
 
 
+@contextlib.contextmanager
+def consuming(
+    url: str, messages: list[Any], prefetch_count: int | None = None, **options: Any
+) -> Iterator[Connection]:
+    """A connection consuming ``QUEUE``, each message appended to ``messages`` unacknowledged."""
+    with (
+        courier_connection(url, **options) as connection,
+        Consumer(
+            connection,
+            [QUEUE],
+            callbacks=[lambda body, message: messages.append(message)],
+            accept=["json"],
+            prefetch_count=prefetch_count,
+        ),
+    ):
+        yield connection
+
+
 @pytest.mark.parametrize("own", [True, False])
 def test_acknowledgements_stay_on_the_connection_that_fetched(
     own_redis: RedisServer, client: redis.Redis, own: bool
@@ -505,16 +523,9 @@ def test_acknowledgements_stay_on_the_connection_that_fetched(
     Without it, a pooled connection sends it, as before."""
     publish(own_redis.url, 1, 2)
     messages: list[Any] = []
-    with (
-        courier_connection(own_redis.url, acks_on_own_connection=own) as connection,
-        Consumer(
-            connection,
-            [QUEUE],
-            callbacks=[lambda body, message: messages.append(message)],
-            accept=["json"],
-            prefetch_count=1,
-        ),
-    ):
+    with consuming(
+        own_redis.url, messages, acks_on_own_connection=own, prefetch_count=1
+    ) as connection:
         channel = connection.default_channel
         connection.drain_events(timeout=10)
         messages[0].ack()
@@ -534,16 +545,9 @@ def test_a_lone_acknowledgement_on_the_fetches_own_connection_is_applied(
 ) -> None:
     publish(own_redis.url, 1)
     messages: list[Any] = []
-    with (
-        courier_connection(own_redis.url, acks_on_own_connection=True) as connection,
-        Consumer(
-            connection,
-            [QUEUE],
-            callbacks=[lambda body, message: messages.append(message)],
-            accept=["json"],
-            prefetch_count=1,
-        ),
-    ):
+    with consuming(
+        own_redis.url, messages, acks_on_own_connection=True, prefetch_count=1
+    ) as connection:
         connection.drain_events(timeout=10)
         client.config_resetstat()
         messages[0].ack()
@@ -570,15 +574,7 @@ def test_with_sentinel_a_fetched_task_carries_its_delivery_tag_and_no_producer_s
             headers={DELIVERY_TAG_HEADER: "forged", "kept": "yes"},
         )
     messages: list[Any] = []
-    with (
-        courier_connection(own_redis.url, acks_on_own_connection=own) as connection,
-        Consumer(
-            connection,
-            [QUEUE],
-            callbacks=[lambda body, message: messages.append(message)],
-            accept=["json"],
-        ),
-    ):
+    with consuming(own_redis.url, messages, acks_on_own_connection=own) as connection:
         connection.drain_events(timeout=10)
         (message,) = messages
         assert message.headers["kept"] == "yes"
