@@ -17,22 +17,22 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# The third-party dependencies alone, read from pyproject.toml, in their own layer: editing the
-# sources or the README does not reinstall them, and both targets share this layer.
+# The third-party dependencies alone, the exact versions and hashes of requirements/runtime.lock
+# (`make lock`), in their own layer: editing the sources or the README does not reinstall them,
+# and both targets share this layer.
 FROM base AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=120
-COPY pyproject.toml /src/pyproject.toml
+COPY requirements/runtime.lock /src/runtime.lock
 RUN --mount=type=secret,id=ca \
     if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
     && python3 -m venv /opt/venv \
-    && python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"]))' > /src/requirements.txt \
-    && pip install --no-cache-dir -r /src/requirements.txt
+    && pip install --no-cache-dir --require-hashes -r /src/runtime.lock
 
 # The venv as the final images get it: pip and setuptools go, since nothing imports them at run
 # time and an installer has no business in a read-only runtime image (22 MB, and a steady
 # source of scanner findings). One layer, shared by both targets, that changes only with
-# pyproject.toml.
+# the lock file.
 FROM deps AS venv
 RUN pip uninstall --yes --quiet pip setuptools
 
@@ -44,6 +44,7 @@ RUN pip uninstall --yes --quiet pip setuptools
 # source change adds a layer of a few hundred kB rather than another copy of the venv.
 FROM deps AS build-worker
 COPY deploy/images/stage_dist.py /usr/local/lib/stage_dist.py
+COPY pyproject.toml /src/pyproject.toml
 COPY README.md /src/README.md
 COPY worker /src/worker
 RUN --mount=type=secret,id=ca \
@@ -53,6 +54,7 @@ RUN --mount=type=secret,id=ca \
 
 FROM deps AS build-api
 COPY deploy/images/stage_dist.py /usr/local/lib/stage_dist.py
+COPY pyproject.toml /src/pyproject.toml
 COPY README.md /src/README.md
 COPY worker /src/worker
 COPY app /src/app

@@ -4,15 +4,30 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz
+.PHONY: install lock deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz
 
-$(STAMP): pyproject.toml
+# Installs are reproducible: the exact versions and hashes in requirements/*.lock (made by
+# `make lock` from pyproject.toml's ranges), then Courier itself without dependencies.
+$(STAMP): pyproject.toml requirements/dev.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the lock files after editing pyproject.toml's dependencies: versions already locked
+# are kept where they still fit (`make lock LOCK_ARGS=--upgrade` takes the newest instead).
+# runtime.lock is what the images install; dev.lock what make and CI install; bench.lock adds
+# the benchmarks' packages. A test checks that they agree with pyproject.toml and each other.
+LOCK_ARGS ?=
+lock: install
+	@set -e; compile() { UV_NO_CONFIG=1 $(BIN)/uv pip compile pyproject.toml -q \
+		--python-version 3.11 --generate-hashes --no-header --annotation-style line "$$@"; }; \
+	compile --extra dev --extra bench $(LOCK_ARGS) -o requirements/bench.lock; \
+	compile --extra dev -c requirements/bench.lock -o requirements/dev.lock; \
+	compile -c requirements/bench.lock -o requirements/runtime.lock
 
 # Debian packages the suite runs (redis-server, prometheus, buildah/podman/runc/debootstrap,
 # iproute2): installed when missing as root, else named with the command that installs them.
@@ -25,6 +40,7 @@ up: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/codespell
 
 typecheck: install
 	$(BIN)/mypy app worker
@@ -48,8 +64,8 @@ images:
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-$(BENCH_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[dev,bench]"
+$(BENCH_STAMP): $(STAMP) pyproject.toml requirements/bench.lock
+	$(BIN)/python -m pip install -q --require-hashes -r requirements/bench.lock
 	@touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)

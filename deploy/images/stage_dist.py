@@ -1,8 +1,8 @@
 """Copy one installed distribution's files, as its RECORD lists them, under a staging root.
 
 Used by the Dockerfile's build stages: the final images take the third-party venv as one layer
-that changes only with pyproject.toml, and Courier's own files (a few hundred kB) as a second
-layer on top, instead of a fresh copy of the whole venv for every source change.
+that changes only with requirements/runtime.lock, and Courier's own files (a few hundred kB) as
+a second layer on top, instead of a fresh copy of the whole venv for every source change.
 Usage: python3 stage_dist.py DISTRIBUTION STAGING_ROOT
 """
 
