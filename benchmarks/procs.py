@@ -9,15 +9,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
+
+# The suite's own process helpers, one copy for tests and benchmarks.
+from tests.utils.processes import child_pids, free_port, http_ok, wait_until
+
+__all__ = [
+    "LOOPBACK", "ROOT", "VENV_BIN", "Stack", "child_pids", "free_port", "http_ok", "log",
+    "rss_kib", "stack", "wait_until",
+]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -27,43 +33,6 @@ LOOPBACK = "127.0.0.1"
 def log(message: str) -> None:
     """Progress goes to stderr so stdout keeps only the results table."""
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate`` (a callable returning truthy) until it holds, or fail naming ``what``."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not ready within {timeout:.0f} s")
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
-def child_pids(pid: int) -> list[int]:
-    """Direct children of ``pid`` (gunicorn workers, Celery pool processes)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        return [int(p) for p in path.read_text().split()]
-    except OSError:
-        return []
 
 
 def rss_kib(pid: int) -> int:
