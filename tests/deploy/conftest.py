@@ -22,8 +22,6 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-from worker.core.names import DEFAULT_QUEUE
-
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "courier"
 RELEASE = "courier"
@@ -48,80 +46,13 @@ CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
 
-# Non-default values worth rendering: each autoscaling mode, external Redis (with and without
-# Sentinels), ingress off, monitoring off, existing secrets, Redis in sentinel mode, and
-# everything optional switched on.
+# The value sets every chart test renders, as chart repositories keep them (chart-testing's
+# `ci/*-values.yaml`): each autoscaling mode, external Redis (with and without Sentinels), ingress
+# off, monitoring off, existing secrets, Redis in sentinel mode, and everything optional on.
+CI_VALUES = CHART / "ci"
 VALUE_MATRIX: dict[str, dict[str, Any]] = {
-    "default": {},
-    "keda": {"worker": {"autoscaling": {"mode": "keda"}}},
-    "no-autoscaling": {"worker": {"autoscaling": {"mode": "none"}, "replicaCount": 3}},
-    "external-redis-url": {
-        "redis": {"enabled": False},
-        "externalRedis": {"url": "rediss://:s3cret@redis.example.com:6380/2"},
-    },
-    "external-redis-secret": {
-        "redis": {"enabled": False},
-        "externalRedis": {"existingSecret": "my-redis-url"},
-    },
-    "ingress-off": {"flower": {"ingress": {"enabled": False}}},
-    "monitoring-off": {"monitoring": {"enabled": False}},
-    "existing-secrets": {
-        "api": {"auth": {"existingSecret": "my-api-keys"}},
-        "redis": {"auth": {"existingSecret": "my-redis"}},
-        "flower": {"auth": {"existingSecret": "my-flower"}},
-    },
-    "minimal": {
-        "beat": {"enabled": False},
-        "flower": {"enabled": False},
-        "networkPolicy": {"enabled": False},
-        "serviceAccount": {"create": False},
-        "topologySpread": {"enabled": False},
-    },
-    "sentinel": {"redis": {"mode": "sentinel"}},
-    "sentinel-five-pods": {
-        "redis": {
-            "mode": "sentinel",
-            "metrics": {"enabled": True},
-            "sentinel": {
-                "replicas": 5,
-                "quorum": 3,
-                "antiAffinity": "required",
-                "auth": {"existingSecret": "my-sentinel"},
-            },
-        },
-    },
-    "sentinel-minimal": {
-        "redis": {
-            "mode": "sentinel",
-            "sentinel": {"auth": {"enabled": False}, "pdb": {"enabled": False}},
-        },
-        "networkPolicy": {"enabled": False},
-    },
-    "external-redis-sentinels": {
-        "redis": {"enabled": False},
-        "externalRedis": {
-            "url": "redis://:s3cret@unused:6379/0",
-            "sentinels": ["sentinel-a.example.com:26379", "sentinel-b.example.com:26379"],
-            "sentinelMaster": "mymaster",
-            "sentinelPasswordSecret": "their-sentinels",
-        },
-    },
-    "everything-on": {
-        "api": {
-            "ingress": {"enabled": True, "className": "nginx", "tlsSecretName": "api-tls"},
-            "autoscaling": {"enabled": True},
-        },
-        "flower": {"ingress": {"tlsSecretName": "flower-tls"}},
-        "redis": {"metrics": {"enabled": True}, "maxmemory": "400mb", "appendfsync": "always"},
-        "opentelemetry": {"enabled": True, "endpoint": "http://otel-collector:4317"},
-        "config": {
-            "queues": [DEFAULT_QUEUE, "reports"],
-            "email": {"backend": "smtp", "smtp": {"existingSecret": "smtp", "user": "courier"}},
-            "extraEnv": {"COURIER_API_KEEPALIVE": 10},
-        },
-        "imagePullSecrets": [{"name": "regcred"}],
-        "commonLabels": {"team": "platform"},
-    },
+    path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text()) or {}
+    for path in sorted(CI_VALUES.glob("*-values.yaml"))
 }
 
 
