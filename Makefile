@@ -43,7 +43,7 @@ lint: install
 	$(BIN)/codespell
 
 typecheck: install
-	$(BIN)/mypy app worker
+	$(BIN)/mypy app worker tests benchmarks
 
 test: install deps lint typecheck
 	$(BIN)/python -m pytest

@@ -12,6 +12,8 @@ Redis servers are alike (no persistence, ``noeviction``); the Sentinel set runs
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
+from typing import Any
 
 from benchmarks.load import Load, run_wrk
 from benchmarks.plan import Plan
@@ -29,16 +31,16 @@ def _start_server(s: Stack, *extra: str) -> Redis:
     return start_redis(s, "--min-replicas-to-write", "1", "--repl-diskless-sync-delay", "0", *extra)
 
 
+def _in_sync(replica: Redis) -> bool:
+    return bool(replica.client().info("replication").get("master_link_status") == "up")
+
+
 def start_sentinel_set(s: Stack) -> tuple[Redis, list[int]]:
     """A primary, two replicas in sync, three Sentinels that found them; the Sentinels' ports."""
     primary = _start_server(s)
     replicas = [_start_server(s, "--replicaof", LOOPBACK, str(primary.port)) for _ in range(2)]
     for replica in replicas:
-        wait_until(
-            lambda r=replica: r.client().info("replication").get("master_link_status") == "up",
-            30,
-            "a replica in sync",
-        )
+        wait_until(partial(_in_sync, replica), 30, "a replica in sync")
     ports = []
     for index in range(3):
         port = free_port()
@@ -53,7 +55,7 @@ def start_sentinel_set(s: Stack) -> tuple[Redis, list[int]]:
 
     def found_replicas() -> bool:
         for port in ports:
-            master = Redis(port).client().sentinel_master(MASTER)
+            master: Any = Redis(port).client().sentinel_master(MASTER)
             if int(master["num-slaves"]) < 2:
                 return False
         return True

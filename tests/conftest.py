@@ -102,6 +102,12 @@ def live_api(api: TestClient, worker: Service) -> TestClient:
     return api
 
 
+def app_state(client: TestClient) -> Any:
+    """The state of the FastAPI app a test client serves (its queue, settings, stores)."""
+    app: Any = client.app  # typed as any ASGI callable; here always create_app's FastAPI
+    return app.state
+
+
 def wait_for_status(
     client: TestClient, task_id: str, statuses: set[str] = TERMINAL, timeout: float = 20
 ) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from typing import cast
 
 import pytest
 from packaging.markers import default_environment
@@ -24,7 +25,11 @@ PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ \\;]+)", re.MULTILINE)
 EXTRAS = {"runtime": (), "dev": ("dev",), "bench": ("dev", "bench")}
 # The interpreter the locks are made for (`make lock`: --python-version 3.11), so markers on
 # pyproject.toml's requirements are judged for it and not for whatever runs the suite.
-ENVIRONMENT = {**default_environment(), "python_version": "3.11", "python_full_version": "3.11.0"}
+ENVIRONMENT: dict[str, str] = {
+    **cast(dict[str, str], default_environment()),
+    "python_version": "3.11",
+    "python_full_version": "3.11.0",
+}
 
 
 def pins(lock: str) -> dict[str, Version]:

@@ -44,7 +44,7 @@ def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
         yield sync
 
 
-def _stored(client: redis.Redis) -> tuple[dict[bytes, bytes], int, list[bytes]]:
+def _stored(client: redis.Redis) -> tuple[dict[Any, Any], int, list[Any]]:
     return client.hgetall("rec"), client.ttl("rec"), client.lrange("q", 0, -1)
 
 

@@ -43,7 +43,7 @@ def celery_app(own_redis: RedisServer) -> Iterator[Celery]:
 def _pop_all(client: redis.Redis) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for key in client.keys("*"):
-        name = key.decode()
+        name = key.decode() if isinstance(key, bytes) else key
         if client.type(key) == b"list":
             found[name] = [json.loads(raw) for raw in client.lrange(key, 0, -1)]
             client.delete(key)

@@ -54,7 +54,7 @@ def test_an_unexpected_error_reply_is_a_json_500(api: TestClient, own_redis: Red
 
 def fill_to(client: redis.Redis, fraction: float) -> None:
     """Small writes until Redis holds ``fraction`` of its maxmemory (never past it)."""
-    maxmemory = int(client.config_get("maxmemory")["maxmemory"])
+    maxmemory = int(str(client.config_get("maxmemory")["maxmemory"]))
     n = 0
     while int(client.info("memory")["used_memory"]) < fraction * maxmemory:
         client.set(f"filler:{n}", b"x" * 65536)

@@ -71,9 +71,9 @@ def test_a_stock_celery_client_sees_started_and_gets_the_result(
     result = stock.AsyncResult(task_id)
     try:
         wait_for_status(live_api, task_id, {"started"}, timeout=10)
-        assert result.state == states.STARTED
+        assert str(result.state) == states.STARTED
         assert result.get(timeout=20) == "stock"
-        assert result.state == states.SUCCESS
+        assert str(result.state) == states.SUCCESS
     finally:
         stock.close()
 

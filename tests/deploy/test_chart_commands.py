@@ -17,6 +17,7 @@ import subprocess
 import sys
 import urllib.parse
 from collections.abc import Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,7 @@ def test_rendered_worker_answers_its_probes(
         path = container[probe]["httpGet"]["path"]
         url = f"http://127.0.0.1:{running.worker_metrics_port}{path}"
         health = wait_until(
-            lambda url=url: ok_response(url), 30, f"the worker's {url} ({running.worker.log})"
+            partial(ok_response, url), 30, f"the worker's {url} ({running.worker.log})"
         )
         assert health.status_code == 200
 

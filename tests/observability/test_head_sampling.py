@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
 from tests.utils.otlp import OtlpReceiver
 from tests.utils.processes import (
@@ -124,7 +124,7 @@ def orphans(stack: Stack) -> list[list[tuple[str, str]]]:
 def ratio_keeps(trace_id: str) -> bool:
     """What the SDK's own ratio sampler decides for this trace id."""
     result = TraceIdRatioBased(RATIO).should_sample(None, int(trace_id, 16), "POST")
-    return result.decision.is_sampled()
+    return result.decision is Decision.RECORD_AND_SAMPLE
 
 
 def test_sampled_requests_are_traced_to_the_execution_and_dropped_ones_nowhere(

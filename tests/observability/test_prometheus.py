@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -200,14 +201,12 @@ def _drive_traffic(api: str) -> None:
     ]
     httpx.post(f"{api}/v1/tasks/noop", json={"sleep_seconds": -1})
     httpx.post(f"{api}/v1/tasks/noop", params={"countdown": 30}, json={})
+
+    def finished(task_id: str) -> bool:
+        return httpx.get(f"{api}/v1/tasks/{task_id}").json()["status"] in ("succeeded", "failed")
+
     for task_id in ids:
-        wait_until(
-            lambda t=task_id: (
-                httpx.get(f"{api}/v1/tasks/{t}").json()["status"] in ("succeeded", "failed")
-            ),
-            30,
-            f"task {task_id}",
-        )
+        wait_until(partial(finished, task_id), 30, f"task {task_id}")
 
 
 def _query(url: str, expr: str) -> dict[str, Any]:

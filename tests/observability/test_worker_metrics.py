@@ -18,7 +18,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import settings_from, wait_for_status
+from tests.conftest import app_state, settings_from, wait_for_status
 from tests.utils.processes import (
     RedisServer,
     Service,
@@ -155,7 +155,7 @@ def test_a_stock_producers_tasks_are_measured_by_eta_or_counted_as_unmeasured(
     before = stack.metrics()
     waits = total(before, "courier_task_queue_wait_seconds_count", name="noop")
     unmeasured = total(before, "courier_task_queue_wait_unmeasured_total", name="noop")
-    url = stack.api.app.state.settings.redis_url
+    url = app_state(stack.api).settings.redis_url
     subprocess.run([sys.executable, "-c", STOCK_PRODUCER, url], check=True, timeout=60)
     after = stack.metrics()
     assert total(after, "courier_task_queue_wait_unmeasured_total", name="noop") == unmeasured + 1
@@ -178,7 +178,7 @@ def test_a_routing_key_that_is_no_queue_never_becomes_a_label(stack: Stack) -> N
             "delivery_tag": str(uuid.uuid4()),
         },
     }
-    url = stack.api.app.state.settings.redis_url
+    url = app_state(stack.api).settings.redis_url
     with redis.Redis.from_url(url) as client:
         client.lpush(DEFAULT_QUEUE, json.dumps(envelope))
         wait_until(lambda: client.exists(f"celery-task-meta-{task_id}"), 20, "the task to run")

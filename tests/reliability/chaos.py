@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -490,7 +490,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     full = not args.quick
-    runs = {
+    runs: dict[str, Callable[[], Figures]] = {
         "worker-loss": lambda: worker_loss(
             500 if full else 60, 20 if full else 4, 5 if full else 1
         ),

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.main import create_app
-from tests.conftest import settings_from, wait_for_status
+from tests.conftest import app_state, settings_from, wait_for_status
 from tests.utils.processes import (
     RedisServer,
     Service,
@@ -313,7 +313,7 @@ def test_a_cut_dead_letter_cannot_be_requeued(tmp_path: Path, own_redis: RedisSe
         "COURIER_DEAD_LETTER_MAX_BYTES": "256",
     }
     with TestClient(create_app(settings_from(env))) as api:
-        store = api.app.state.dead_letters
+        store = app_state(api).dead_letters
         letter = store.add(b"y" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
         response = api.post(f"/v1/dead-letters/{letter.id}/requeue")
         assert response.status_code == 409

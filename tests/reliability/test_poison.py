@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.queue import EnqueueOptions
-from tests.conftest import settings_from, wait_for_status
+from tests.conftest import app_state, settings_from, wait_for_status
 from tests.utils.processes import (
     RedisServer,
     Service,
@@ -71,8 +72,9 @@ def queue_is_drained(client: redis.Redis) -> bool:
 
 def test_an_undecodable_message_is_dropped_logged_and_does_not_block(stack: PoisonStack) -> None:
     with stack.celery.connection_for_write() as connection:
-        connection.default_channel.basic_publish(
-            connection.default_channel.prepare_message(
+        channel: Any = connection.default_channel  # kombu's virtual channel (typed StdChannel)
+        channel.basic_publish(
+            channel.prepare_message(
                 "{this is not json",
                 content_type="application/json",
                 content_encoding="utf-8",
@@ -143,7 +145,7 @@ def test_a_message_without_a_task_is_rejected_and_counted_under_bounded_labels(
 def test_a_payload_the_worker_cannot_validate_fails_without_retry(stack: PoisonStack) -> None:
     # Bypass the API's validation: the producer's own path (record + message), with a payload
     # no submit route would have let through.
-    queue = stack.api.app.state.queue
+    queue = app_state(stack.api).queue
     task_id = queue.enqueue("noop", {"sleep_seconds": "soon"}, EnqueueOptions())
     done = wait_for_status(stack.api, task_id)
     assert done["status"] == "failed"

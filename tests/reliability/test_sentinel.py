@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -223,7 +224,7 @@ def test_an_accepted_task_the_new_primary_lacks_is_written_again(
             # Each replica forgets the task, as one that never received it: whichever is
             # promoted lacks it (a writable replica keeps its own writes to itself).
             with cluster.data_client(server.port) as replica:
-                wait_until(lambda r=replica: r.exists(record), 10, "the task replicated")
+                wait_until(partial(replica.exists, record), 10, "the task replicated")
                 replica.config_set("replica-read-only", "no")
                 message = next(
                     m for m in replica.lrange(DEFAULT_QUEUE, 0, -1) if lost.encode() in m
@@ -359,7 +360,7 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
 
         def succeeded(task_id: str) -> bool:
             try:
-                return http.get(f"/v1/tasks/{task_id}").json().get("status") == "succeeded"
+                return bool(http.get(f"/v1/tasks/{task_id}").json().get("status") == "succeeded")
             except (httpx.HTTPError, ValueError):
                 return False
 

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -252,13 +253,13 @@ def test_beat_flower_and_readiness_follow_a_kill_and_a_planned_failover(tmp_path
             cluster.wait_settled()
             settled_at = time.time()
             for url in (f"{api_url}/readyz", f"{worker_url}/readyz"):
-                wait_until(lambda u=url: http_ok(u), TIMEOUT, f"{url} after the {fault}")
+                wait_until(partial(http_ok, url), TIMEOUT, f"{url} after the {fault}")
             windows[fault] = (fault_at, time.time())
             runs(http, f"api after {fault}")
             beat_sends_after(cluster, settled_at)
             wait_until(lambda: flower_lists_worker(flower_url), TIMEOUT, "Flower's worker list")
             task_id = flower_async_apply(flower_url, f"flower after {fault}")
-            wait_until(lambda t=task_id: succeeded(http, t), TIMEOUT, "Flower's task", 0.1)
+            wait_until(partial(succeeded, http, task_id), TIMEOUT, "Flower's task", 0.1)
 
         with cluster.data_client(cluster.primary_port()) as client:
             ticks = beat_ticks(client)
@@ -334,7 +335,7 @@ def test_a_dead_sentinel_named_first_is_skipped_at_start_and_in_a_failover(
         cluster.wait_for_new_primary(old)
         switched_at = time.time()
         for url in (f"{api_url}/readyz", f"{worker_url}/readyz"):
-            wait_until(lambda u=url: http_ok(u), TIMEOUT, f"{url} after the failover")
+            wait_until(partial(http_ok, url), TIMEOUT, f"{url} after the failover")
         runs(http, "after the failover, a Sentinel down")
         beat_sends_after(cluster, switched_at)
         with cluster.data_client(cluster.primary_port()) as client:

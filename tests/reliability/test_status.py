@@ -9,7 +9,7 @@ from celery import states
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.conftest import settings_from, wait_for_status
+from tests.conftest import app_state, settings_from, wait_for_status
 from worker.core.names import DEFAULT_QUEUE
 
 
@@ -18,7 +18,7 @@ def test_a_finished_state_is_never_overwritten(
 ) -> None:
     task_id = submit("noop", {"echo": "done"})
     assert wait_for_status(live_api, task_id)["status"] == "succeeded"
-    backend = live_api.app.state.queue._celery.backend  # the API's own Celery app
+    backend = app_state(live_api).queue._celery.backend  # the API's own Celery app
     backend.store_result(task_id, {"pid": 1, "hostname": "late@host"}, states.STARTED)
     backend.store_result(task_id, None, states.FAILURE)
     body = live_api.get(f"/v1/tasks/{task_id}").json()
@@ -32,7 +32,7 @@ def test_a_redelivered_duplicate_of_a_finished_task_is_skipped(
     first = wait_for_status(live_api, task_id)
     assert first["executions"] == 1
     # What a worker dying before its acknowledgement leaves behind: the same message again.
-    live_api.app.state.queue._celery.send_task(
+    app_state(live_api).queue._celery.send_task(
         "noop", kwargs={"echo": "twice"}, task_id=task_id, queue=DEFAULT_QUEUE
     )
     time.sleep(2)

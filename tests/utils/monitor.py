@@ -10,7 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -24,7 +24,7 @@ def monitored(url: str) -> Iterator[list[dict[str, Any]]]:
     client = redis.Redis.from_url(url, socket_timeout=30)
 
     def collect() -> None:
-        with client.monitor() as monitor:
+        with cast(Any, client).monitor() as monitor:
             ready.set()
             while True:
                 command = monitor.next_command()

@@ -13,6 +13,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -111,7 +112,7 @@ class SentinelCluster:
             for server in self.servers:
                 server.start()
             for replica in self.servers[1:]:
-                wait_until(lambda r=replica: _in_sync(r), 30, f"replica {replica.port} in sync")
+                wait_until(partial(_in_sync, replica), 30, f"replica {replica.port} in sync")
             for sentinel in self.sentinels:
                 sentinel.start()
             # Each Sentinel has found the replicas and the two other Sentinels.
@@ -289,7 +290,7 @@ class SentinelCluster:
 def _in_sync(server: RedisServer) -> bool:
     try:
         with redis.Redis(port=server.port, password=DATA_PASSWORD) as client:
-            return client.info("replication").get("master_link_status") == "up"
+            return bool(client.info("replication").get("master_link_status") == "up")
     except redis.RedisError:
         return False
 

@@ -49,7 +49,7 @@ class RecordingHandler:
 
     def wait_for(self, address: str, timeout: float = 15) -> Message:
         return wait_until(
-            lambda: (self.delivered_to(address) or [None])[0], timeout, f"an email to {address}"
+            lambda: next(iter(self.delivered_to(address)), None), timeout, f"an email to {address}"
         )
 
 

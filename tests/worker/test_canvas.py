@@ -10,9 +10,11 @@ with an ``InvalidPayload`` saying what to do.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any, cast
 
 import pytest
 from celery import Celery, Signature, chain, chord, group
+from celery.result import GroupResult
 from fastapi.testclient import TestClient
 
 from tests.conftest import settings_from
@@ -41,7 +43,8 @@ def test_a_stock_client_that_names_no_queue_reaches_the_workers(
     grouped = group(stock.signature("noop", kwargs={"echo": n}) for n in range(3)).apply_async()
     assert sent.get(timeout=TIMEOUT) == "no queue"
     assert grouped.get(timeout=TIMEOUT) == [0, 1, 2]
-    for result, echo in [(sent, "no queue"), *zip(grouped.results, range(3), strict=True)]:
+    members = cast(GroupResult, grouped).results or []  # celery-types says AsyncResult
+    for result, echo in [(sent, "no queue"), *zip(members, range(3), strict=True)]:
         status = live_api.get(f"/v1/tasks/{result.id}").json()
         assert (status["status"], status["result"]) == ("succeeded", echo), status
         assert (status["name"], status["queue"], status["executions"]) == ("noop", DEFAULT_QUEUE, 1)
@@ -64,8 +67,9 @@ def test_a_mutable_chain_keeps_the_parents_success_and_fails_the_child_clearly(
     result = chain(
         stock.signature("noop", kwargs={"echo": "first"}), stock.signature("noop")
     ).apply_async()
-    assert result.parent.get(timeout=TIMEOUT) == "first"
-    assert result.parent.state == "SUCCESS"
+    parent: Any = result.parent  # the chain's first task (typed as any ResultBase or None)
+    assert parent.get(timeout=TIMEOUT) == "first"
+    assert parent.state == "SUCCESS"
     result.get(timeout=TIMEOUT, propagate=False)
     assert result.state == "FAILURE"
     assert type(result.result).__name__ == "InvalidPayload"

@@ -23,7 +23,8 @@ def test_email_is_delivered_through_smtp(
     assert done["result"]["backend"] == "smtp"
     message = smtp_server.handler.wait_for(address)
     assert message["Message-ID"] == done["result"]["message_id"]
-    assert message.get_payload().strip() == "Ready."
+    payload = message.get_payload()
+    assert isinstance(payload, str) and payload.strip() == "Ready."
 
 
 def test_temporary_failure_is_retried_and_succeeds_on_the_second_try(

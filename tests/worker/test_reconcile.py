@@ -11,12 +11,12 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 import redis
 
-from tests.conftest import wait_for_status
+from tests.conftest import app_state, wait_for_status
 from tests.utils.prom import total
 from tests.worker.stack import WorkerStack, worker_stack
 from worker.celery_config import PRIORITY_STEPS, create_celery_app, restore_interval
@@ -51,9 +51,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
 def take_message(client: redis.Redis, queue: str, task_id: str) -> bytes:
     """Remove the task's message from its list, as a purge (or a worker's fetch) does."""
     for raw in client.lrange(queue, 0, -1):
+        assert isinstance(raw, bytes)
         if json.loads(raw)["headers"]["id"] == task_id:
-            client.lrem(queue, 1, raw)
-            return bytes(raw)
+            client.lrem(queue, 1, cast(Any, raw))  # bytes: redis-py's stubs say str
+            return raw
     raise AssertionError(f"no message of {task_id} in {queue!r}")
 
 
@@ -141,7 +142,7 @@ def test_a_run_over_its_scan_budget_resumes_where_it_stopped(
         queue_commands(pipe, records.create_commands(task_id, "noop", "reports"))
         pipe.hset(TASK_RECORD_KEY.format(task_id=task_id), "enqueued_at", time.time() - 3600)
     pipe.execute()
-    app = create_celery_app(stack.api.app.state.settings)
+    app = create_celery_app(app_state(stack.api).settings)
     try:
         reconciler = Reconciler(
             records,

@@ -50,11 +50,11 @@ def test_started_is_stored_for_state_readers_but_not_published(
     started = json.dumps({"status": states.STARTED, "result": {}, "task_id": task_id})
     with redis_client.pubsub() as pubsub:
         pubsub.subscribe(result_key)
-        assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
         check = records.mark_started(task_id, started)
         redis_client.publish(result_key, b"sentinel")
         # Messages on a channel arrive in order: had STARTED been published, it came first.
-        assert pubsub.get_message(timeout=5)["data"] == b"sentinel"  # type: ignore[index]
+        assert pubsub.get_message(timeout=5)["data"] == b"sentinel"
     assert check == StartCheck(revoked=False, finished=False)
     assert json.loads(redis_client.get(result_key) or b"{}")["status"] == states.STARTED
     record, stored = records.get_with_result(task_id)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from app.queue import EnqueueOptions
-from tests.conftest import wait_for_status
+from tests.conftest import app_state, wait_for_status
 from tests.reliability.chaos import fill_past_maxmemory
 from tests.utils.processes import wait_until
 from tests.utils.prom import total
@@ -51,7 +52,7 @@ def worker_errors(stack: WorkerStack) -> list[str]:
 def test_a_running_worker_finishes_its_tasks_when_redis_becomes_full(
     stack: WorkerStack,
 ) -> None:
-    queue = stack.api.app.state.queue
+    queue = app_state(stack.api).queue
     ids = [
         queue.enqueue(NOOP_TASK, {"echo": n, "sleep_seconds": 0.3}, EnqueueOptions())
         for n in range(8)
@@ -68,7 +69,7 @@ def test_a_running_worker_finishes_its_tasks_when_redis_becomes_full(
     samples = stack.metrics()
     assert total(samples, "celery_task_succeeded_total", name=NOOP_TASK) == len(ids)
     # The heartbeat still renews the worker's registry entry (its deadline is 3 beats ahead).
-    hostname = stack.redis.zrange(WORKERS_KEY, 0, 0)[0]
+    hostname: Any = stack.redis.zrange(WORKERS_KEY, 0, 0)[0]
 
     def renewed() -> bool:
         return (stack.redis.zscore(WORKERS_KEY, hostname) or 0) > filled_at + 3 * HEARTBEAT
@@ -87,7 +88,7 @@ def test_a_retry_refused_by_a_full_redis_is_published_and_the_task_finishes(
 ) -> None:
     # Held by the worker until its countdown (fetched, unacknowledged) while Redis fills up.
     options = EnqueueOptions(countdown=3)
-    task_id = stack.api.app.state.queue.enqueue(ALWAYS_TRANSIENT_TASK, {}, options)
+    task_id = app_state(stack.api).queue.enqueue(ALWAYS_TRANSIENT_TASK, {}, options)
     wait_until(lambda: stack.redis.hlen("unacked") == 1, 30, "the worker to hold the task")
     fill_past_maxmemory(stack.redis, EXCESS)
     assert_full(stack.redis)

@@ -50,11 +50,17 @@ def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
+def channel_of(connection: Connection) -> Any:
+    """The connection's channel: Courier's, with kombu's Redis channel API (typed StdChannel)."""
+    return connection.default_channel
+
+
 def publish(url: str, *bodies: Any, priority: int | None = None) -> None:
     with courier_connection(url) as connection:
         producer = Producer(connection)
         for body in bodies:
-            producer.publish(body, routing_key=QUEUE.name, declare=[QUEUE], priority=priority)
+            options: dict[str, Any] = {} if priority is None else {"priority": priority}
+            producer.publish(body, routing_key=QUEUE.name, declare=[QUEUE], **options)
 
 
 def test_a_message_leaves_its_list_already_recorded_as_unacknowledged(
@@ -90,7 +96,7 @@ def test_a_fetch_whose_reply_is_lost_leaves_the_message_in_unacked_for_the_sweep
     keys = ["unacked", "unacked_index", QUEUE.name]
     client.eval(scripts.FETCH, len(keys), *keys, 1, time.time() - 60, f"+{QUEUE.name}")
     assert (client.llen(QUEUE.name), client.hlen("unacked")) == (0, 1)
-    received: list[tuple[Any, bool]] = []
+    received: list[tuple[Any, bool | None]] = []
     with (
         courier_connection(own_redis.url, visibility_timeout=1) as connection,
         Consumer(
@@ -100,7 +106,7 @@ def test_a_fetch_whose_reply_is_lost_leaves_the_message_in_unacked_for_the_sweep
             accept=["json"],
         ),
     ):
-        connection.default_channel.qos.restore_visible(interval=1)  # what the timer runs
+        channel_of(connection).qos.restore_visible(interval=1)  # what the timer runs
         connection.drain_events(timeout=10)
     assert received == [({"n": "lost reply"}, True)]
 
@@ -110,7 +116,7 @@ def test_a_peek_answered_into_a_dead_connection_takes_nothing(
 ) -> None:
     """How the consumer waits: BLMOVE of a list onto itself answers with its tail and leaves
     it in place, so an answer that never arrives costs nothing."""
-    waiting = redis.Redis.from_url(own_redis.url).connection_pool.get_connection()
+    waiting: Any = redis.Redis.from_url(own_redis.url).connection_pool.get_connection()
     waiting.send_command("BLMOVE", QUEUE.name, QUEUE.name, "RIGHT", "RIGHT", 30)
     wait_until(lambda: client.info("clients")["blocked_clients"] == 1, 10, "the peek to block")
     client.lpush(QUEUE.name, b"a message")
@@ -192,7 +198,7 @@ def test_an_acknowledgement_reaching_a_closed_channel_is_a_connection_error(
     raised AttributeError there, which Celery takes for fatal (the worker hung)."""
     publish(own_redis.url, {"finished": "during a reconnect"})
     with courier_connection(own_redis.url) as connection:
-        message = connection.default_channel.basic_get(QUEUE.name)
+        message = channel_of(connection).basic_get(QUEUE.name)
         assert message is not None
         errors = connection.connection_errors
     with pytest.raises(errors) as raised:
@@ -227,9 +233,9 @@ def test_an_unreadable_message_taken_by_a_fetch_whose_reply_is_lost_comes_back_a
     keys = ["unacked", "unacked_index", QUEUE.name]
     client.eval(scripts.FETCH, len(keys), *keys, 1, time.time() - 60, f"+{QUEUE.name}")
     (tag,) = client.hkeys("unacked")
-    assert tag.startswith(b"courier-undecodable-")
+    assert isinstance(tag, bytes) and tag.startswith(b"courier-undecodable-")
     with courier_connection(own_redis.url, visibility_timeout=1) as connection:
-        connection.default_channel.qos.restore_visible(interval=1)
+        channel_of(connection).qos.restore_visible(interval=1)
     assert client.lrange(QUEUE.name, 0, -1) == [b'{"not": "kombu\'s"']
     assert client.hlen("unacked") == 0
 
@@ -313,7 +319,7 @@ def test_acknowledgements_not_yet_sent_leave_when_the_channel_closes(
 ) -> None:
     publish(own_redis.url, 1, 2)
     with courier_connection(own_redis.url) as connection:
-        channel = connection.default_channel
+        channel = channel_of(connection)
         taken = [channel.basic_get(QUEUE.name) for _ in range(2)]
         assert client.hlen("unacked") == 2
         for message in taken:
@@ -487,7 +493,7 @@ def test_a_task_revoked_while_queued_is_skipped_on_the_fetch_check_alone(tmp_pat
         done = wait_for_status(stack.api, queued)
         record, _ = records.get_with_result(queued)
     assert (done["status"], done["result"]) == ("revoked", None)
-    assert json.loads(stored)["status"] == states.REVOKED
+    assert isinstance(stored, bytes) and json.loads(stored)["status"] == states.REVOKED
     assert record is not None and (record.started_at, record.executions) == (None, 0)
 
 
@@ -526,7 +532,7 @@ def test_acknowledgements_stay_on_the_connection_that_fetched(
     with consuming(
         own_redis.url, messages, acks_on_own_connection=own, prefetch_count=1
     ) as connection:
-        channel = connection.default_channel
+        channel = channel_of(connection)
         connection.drain_events(timeout=10)
         messages[0].ack()
         with contextlib.suppress(TimeoutError, OSError):
@@ -553,7 +559,7 @@ def test_a_lone_acknowledgement_on_the_fetches_own_connection_is_applied(
         messages[0].ack()
         with contextlib.suppress(TimeoutError, OSError):
             connection.drain_events(timeout=0.5)  # poll start: a fetch carries it, or ACK
-        own = connection.default_channel.client.connection
+        own = channel_of(connection).client.connection
         assert own is not None and own._sock is not None
         assert (client.hlen("unacked"), client.zcard("unacked_index")) == (0, 0)
     assert client.info("commandstats")["cmdstat_hdel"]["calls"] == 1
