@@ -64,7 +64,7 @@ def table(figures: list[Figure]) -> str:
 
 
 def markdown(figures: list[Figure]) -> str:
-    """The README's table: the same rows as Markdown."""
+    """The docs' table (docs/performance/): the same rows as Markdown."""
     out = ["| scenario | measure | median (min-max) | baseline (same run) | ratio | target |"]
     out.append("|---|---|---|---|---|---|")
     for f in figures:
