@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz docs
+.PHONY: install deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz docs docs-gen
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy app worker
+	$(BIN)/mypy app worker tools
 
 test: install deps lint typecheck
 	$(BIN)/python -m pytest
@@ -36,6 +36,11 @@ test: install deps lint typecheck
 # builds it with --strict (tests/docs/test_site.py): a broken link or a page missing from the nav fails.
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8001
+
+# The docs' reference tables, regenerated from the code (tools/docsgen; tests/docs/test_generated.py
+# fails when one is stale).
+docs-gen: install
+	$(BIN)/python -m tools.docsgen
 
 # deploy/k8s/base and components/redis-sentinel from the Helm chart (tests/deploy/test_kustomize.py
 # fails when they are stale).
