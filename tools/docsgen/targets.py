@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.docsgen import settings_table
+from tools.docsgen import metrics_table, settings_table
 from tools.docsgen.regions import replace_region
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,6 +33,7 @@ class Target:
 
 TARGETS: tuple[Target, ...] = (
     Target("docs/settings.md", settings_table.render, region="settings"),
+    Target("docs/observability/metrics.md", metrics_table.render, region="metrics"),
 )
 
 
