@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.docsgen import metrics_table, settings_table
+from tools.docsgen import chart_values, metrics_table, settings_table
 from tools.docsgen.regions import replace_region
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +34,8 @@ class Target:
 TARGETS: tuple[Target, ...] = (
     Target("docs/settings.md", settings_table.render, region="settings"),
     Target("docs/observability/metrics.md", metrics_table.render, region="metrics"),
+    Target("docs/deploy/values.md", chart_values.render_table, region="chart-values"),
+    Target("deploy/helm/courier/README.md", chart_values.render_chart_readme),
 )
 
 
