@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.docsgen import chart_values, metrics_table, settings_table
+from tools.docsgen import bench_tables, chart_values, metrics_table, settings_table
 from tools.docsgen.regions import replace_region
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +36,7 @@ TARGETS: tuple[Target, ...] = (
     Target("docs/observability/metrics.md", metrics_table.render, region="metrics"),
     Target("docs/deploy/values.md", chart_values.render_table, region="chart-values"),
     Target("deploy/helm/courier/README.md", chart_values.render_chart_readme),
+    Target("docs/performance/index.md", bench_tables.render, region="bench-results"),
 )
 
 
