@@ -8,6 +8,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,3 +35,23 @@ def test_the_readme_links_only_to_pages_that_exist() -> None:
     targets = re.findall(r"\]\(((?:docs|deploy)/[^)#]+)", readme)
     assert targets
     assert [target for target in targets if not (ROOT / target).is_file()] == []
+
+
+def nav_depths(entries: list[Any], depth: int = 1) -> dict[str, int]:
+    """Page -> how many clicks from the top bar: a top entry is one, an entry in a section two."""
+    found: dict[str, int] = {}
+    for entry in entries:
+        target = next(iter(entry.values())) if isinstance(entry, dict) else entry
+        if isinstance(target, list):
+            found.update(nav_depths(target, depth + 1))
+        else:
+            found[target] = depth
+    return found
+
+
+def test_every_page_is_within_two_clicks() -> None:
+    """Any endpoint, setting, metric or chart value is on a page two clicks away at most."""
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    depths = nav_depths(config["nav"])
+    assert {"api.md", "settings.md", "observability/metrics.md", "deploy/values.md"} <= set(depths)
+    assert {page: depth for page, depth in depths.items() if depth > 2} == {}
