@@ -87,8 +87,6 @@ class Settings(BaseSettings):
         le=60,
         description="seconds to connect to Redis",
     )
-    # Submits are refused (503) once Redis holds this share of its maxmemory, so workers always
-    # have room to take, acknowledge and finish what was accepted (no effect without maxmemory).
     redis_memory_high_watermark: float = Field(
         0.9,
         gt=0,
@@ -100,9 +98,6 @@ class Settings(BaseSettings):
             "full)"
         ),
     )
-    # Redis Sentinel: with both set, every client (API, worker, beat, Flower, health checks) asks
-    # these Sentinels for the primary of this master name and follows failovers; the host and
-    # port of redis_url are then unused, its database, password and TLS options still apply.
     redis_sentinels: Annotated[list[SentinelAddress], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -122,7 +117,6 @@ class Settings(BaseSettings):
             "`COURIER_REDIS_SENTINELS`, and only with it"
         ),
     )
-    # The Sentinels' own password (their requirepass), when they have one.
     redis_sentinel_password: SecretStr | None = Field(
         None,
         description=(
@@ -130,9 +124,6 @@ class Settings(BaseSettings):
             "differ from the data password in `COURIER_REDIS_URL`"
         ),
     )
-    # With Sentinel, a submit is answered 202 only once this many replicas acknowledged its
-    # write (Redis WAIT), within redis_replica_ack_timeout seconds, else 503 "may have been
-    # stored" (0: no WAIT). Without Sentinel neither applies.
     redis_min_replicas_ack: int = Field(
         1,
         ge=0,
@@ -150,9 +141,6 @@ class Settings(BaseSettings):
         le=10,
         description="seconds that `WAIT` waits for them",
     )
-    # With Sentinel, each API process keeps what it wrote for the tasks it accepted in the last
-    # this many seconds, and writes again those a failover lost (0: off). Longer than the
-    # Sentinels take to fail over (down-after-milliseconds + election + promotion).
     redis_failover_audit_seconds: float = Field(
         30.0,
         ge=0,
@@ -164,7 +152,6 @@ class Settings(BaseSettings):
             "(`down-after-milliseconds` + election). About 1.5 KB per accepted task"
         ),
     )
-    # kombu restores a delivered-but-unacknowledged message after this many seconds.
     broker_visibility_timeout: int = Field(
         3600,
         ge=1,
@@ -180,8 +167,6 @@ class Settings(BaseSettings):
     )
 
     # --- dead letters: messages no worker can run (malformed, or naming an unknown task) ---
-    # The newest this many are kept (older ones are dropped, oldest first), each with at most
-    # this many bytes of the raw message (a longer one is kept cut, and cannot be requeued).
     dead_letter_max: int = Field(
         1000,
         ge=1,
@@ -238,7 +223,6 @@ class Settings(BaseSettings):
             "task fails with `TimeLimitExceeded`, the worker serves on"
         ),
     )
-    # Per task, over the two above: '{"process_image": {"soft": 50, "hard": 60}}'.
     task_time_limits: dict[str, TimeLimits] = Field(
         default_factory=dict,
         description=(
@@ -246,9 +230,6 @@ class Settings(BaseSettings):
             "60}}`; an unknown task name stops the worker at start-up"
         ),
     )
-    # Task events feed Flower (and event-based exporters); each costs a publish per state change
-    # in the worker's main process, its busiest. Off like Celery's default: Flower turns them on
-    # in every worker while it runs (its --enable_events, on by default).
     task_events: bool = Field(
         False,
         description=(
@@ -261,15 +242,12 @@ class Settings(BaseSettings):
     )
 
     # --- metrics ---
-    # The worker's /metrics and /healthz port (0 turns the server off).
     worker_metrics_port: int = Field(
         9808,
         ge=0,
         le=65535,
         description="the worker's `/metrics`, `/healthz`, `/readyz` port; `0` turns it off",
     )
-    # Its address: every interface in a pod (Prometheus scrapes the pod IP); `make up` binds
-    # loopback unless COURIER_LOCAL_BIND says otherwise.
     worker_metrics_host: str = Field(
         "0.0.0.0",
         description=(
@@ -277,7 +255,6 @@ class Settings(BaseSettings):
             "`make up`: `127.0.0.1`)"
         ),
     )
-    # How often a worker renews its entry in the live-worker registry (expires after 3x).
     worker_heartbeat_seconds: float = Field(
         5.0,
         gt=0,
@@ -285,8 +262,6 @@ class Settings(BaseSettings):
             "how often a worker renews its entry in the live-worker registry (it expires after 3x)"
         ),
     )
-    # Lease of the one process exporting queue gauges (a worker, or an API pod while no worker is
-    # alive); above the scrape interval.
     queue_metrics_lease_seconds: float = Field(
         60.0,
         gt=0,
@@ -324,7 +299,6 @@ class Settings(BaseSettings):
     )
 
     # --- API security ---
-    # Comma-separated keys, or the path of a file holding them (a mounted Secret); unset = open.
     api_keys: SecretStr | None = Field(
         None,
         description=(
@@ -333,7 +307,6 @@ class Settings(BaseSettings):
             "warning"
         ),
     )
-    # Submissions per second per client (API key, or address without keys); 0 = unlimited.
     rate_limit_per_second: float = Field(
         0.0,
         ge=0,
@@ -369,7 +342,6 @@ class Settings(BaseSettings):
         ge=1024,
         description="total request header size (431 above)",
     )
-    # A task result larger than this fails the task (results live in Redis).
     max_result_bytes: int = Field(
         1024 * 1024,
         ge=1,
