@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz
+.PHONY: install lock deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz docs docs-gen
 
 # Installs are reproducible: the exact versions and hashes in requirements/*.lock (made by
 # `make lock` from pyproject.toml's ranges), then Courier itself without dependencies.
@@ -43,10 +43,20 @@ lint: install
 	$(BIN)/codespell
 
 typecheck: install
-	$(BIN)/mypy app worker tests benchmarks
+	$(BIN)/mypy app worker tools tests benchmarks
 
 test: install deps lint typecheck
 	$(BIN)/python -m pytest
+
+# The docs site (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt on every edit. `make test`
+# builds it with --strict (tests/docs/test_site.py): a broken link or a page missing from the nav fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve -a 127.0.0.1:8001
+
+# The docs' reference tables, regenerated from the code (tools/docsgen; tests/docs/test_generated.py
+# fails when one is stale).
+docs-gen: install
+	$(BIN)/python -m tools.docsgen
 
 # deploy/k8s/base and components/redis-sentinel from the Helm chart (tests/deploy/test_kustomize.py
 # fails when they are stale).
@@ -54,12 +64,12 @@ manifests: install
 	$(BIN)/python deploy/k8s/render.py
 
 # The api and worker images (Dockerfile targets) with buildah, no Docker engine or registry
-# needed; cached under /var/cache/courier-images. See README "Container images".
+# needed; cached under /var/cache/courier-images. See docs/deploy/images.md.
 images:
 	bash deploy/images/build.sh api worker
 
 # Benchmarks (not tests): `make bench BENCH_ARGS="--quick"` or `--only execution`; see
-# README "Performance". wrk (Debian) drives the HTTP load, valgrind counts instructions;
+# docs/performance/. wrk (Debian) drives the HTTP load, valgrind counts instructions;
 # both installed here when missing.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
@@ -91,4 +101,4 @@ format: install
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache site

@@ -21,7 +21,7 @@ entry to the new primary's address, so a later failover checks it again.
 
 What it cannot cover: an API process that dies between a 202 and the failover that loses it
 (its journal dies with it), and a failover noticed only after the window (Sentinel slower than
-``down-after-milliseconds`` + the election + the window); the README's Guarantees section says
+``down-after-milliseconds`` + the election + the window); docs/guarantees/sentinel.md says
 which writes of a task's life can be lost and why each is recovered.
 """
 

@@ -1,4 +1,4 @@
-"""How big each scenario is: the full run (for the README) or ``--quick`` (a few minutes)."""
+"""How big each scenario is: the full run (for docs/performance/) or ``--quick`` (a few minutes)."""
 
 from __future__ import annotations
 

@@ -63,16 +63,22 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def digits(unit: str) -> int:
+    """Counted instructions are whole numbers; measured figures keep two decimals."""
+    return 0 if unit == "instructions" else 2
+
+
 def markdown(figures: list[Figure]) -> str:
-    """The README's table: the same rows as Markdown."""
+    """The docs' table (docs/performance/, through tools/docsgen): the same rows as Markdown."""
     out = ["| scenario | measure | median (min-max) | baseline (same run) | ratio | target |"]
     out.append("|---|---|---|---|---|---|")
     for f in figures:
         mark = {True: " ✓", False: " ✗", None: ""}[f.met]
+        places = digits(f.unit)
         out.append(
-            f"| {f.scenario} | {f.measure} | {Spread.of(f.values).text()} {f.unit} | "
-            f"{f.baseline}: {Spread.of(f.baselines).text()} | {Spread.of(f.ratios).text()} | "
-            f"{f.target}{mark} |"
+            f"| {f.scenario} | {f.measure} | {Spread.of(f.values).text(places)} {f.unit} | "
+            f"{f.baseline}: {Spread.of(f.baselines).text(places)} | "
+            f"{Spread.of(f.ratios).text()} | {f.target}{mark} |"
         )
     return "\n".join(out)
 

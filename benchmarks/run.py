@@ -2,7 +2,7 @@
 
 Starts everything it needs on loopback, runs each scenario several times, prints a table of
 medians (min-max) with every figure as a ratio to a baseline measured in the same run, and
-writes ``benchmarks/results/latest.json`` (and ``latest.md``, the README's table).
+writes ``benchmarks/results/latest.json`` (and ``latest.md``, the table of docs/performance/).
 """
 
 from __future__ import annotations

@@ -65,6 +65,11 @@ class Figure:
             return ratio <= self.target_ratio_max
         return None
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Figure:
+        """A figure as ``as_json`` wrote it (its derived fields are recomputed, not read)."""
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
+
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["value"] = asdict(Spread.of(self.values))

@@ -1,6 +1,6 @@
 """The Celery app, built from settings (``celery -A worker.celery_app worker``). No task code here.
 
-Why each setting is what it is, in short (the README says more):
+Why each setting is what it is, in short (docs/celery.md says more):
 - JSON only: a message is data any producer can write, never code the worker unpickles.
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged after the task
   ran, so a task whose worker dies is redelivered (at-least-once), not silently dropped.

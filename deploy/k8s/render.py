@@ -192,7 +192,7 @@ def render_sentinel_component() -> dict[str, str]:
     }
     files["kustomization.yaml"] = (
         HEADER
-        + "# redis.mode: sentinel (README: Redis with Sentinel); used by overlays/prod.\n"
+        + "# redis.mode: sentinel (docs/deploy/sentinel.md); used by overlays/prod.\n"
         + yaml.safe_dump(component, sort_keys=False, width=100)
     )
     return files

@@ -1,4 +1,4 @@
-"""Submit responses carry trace headers only while tracing is on (the README says when)."""
+"""Submit responses carry trace headers only while tracing is on (docs/observability/tracing.md)."""
 
 from __future__ import annotations
 

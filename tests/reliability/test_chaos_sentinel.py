@@ -8,7 +8,7 @@ import pytest
 
 from tests.reliability import chaos_sentinel
 
-# Measured 2026-12-07 (README "Guarantees", Redis Sentinel under faults). Before the fence
+# Measured 2026-12-07 (docs/guarantees/sentinel.md, Sentinel under faults). Before the fence
 # (WAIT, min-replicas-to-write, acknowledgements on the fetch's own connection) the planned
 # failover and the partition failed here; before the primary watch and states stored where
 # their delivery is recorded, the frozen primary failed rarely (a task that ran reading

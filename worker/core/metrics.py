@@ -43,29 +43,41 @@ def host_label(nodename: str) -> str:
 
 
 # --- task lifecycle (celery-exporter names) ---
-TASK_SENT = Counter("celery_task_sent", "Task messages published.", TASK_LABELS)
+TASK_SENT = Counter(
+    "celery_task_sent",
+    "Task messages published (the API, and workers re-publishing retries).",
+    TASK_LABELS,
+)
 TASK_RECEIVED = Counter("celery_task_received", "Tasks received by a worker.", TASK_LABELS)
 TASK_STARTED = Counter("celery_task_started", "Tasks a worker started executing.", TASK_LABELS)
 TASK_SUCCEEDED = Counter("celery_task_succeeded", "Tasks that succeeded.", TASK_LABELS)
 TASK_FAILED = Counter(
-    "celery_task_failed", "Tasks that failed for good.", (*TASK_LABELS, "exception")
+    "celery_task_failed",
+    "Tasks that failed for good (exception: its class name).",
+    (*TASK_LABELS, "exception"),
 )
 # The failures above without their exception: every series of it exists at 0 from worker start
 # (one per task, queue and worker), so the failure ratio sees the first burst of an exception
 # no counter had yet (``celery_task_failed_total{exception=...}`` starts at its first failure).
 TASK_FAILURES = Counter(
     "courier_task_failures",
-    "Tasks that failed for good, whatever the exception (celery_task_failed_total without it).",
+    "Tasks that failed for good, whatever the exception (celery_task_failed_total without it):"
+    " every series exists at 0 from worker start, so the failure ratio sees the first burst of"
+    " an exception no series had yet.",
     TASK_LABELS,
 )
 TASK_RETRIED = Counter("celery_task_retried", "Failed attempts that will be retried.", TASK_LABELS)
 TASK_REJECTED = Counter(
-    "celery_task_rejected", "Messages a worker rejected (requeued or dropped).", TASK_LABELS
+    "celery_task_rejected",
+    "Messages a worker rejected (requeued or dropped): an unknown task name, no task name, an"
+    " invalid message. name is a registered task or unknown, queue_name a configured queue or"
+    " unknown: message headers never become label values.",
+    TASK_LABELS,
 )
 DEAD_LETTERS = Counter(
     "courier_dead_letters",
     "Messages set aside on the dead-letter list instead of run (reason: envelope, body, "
-    "headers, unknown_task).",
+    "headers, unknown_task); also counted in celery_task_rejected_total.",
     ("reason", "queue_name"),
 )
 TASKS_PURGED = Counter(
@@ -84,7 +96,8 @@ FAILOVER_REWRITES = Counter(
 TASK_REVOKED = Counter("celery_task_revoked", "Tasks revoked before or while running.", TASK_LABELS)
 TASKS_LOST = Counter(
     "courier_tasks_lost",
-    "Queued tasks whose message vanished from Redis, failed as MessageLost by the reconcile.",
+    "Queued tasks whose message vanished from Redis (purged, list deleted), failed as"
+    " MessageLost by reconcile_records.",
     ("name", "queue_name"),
 )
 TASK_RUNTIME = Histogram(
@@ -101,7 +114,9 @@ TASK_QUEUE_WAIT_TIME = Histogram(
 )
 COURIER_QUEUE_WAIT = Histogram(
     "courier_task_queue_wait_seconds",
-    "Seconds from enqueue (or ETA, when later) to start, from the producer's header timestamp.",
+    "Seconds from enqueue (or ETA, when later) to start, from the producer's courier_enqueued_at"
+    " header; a task from another producer (a stock Celery client sets no such header, and"
+    " Celery's protocol carries no send time) is measured from its ETA when it has one.",
     ("name", "queue_name"),
     buckets=WAIT_BUCKETS,
 )
@@ -136,7 +151,7 @@ HTTP_DURATION = Histogram(
 # By method only: the route template is known only once routing ran.
 HTTP_IN_PROGRESS = Gauge(
     "courier_http_requests_in_progress",
-    "HTTP requests being served.",
+    "HTTP requests being served (live processes summed).",
     ("method",),
     multiprocess_mode="livesum",
 )
@@ -150,14 +165,17 @@ TASKS_ENQUEUED = Counter(
 def queue_families(
     stats: Sequence[QueueStats], workers: Mapping[str, QueueWorkers]
 ) -> list[GaugeMetricFamily]:
-    """Cluster-wide queue gauges, exported by exactly one worker at a time (see QueueCollector)."""
+    """Cluster-wide queue gauges, exported by exactly one process at a time: a worker, or an API
+    pod while no worker is alive (see QueueCollector)."""
     families = {
         "celery_queue_length": "Messages waiting in the broker queue (all priorities).",
-        "courier_queue_backlog": "Waiting plus reserved-but-unacknowledged messages due now.",
+        "courier_queue_backlog": "Waiting plus reserved-but-unacknowledged messages due now: the"
+        " autoscaling signal.",
         "courier_queue_reserved": "Messages delivered to workers, not yet acknowledged, due now.",
         "courier_queue_delayed": "Messages held by workers until a future ETA (countdown).",
         "courier_queue_oldest_age_seconds": "Age of the oldest waiting message (0 when empty).",
-        "celery_active_worker_count": "Live workers consuming the queue.",
+        "celery_active_worker_count": "Live workers consuming the queue (from the worker registry"
+        " in Redis).",
         "celery_active_process_count": "Pool processes of the live workers consuming the queue.",
     }
     gauges = {name: GaugeMetricFamily(name, doc, labels=["queue_name"]) for name, doc in

@@ -69,105 +69,349 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COURIER_", extra="ignore", frozen=True)
 
     # --- Redis: broker, result backend and Courier's own keys (one instance) ---
-    redis_url: str = Field("redis://localhost:6379/0", pattern=r"^rediss?://")
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        pattern=r"^rediss?://",
+        description="broker, result backend and Courier's own keys (`redis://` or `rediss://`)",
+    )
     # Short timeouts turn "Redis is away" into a fast 503 instead of a hung request.
-    redis_socket_timeout: float = Field(1.0, gt=0, le=60)
-    redis_connect_timeout: float = Field(0.5, gt=0, le=60)
-    # Submits are refused (503) once Redis holds this share of its maxmemory, so workers always
-    # have room to take, acknowledge and finish what was accepted (no effect without maxmemory).
-    redis_memory_high_watermark: float = Field(0.9, gt=0, le=1)
-    # Redis Sentinel: with both set, every client (API, worker, beat, Flower, health checks) asks
-    # these Sentinels for the primary of this master name and follows failovers; the host and
-    # port of redis_url are then unused, its database, password and TLS options still apply.
-    redis_sentinels: Annotated[list[SentinelAddress], NoDecode] = Field(default_factory=list)
-    redis_sentinel_master: str | None = Field(None, min_length=1, pattern=r"^\S+$")
-    # The Sentinels' own password (their requirepass), when they have one.
-    redis_sentinel_password: SecretStr | None = None
-    # With Sentinel, a submit is answered 202 only once this many replicas acknowledged its
-    # write (Redis WAIT), within redis_replica_ack_timeout seconds, else 503 "may have been
-    # stored" (0: no WAIT). Without Sentinel neither applies.
-    redis_min_replicas_ack: int = Field(1, ge=0, le=16)
-    redis_replica_ack_timeout: float = Field(0.5, gt=0, le=10)
-    # With Sentinel, each API process keeps what it wrote for the tasks it accepted in the last
-    # this many seconds, and writes again those a failover lost (0: off). Longer than the
-    # Sentinels take to fail over (down-after-milliseconds + election + promotion).
-    redis_failover_audit_seconds: float = Field(30.0, ge=0, le=3600)
-    # kombu restores a delivered-but-unacknowledged message after this many seconds.
-    broker_visibility_timeout: int = Field(3600, ge=1)
-    result_expires: int = Field(86400, ge=1)
+    redis_socket_timeout: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds a Redis command may take before the API answers 503",
+    )
+    redis_connect_timeout: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="seconds to connect to Redis",
+    )
+    redis_memory_high_watermark: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description=(
+            "share of Redis's `maxmemory` from which the API refuses submits (503, "
+            "`Retry-After: 5`) and `/readyz` says 503, so what was accepted can drain; no"
+            " effect without `maxmemory` (see [Guarantees](guarantees/index.md), Redis "
+            "full)"
+        ),
+    )
+    redis_sentinels: Annotated[list[SentinelAddress], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Redis Sentinels, comma-separated `host:port` (`[v6 address]:port`; a bare "
+            "host means port 26379). With it, every client finds the primary through "
+            "Sentinel and follows failovers; the host and port of `COURIER_REDIS_URL` are"
+            " then unused, its database, password and TLS options still apply (see "
+            "[Guarantees, Redis Sentinel](guarantees/sentinel.md))"
+        ),
+    )
+    redis_sentinel_master: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^\S+$",
+        description=(
+            "the master name the Sentinels monitor (e.g. `courier`); required with "
+            "`COURIER_REDIS_SENTINELS`, and only with it"
+        ),
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description=(
+            "the Sentinels' own password (their `requirepass`), when they have one; may "
+            "differ from the data password in `COURIER_REDIS_URL`"
+        ),
+    )
+    redis_min_replicas_ack: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description=(
+            "with Sentinel: a submit is answered 202 only once this many replicas "
+            'acknowledged its write (Redis `WAIT`), else 503 "may have been stored" '
+            "(retry with the same `Idempotency-Key`); `0` turns `WAIT` off. Unused "
+            "without Sentinel"
+        ),
+    )
+    redis_replica_ack_timeout: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="seconds that `WAIT` waits for them",
+    )
+    redis_failover_audit_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description=(
+            "with Sentinel: each API process keeps the writes of the tasks it accepted "
+            "this long and, after a failover, writes again those the new primary lacks "
+            "(`0`: off); keep it above the Sentinels' time to fail over "
+            "(`down-after-milliseconds` + election). About 1.5 KB per accepted task"
+        ),
+    )
+    broker_visibility_timeout: int = Field(
+        3600,
+        ge=1,
+        description=(
+            "seconds a delivered, unacknowledged message waits before kombu hands it to "
+            "another worker; also the longest accepted `countdown`/`eta`"
+        ),
+    )
+    result_expires: int = Field(
+        86400,
+        ge=1,
+        description="seconds results and task records are kept; after that the id is 404",
+    )
 
     # --- dead letters: messages no worker can run (malformed, or naming an unknown task) ---
-    # The newest this many are kept (older ones are dropped, oldest first), each with at most
-    # this many bytes of the raw message (a longer one is kept cut, and cannot be requeued).
-    dead_letter_max: int = Field(1000, ge=1, le=1_000_000)
-    dead_letter_max_bytes: int = Field(65536, ge=256, le=16 * 1024 * 1024)
+    dead_letter_max: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="dead letters kept; beyond it the oldest are dropped",
+    )
+    dead_letter_max_bytes: int = Field(
+        65536,
+        ge=256,
+        le=16 * 1024 * 1024,
+        description=(
+            "bytes of a dead letter's raw message kept; a longer one is kept cut "
+            "(`truncated`) and cannot be requeued. At most `MAX` x `MAX_BYTES` of Redis "
+            "(64 MiB by default)"
+        ),
+    )
 
     # --- queues and workers ---
-    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEFAULT_QUEUE])
-    worker_prefetch_multiplier: int = Field(1, ge=1)
-    retry_backoff_seconds: float = Field(1.0, gt=0)
-    retry_backoff_max_seconds: float = Field(600.0, gt=0)
-    task_soft_time_limit: float | None = Field(None, gt=0)
-    task_time_limit: float | None = Field(None, gt=0)
-    # Per task, over the two above: '{"process_image": {"soft": 50, "hard": 60}}'.
-    task_time_limits: dict[str, TimeLimits] = Field(default_factory=dict)
-    # Task events feed Flower (and event-based exporters); each costs a publish per state change
-    # in the worker's main process, its busiest. Off like Celery's default: Flower turns them on
-    # in every worker while it runs (its --enable_events, on by default).
-    task_events: bool = False
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [DEFAULT_QUEUE],
+        description=(
+            "comma-separated queue names; the first is the default (also Celery's "
+            "`task_default_queue`); workers consume all of them. `celery` is Celery's own"
+            " default, so a stock Celery client that names no queue reaches the workers "
+            "(see [Producers outside Courier](tasks/index.md#producers-outside-courier); "
+            "upgrading from the old `default`: list both until it is drained)"
+        ),
+    )
+    worker_prefetch_multiplier: int = Field(
+        1,
+        ge=1,
+        description="messages each pool process reserves ahead",
+    )
+    retry_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="base of the exponential retry backoff (`base * 2**retries`)",
+    )
+    retry_backoff_max_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="cap of one backoff",
+    )
+    task_soft_time_limit: float | None = Field(
+        None,
+        gt=0,
+        description="Celery soft time limit (s) for every task",
+    )
+    task_time_limit: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Celery hard time limit (s) for every task: the pool process is killed, the "
+            "task fails with `TimeLimitExceeded`, the worker serves on"
+        ),
+    )
+    task_time_limits: dict[str, TimeLimits] = Field(
+        default_factory=dict,
+        description=(
+            'per task, over the two above, JSON: `{"process_image": {"soft": 50, "hard": '
+            "60}}`; an unknown task name stops the worker at start-up"
+        ),
+    )
+    task_events: bool = Field(
+        False,
+        description=(
+            "workers send task events (`-E`) from the start. Off like Celery's default: "
+            "each event is a publish from the worker's main process, its busiest (drain "
+            "1.29x with them off, make bench). Flower turns events on in every worker "
+            "while it runs (its `--enable_events`, on by default), so Flower still shows "
+            "every task"
+        ),
+    )
 
     # --- metrics ---
-    # The worker's /metrics and /healthz port (0 turns the server off).
-    worker_metrics_port: int = Field(9808, ge=0, le=65535)
-    # Its address: every interface in a pod (Prometheus scrapes the pod IP); `make up` binds
-    # loopback unless COURIER_LOCAL_BIND says otherwise.
-    worker_metrics_host: str = "0.0.0.0"
-    # How often a worker renews its entry in the live-worker registry (expires after 3x).
-    worker_heartbeat_seconds: float = Field(5.0, gt=0)
-    # Lease of the one worker exporting queue gauges; above the scrape interval.
-    queue_metrics_lease_seconds: float = Field(60.0, gt=0)
+    worker_metrics_port: int = Field(
+        9808,
+        ge=0,
+        le=65535,
+        description="the worker's `/metrics`, `/healthz`, `/readyz` port; `0` turns it off",
+    )
+    worker_metrics_host: str = Field(
+        "0.0.0.0",
+        description=(
+            "the address that port listens on (a pod's every interface, for Prometheus; "
+            "`make up`: `127.0.0.1`)"
+        ),
+    )
+    worker_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "how often a worker renews its entry in the live-worker registry (it expires after 3x)"
+        ),
+    )
+    queue_metrics_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "lease of the one process (a worker or an API pod) exporting queue gauges; "
+            "keep it above the scrape interval"
+        ),
+    )
     # Serve /metrics on the API port (internal: expose it to the monitoring namespace only).
-    metrics_enabled: bool = True
+    metrics_enabled: bool = Field(
+        True,
+        description="serve `/metrics` on the API port",
+    )
 
     # --- API server (gunicorn) ---
-    api_bind: str = "0.0.0.0:8000"
-    api_workers: int = Field(2, ge=1, le=64)
-    api_graceful_timeout: int = Field(30, ge=1)
-    api_keepalive: int = Field(5, ge=0)
+    api_bind: str = Field(
+        "0.0.0.0:8000",
+        description="gunicorn bind address (`make up`: `127.0.0.1:8000`, see below)",
+    )
+    api_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="gunicorn worker processes",
+    )
+    api_graceful_timeout: int = Field(
+        30,
+        ge=1,
+        description="seconds gunicorn lets in-flight requests finish on SIGTERM",
+    )
+    api_keepalive: int = Field(
+        5,
+        ge=0,
+        description="HTTP keep-alive seconds",
+    )
 
     # --- API security ---
-    # Comma-separated keys, or the path of a file holding them (a mounted Secret); unset = open.
-    api_keys: SecretStr | None = None
-    # Submissions per second per client (API key, or address without keys); 0 = unlimited.
-    rate_limit_per_second: float = Field(0.0, ge=0)
-    rate_limit_burst: int = Field(100, ge=1)
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "comma-separated API keys, or the path of a file holding them one per line (a"
+            " mounted Secret; read at start-up). Unset: the API is open and logs a loud "
+            "warning"
+        ),
+    )
+    rate_limit_per_second: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "submissions per second per client (API key, or address without keys); `0` = unlimited"
+        ),
+    )
+    rate_limit_burst: int = Field(
+        100,
+        ge=1,
+        description="bucket size of that limit",
+    )
 
     # --- API limits ---
-    max_payload_bytes: int = Field(256 * 1024, ge=1)
-    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1)
-    max_payload_depth: int = Field(32, ge=1, le=1000)
-    max_header_bytes: int = Field(16 * 1024, ge=1024)
-    # A task result larger than this fails the task (results live in Redis).
-    max_result_bytes: int = Field(1024 * 1024, ge=1)
-    artifact_ttl: int = Field(86400, ge=1)
+    max_payload_bytes: int = Field(
+        256 * 1024,
+        ge=1,
+        description="largest task request body (413 above)",
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024,
+        ge=1,
+        description="largest artifact upload (413 above)",
+    )
+    max_payload_depth: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="deepest JSON nesting of a payload (422 above)",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="total request header size (431 above)",
+    )
+    max_result_bytes: int = Field(
+        1024 * 1024,
+        ge=1,
+        description=(
+            "a task whose JSON result is larger fails (`PermanentError`): results live in Redis"
+        ),
+    )
+    artifact_ttl: int = Field(
+        86400,
+        ge=1,
+        description="seconds uploads and task outputs are kept",
+    )
 
     # --- beat ---
     # How often beat sends reconcile_records (queued tasks whose message vanished -> failed).
-    reconcile_interval_seconds: float = Field(600.0, gt=0)
-    beat_schedule_file: str = "/tmp/courier-celerybeat-schedule"
+    reconcile_interval_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="beat schedule of `reconcile_records`",
+    )
+    beat_schedule_file: str = Field(
+        "/tmp/courier-celerybeat-schedule",
+        description="beat's state file (in `/tmp` so a read-only image works)",
+    )
 
     # --- email ---
-    email_backend: Literal["console", "smtp"] = "console"
-    email_from: str = "courier@localhost"
-    smtp_host: str = "localhost"
-    smtp_port: int = Field(25, ge=1, le=65535)
-    smtp_user: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_tls: Literal["none", "starttls", "ssl"] = "none"
-    smtp_timeout: float = Field(10.0, gt=0)
+    email_backend: Literal["console", "smtp"] = Field(
+        "console",
+        description="`console` (log the message) or `smtp`",
+    )
+    email_from: str = Field(
+        "courier@localhost",
+        description="sender address",
+    )
+    smtp_host: str = Field(
+        "localhost",
+        description="SMTP server host",
+    )
+    smtp_port: int = Field(
+        25,
+        ge=1,
+        le=65535,
+        description="SMTP server port",
+    )
+    smtp_user: str | None = Field(
+        None,
+        description="SMTP login user, when set",
+    )
+    smtp_password: SecretStr | None = Field(
+        None,
+        description="SMTP login password, when set",
+    )
+    smtp_tls: Literal["none", "starttls", "ssl"] = Field(
+        "none",
+        description="`none`, `starttls` or `ssl`",
+    )
+    smtp_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="seconds for the SMTP conversation",
+    )
 
     # --- logging ---
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description=(
+            "`DEBUG`, `INFO`, `WARNING`, `ERROR`; logs are JSON lines on stderr (with "
+            "`trace_id`/`span_id` when tracing)"
+        ),
+    )
 
     @field_validator("queues", mode="before")
     @classmethod

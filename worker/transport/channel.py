@@ -264,7 +264,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         messages; while it stays connected it is that server still. Once it was dropped, the
         acknowledgements are not sent at all: the messages come back after the visibility
         timeout, and the fetch's finished check acknowledges those whose result is there and
-        runs again those whose result was lost (README, Guarantees, Redis Sentinel)."""
+        runs again those whose result was lost (docs/guarantees/sentinel.md)."""
         connection = self._own_connection()
         if getattr(connection, "_sock", None) is None or self._fetch_sent_at is not None:
             logger.info("acknowledgements left to the visibility timeout", extra={"tags": tags})
