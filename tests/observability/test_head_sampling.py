@@ -7,7 +7,6 @@ Real gunicorn, a real prefork worker, an OTLP receiver, ``parentbased_traceidrat
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 from collections.abc import Iterator
@@ -17,28 +16,14 @@ import httpx
 import pytest
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
 
-from tests.utils.otlp import OtlpReceiver
-from tests.utils.processes import (
-    RedisServer,
-    Service,
-    celery_worker,
-    courier_env,
-    free_port,
-    gunicorn,
-    http_ok,
-    wait_until,
-)
+from tests.utils.live_stack import LiveStack, live_stack
+from tests.utils.processes import wait_until
 
 RATIO = 0.5
 RUN, PUBLISH = "run/noop", "apply_async/noop"
 
 
-@dataclass
-class Stack:
-    url: str
-    receiver: OtlpReceiver
-    api: Service
-    worker: Service
+Stack = LiveStack
 
 
 @dataclass
@@ -51,30 +36,15 @@ class Submitted:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("head-sampling")
-    port = free_port()
-    with contextlib.ExitStack() as processes:
-        receiver = processes.enter_context(OtlpReceiver())
-        redis_server = processes.enter_context(RedisServer(tmp / "redis"))
-        common = {
-            "COURIER_REDIS_URL": redis_server.url,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-            "OTEL_TRACES_SAMPLER_ARG": str(RATIO),
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-        api = processes.enter_context(
-            gunicorn(
-                courier_env({**common, "COURIER_API_BIND": f"127.0.0.1:{port}"}), tmp / "api.log"
-            )
-        )
-        worker = processes.enter_context(
-            celery_worker(courier_env(common), tmp / "worker.log", "sampled")
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(f"{url}/readyz"), 60, "the API")
-        yield Stack(url, receiver, api, worker)
+    sampling = {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(RATIO),
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    with live_stack(
+        tmp_path_factory.mktemp("head-sampling"), sampling, tracing=True, worker="sampled"
+    ) as running:
+        yield running
 
 
 def submit(stack: Stack, headers: dict[str, str] | None = None) -> Submitted:

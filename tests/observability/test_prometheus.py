@@ -18,11 +18,11 @@ import httpx
 import pytest
 import yaml
 
+from tests.utils.live_stack import live_stack
 from tests.utils.processes import (
     ROOT,
     RedisServer,
     Service,
-    celery_worker,
     courier_env,
     free_port,
     gunicorn,
@@ -129,38 +129,33 @@ def test_dashboards_are_well_formed(path: Path) -> None:
 def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("prometheus")
     prometheus_bin = tool("prometheus")
-    api_port, worker_port, prom_port = free_port(), free_port(), free_port()
-    config = {
-        # The timeout may not exceed the interval; a loaded machine needs the whole second.
-        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(RULES)],
-        "scrape_configs": [
-            {"job_name": API_JOB, "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]},
-            {
-                "job_name": WORKER_JOB,
-                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
-            },
-            {
-                "job_name": OTHER_EXPORTER_JOB,
-                "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}],
-            },
-        ],
+    env = {
+        "COURIER_EMAIL_BACKEND": "smtp",
+        "COURIER_SMTP_HOST": "127.0.0.1",
+        "COURIER_SMTP_PORT": str(smtp_server.port),
+        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
     }
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
     # Every process is stopped on the way out, also when starting a later one failed.
-    with contextlib.ExitStack() as processes:
-        redis_server = processes.enter_context(RedisServer(tmp / "redis"))
-        env = {
-            "COURIER_REDIS_URL": redis_server.url,
-            "COURIER_EMAIL_BACKEND": "smtp",
-            "COURIER_SMTP_HOST": "127.0.0.1",
-            "COURIER_SMTP_PORT": str(smtp_server.port),
-            "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
-            "COURIER_API_BIND": f"127.0.0.1:{api_port}",
-            "COURIER_WORKER_METRICS_PORT": str(worker_port),
-        }
-        processes.enter_context(gunicorn(courier_env(env), tmp / "api.log"))
-        processes.enter_context(celery_worker(courier_env(env), tmp / "worker.log", "prom"))
+    with (
+        live_stack(tmp, env, worker="prom") as running,
+        contextlib.ExitStack() as processes,
+    ):
+        api_target = running.url.removeprefix("http://")
+        worker_target = running.metrics_url.removeprefix("http://")
+        prom_port = free_port()
+        config = {
+            # The timeout may not exceed the interval; a loaded machine needs the whole second.
+            "global": {
+                "scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"
+            },
+            "rule_files": [str(RULES)],
+            "scrape_configs": [
+                {"job_name": API_JOB, "static_configs": [{"targets": [api_target]}]},
+                {"job_name": WORKER_JOB, "static_configs": [{"targets": [worker_target]}]},
+                {"job_name": OTHER_EXPORTER_JOB, "static_configs": [{"targets": [worker_target]}]},
+            ],
+        }  # fmt: skip
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         processes.enter_context(
             Service(
                 [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}",
@@ -171,10 +166,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
             )
         )  # fmt: skip
         url = f"http://127.0.0.1:{prom_port}"
-        api_url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: http_ok(f"{api_url}/readyz"), 60, "the API")
-        wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_port}/readyz"), 90, "the worker")
-        _drive_traffic(api_url)
+        _drive_traffic(running.url)
         wait_until(lambda: http_ok(f"{url}/-/ready"), 60, "prometheus")
         wait_until(
             lambda: (

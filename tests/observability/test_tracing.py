@@ -2,74 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.utils.otlp import OtlpReceiver, ReceivedSpan
-from tests.utils.processes import (
-    RedisServer,
-    Service,
-    celery_worker,
-    courier_env,
-    free_port,
-    gunicorn,
-    http_ok,
-    wait_until,
-)
+from tests.utils.live_stack import LiveStack, live_stack
+from tests.utils.otlp import ReceivedSpan
+from tests.utils.processes import Service, wait_until
 from tests.utils.smtp import SmtpServer
 
-
-@dataclass
-class TracedStack:
-    url: str
-    receiver: OtlpReceiver
-    api: Service
-    worker: Service
+TracedStack = LiveStack
 
 
 @pytest.fixture(scope="module")
 def traced(
     tmp_path_factory: pytest.TempPathFactory, smtp_server: SmtpServer
 ) -> Iterator[TracedStack]:
-    tmp = tmp_path_factory.mktemp("tracing")
-    port = free_port()
-    with contextlib.ExitStack() as processes:
-        receiver = processes.enter_context(OtlpReceiver())
-        redis_server = processes.enter_context(RedisServer(tmp / "redis"))
-        common = {
-            "COURIER_REDIS_URL": redis_server.url,
-            "COURIER_EMAIL_BACKEND": "smtp",
-            "COURIER_SMTP_HOST": "127.0.0.1",
-            "COURIER_SMTP_PORT": str(smtp_server.port),
-            "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "COURIER_LOG_LEVEL": "DEBUG",  # the API's "task enqueued" line is DEBUG
-        }
-        api_env = {
-            **common,
-            "COURIER_API_BIND": f"127.0.0.1:{port}",
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        }
-        api = processes.enter_context(gunicorn(courier_env(api_env), tmp / "api.log"))
-        # A 60 s batch delay and one task per child: only the flush at child exit delivers spans.
-        worker = processes.enter_context(
-            celery_worker(
-                courier_env({**common, "OTEL_BSP_SCHEDULE_DELAY": "60000"}),
-                tmp / "worker.log",
-                "traced",
-                extra_args=("--max-tasks-per-child=1",),
-            )
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: http_ok(f"{url}/readyz"), 60, "the traced API")
-        yield TracedStack(url, receiver, api, worker)
+    common = {
+        "COURIER_EMAIL_BACKEND": "smtp",
+        "COURIER_SMTP_HOST": "127.0.0.1",
+        "COURIER_SMTP_PORT": str(smtp_server.port),
+        "COURIER_RETRY_BACKOFF_SECONDS": "0.05",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "COURIER_LOG_LEVEL": "DEBUG",  # the API's "task enqueued" line is DEBUG
+    }
+    # A 60 s batch delay and one task per child: only the flush at child exit delivers spans.
+    with live_stack(
+        tmp_path_factory.mktemp("tracing"),
+        common,
+        tracing=True,
+        api_env={"OTEL_BSP_SCHEDULE_DELAY": "100"},
+        worker_env={"OTEL_BSP_SCHEDULE_DELAY": "60000"},
+        worker="traced",
+        worker_args=("--max-tasks-per-child=1",),
+    ) as running:
+        yield running
 
 
 def submit(stack: TracedStack, name: str, payload: dict[str, object]) -> tuple[str, str]:
