@@ -33,6 +33,7 @@ from worker.core.artifacts import ArtifactStore
 from worker.core.dead_letters import DeadLetterStore
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
+from worker.core.publish_signals import connect_publisher_signals
 from worker.core.queue_stats import QueueInspector
 from worker.core.records import TaskRecords
 from worker.core.redis_client import create_async_redis, create_redis
@@ -40,7 +41,6 @@ from worker.core.settings import Settings, get_settings
 from worker.core.telemetry import init_tracing
 from worker.metrics_server import QueueCollector
 from worker.registry import registered_tasks
-from worker.signals import connect_publisher_signals
 
 # Multipart framing around an upload: headers, boundary lines.
 MULTIPART_OVERHEAD = 64 * 1024

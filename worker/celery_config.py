@@ -18,13 +18,12 @@ Why each setting is what it is, in short (docs/celery.md says more):
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery import Celery, current_app, states
-from celery.signals import celeryd_init
 from kombu import Queue
 
+from worker import lifecycle
 from worker.core.dead_letters import DeadLetterScreen
 from worker.core.errors import DeadLettered
 from worker.core.names import RECONCILE_TASK
@@ -32,7 +31,7 @@ from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS, sentinel_options
 from worker.core.result_backend import backend_url
 from worker.core.settings import Settings, SettingsError, get_settings
 from worker.registry import registered_tasks
-from worker.runner import WorkerResources, bind_task, connect_start_stamp
+from worker.runner import WorkerResources, bind_task
 from worker.transport.stamp import StartStamp
 
 # Redis priorities: 0 is the highest; each step is its own list in Redis.
@@ -139,17 +138,8 @@ def create_celery_app(settings: Settings) -> Celery:
         )
     for spec in specs.values():
         bind_task(app, spec, resources)
-    connect_start_stamp(app, resources)
+    lifecycle.connect(app, lambda: resources.records, settings, specs)
     app.courier_screen = dead_letter_screen(app, settings)  # type: ignore[attr-defined]
-
-    def arm_start_stamp(sender: str, instance: Any, **_: Any) -> None:
-        # A worker's main process, before its consumer starts: its node name is known now.
-        if instance.app is app and app.conf.worker_prefetch_multiplier == 1:
-            app.courier_start_stamp = StartStamp(
-                hostname=sender, pid=os.getpid(), ttl=settings.result_expires, tasks=set(specs)
-            )
-
-    celeryd_init.connect(arm_start_stamp, weak=False)
     return app
 
 

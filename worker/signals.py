@@ -6,7 +6,8 @@ Where each signal fires matters under the prefork pool:
   Courier's ``message_dead_lettered``;
 - pool children: ``worker_process_init``/``_shutdown`` and ``task_prerun``/``postrun``/
   ``success``/``failure``/``retry``;
-- any publisher (API, worker retrying, beat): ``before_task_publish``/``after_task_publish``.
+- any publisher (API, worker retrying, beat): ``before_task_publish``/``after_task_publish``,
+  whose handlers are ``worker/core/publish_signals.py``'s (the API connects only those).
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import redis
 from celery import Celery, Task
 from celery.bootsteps import RUN  # type: ignore[attr-defined]
 from celery.signals import (
-    after_task_publish,
-    before_task_publish,
     celeryd_init,
     setup_logging,
     task_failure,
@@ -50,13 +49,12 @@ from worker.core.envelope import REASONS
 from worker.core.logging import configure_logging
 from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
-from worker.core.names import ENQUEUED_AT_HEADER
-from worker.core.queue_stats import QueueInspector, deregister_worker, due_time, register_worker
+from worker.core.publish_signals import connect_publisher_signals
+from worker.core.queue_stats import QueueInspector, deregister_worker, register_worker
 from worker.core.redis_client import create_redis
 from worker.core.settings import get_settings
 from worker.core.telemetry import flush_tracing, init_tracing
 from worker.metrics_server import MetricsServer, QueueCollector, RedisProbe
-from worker.runner import QUEUE_WAIT
 
 logger = logging.getLogger(__name__)
 WORKER_SERVICE_NAME = "courier-worker"
@@ -77,30 +75,6 @@ class _MainProcess:
 def _setup_logging(**_: Any) -> None:
     # Connecting to setup_logging stops Celery from installing its own plain-text handlers.
     configure_logging(get_settings().log_level)
-
-
-# --- publishing (API, retries, beat) -------------------------------------------------------
-
-
-def _stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    # Kept on retries: a retry's wait is measured from its ETA (see _queue_wait).
-    if headers is not None:
-        headers.setdefault(ENQUEUED_AT_HEADER, time.time())
-
-
-def _count_sent(sender: str, routing_key: str = "", **_: Any) -> None:
-    # The counter's child per task and queue, kept: labels() checks and builds its key on
-    # every call, and the API publishes once per submit. The host is this process's.
-    child = _SENT_COUNTERS.get((sender, routing_key))
-    if child is None:
-        child = metrics.TASK_SENT.labels(sender, socket.gethostname(), routing_key)
-        if len(_SENT_COUNTERS) < _SENT_COUNTERS_KEPT:
-            _SENT_COUNTERS[(sender, routing_key)] = child
-    child.inc()
-
-
-_SENT_COUNTERS: dict[tuple[str, str], Any] = {}
-_SENT_COUNTERS_KEPT = 1024
 
 
 # --- main process --------------------------------------------------------------------------
@@ -279,20 +253,11 @@ def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
 
 
 def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    now = time.time()
+    # The queue wait is measured with the start stamp, in order (worker/lifecycle.py).
     name, hostname, queue = _task_labels(sender)
-    request = sender.request
-    setattr(request, _STARTED_AT, time.perf_counter())
+    setattr(sender.request, _STARTED_AT, time.perf_counter())
     metrics.TASK_STARTED.labels(name, hostname, queue).inc()
     metrics.WORKER_TASKS_ACTIVE.labels(hostname).inc()
-    due = due_time(getattr(request, ENQUEUED_AT_HEADER, None), request.eta)
-    if due is not None:
-        wait = max(0.0, now - due)
-        setattr(request, QUEUE_WAIT, wait)
-        metrics.COURIER_QUEUE_WAIT.labels(name, queue).observe(wait)
-        metrics.TASK_QUEUE_WAIT_TIME.labels(name, hostname, queue).observe(wait)
-    else:
-        metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue).inc()
 
 
 def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
@@ -320,10 +285,9 @@ def _task_retried(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
 def connect_signals(app: Celery) -> None:
     """Connect every handler once (``dispatch_uid``), whichever process imports the app."""
     del app  # handlers are process-wide; the argument documents which app they serve
+    connect_publisher_signals()
     for signal, handler in (
         (setup_logging, _setup_logging),
-        (before_task_publish, _stamp_enqueue_time),
-        (after_task_publish, _count_sent),
         (celeryd_init, _prepare_metrics_dir),
         (worker_init, _start_metrics_server),
         (worker_ready, _worker_ready),
@@ -342,11 +306,3 @@ def connect_signals(app: Celery) -> None:
         (task_retry, _task_retried),
     ):
         signal.connect(handler, weak=False, dispatch_uid=f"courier.{handler.__name__}")
-
-
-def connect_publisher_signals() -> None:
-    """For processes that only publish (the API): enqueue timestamp and sent counter."""
-    before_task_publish.connect(
-        _stamp_enqueue_time, weak=False, dispatch_uid="courier._stamp_enqueue_time"
-    )
-    after_task_publish.connect(_count_sent, weak=False, dispatch_uid="courier._count_sent")

@@ -23,9 +23,9 @@ from app.publish import MessageBuilder, _Capture, _direct_publish, serialize
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
+from worker.core.publish_signals import connect_publisher_signals
 from worker.core.redis_client import queue_commands
 from worker.core.settings import Settings
-from worker.signals import connect_publisher_signals
 
 # Differ between any two messages: ids, clocks, the producer's process.
 VOLATILE_PROPERTIES = {"delivery_tag", "correlation_id"}
