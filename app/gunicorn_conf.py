@@ -53,13 +53,13 @@ def on_starting(server: Any) -> None:
 def post_fork(server: Any, worker: Any) -> None:
     # The tracing SDK's exporter thread does not survive fork: start it in each worker.
     from app.main import API_SERVICE_NAME
-    from worker.core.telemetry import init_tracing
+    from worker.core.tracing.setup import init_tracing
 
     init_tracing(API_SERVICE_NAME)
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    from worker.core.telemetry import flush_tracing
+    from worker.core.tracing.setup import flush_tracing
 
     flush_tracing()
 

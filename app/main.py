@@ -38,7 +38,7 @@ from worker.core.queue_stats import QueueInspector
 from worker.core.records import TaskRecords
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
-from worker.core.telemetry import init_tracing
+from worker.core.tracing.setup import init_tracing
 from worker.metrics_server import QueueCollector
 from worker.registry import registered_tasks
 

@@ -43,7 +43,7 @@ from app.publish import MessageBuilder, PreparedMessage
 from worker.core.records import TaskRecord, TaskRecords
 from worker.core.redis_client import REDIS_ERRORS, Command, refusal_code
 from worker.core.status import TaskStatus, from_celery_state
-from worker.core.telemetry import current_trace_ids
+from worker.core.tracing.setup import current_trace_ids
 
 logger = logging.getLogger("courier.queue")
 # Opening kombu's channel (it pings Redis) failed: nothing was written.

@@ -1,4 +1,5 @@
-"""API tracing: official FastAPI instrumentation behind head sampling; trace ids on responses."""
+"""FastAPI's wiring of ``worker/core/tracing``: the official instrumentation behind the edge's
+sampling switch, and trace ids on responses."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from opentelemetry import trace
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from app.head_sampling import HeadSampling
-from worker.core.telemetry import tracer_provider, tracing_enabled
+from worker.core.tracing.asgi import HeadSampling
+from worker.core.tracing.setup import tracer_provider, tracing_enabled
 
 # Probes and scrapes: noise in traces, so they run untraced (HeadSampling). The official
 # middleware gets the same list as anchored patterns: it searches the whole URL, so a bare
@@ -19,7 +20,7 @@ from worker.core.telemetry import tracer_provider, tracing_enabled
 EXCLUDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 EXCLUDED_URLS = ",".join(rf"^https?://[^/]+{re.escape(path)}$" for path in sorted(EXCLUDED_PATHS))
 # FastAPI's own (native) telemetry stays off: the official instrumentation owns the server span,
-# and the provider is ours (worker.core.telemetry), never configured by FastAPI from OTEL_*.
+# and the provider is ours (worker.core.tracing.setup), never configured by FastAPI from OTEL_*.
 NATIVE_TELEMETRY_OFF: TelemetryConfig = {
     "tracing": False,
     "metrics": False,

@@ -76,7 +76,7 @@ def _stamp_start(task: Task, task_id: str, records: TaskRecords) -> StartCheck: 
     started = backend.started_meta(task_id, request)
     delivery = request.delivery_info or {}
     queue = str(delivery.get("routing_key") or "")
-    # Before the execution span opens, so no span could have a parent (client_spans): the
+    # Before the execution span opens, so no span could have a parent (tracing.redis_spans): the
     # instrumentation would format the command for nothing.
     with suppress_instrumentation():
         return records.mark_started(task_id, started, task.name, queue)

@@ -53,7 +53,7 @@ from worker.core.publish_signals import connect_publisher_signals
 from worker.core.queue_stats import QueueInspector, deregister_worker, register_worker
 from worker.core.redis_client import create_redis
 from worker.core.settings import get_settings
-from worker.core.telemetry import flush_tracing, init_tracing
+from worker.core.tracing.setup import flush_tracing, init_tracing
 from worker.metrics_server import MetricsServer, QueueCollector, RedisProbe
 
 logger = logging.getLogger(__name__)

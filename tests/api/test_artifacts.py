@@ -17,7 +17,7 @@ from PIL import Image
 
 from app.api.routes.artifacts import content_disposition
 from tests.conftest import wait_for_status
-from tests.worker.handlers.test_images import png_bytes
+from tests.utils.images import png_bytes
 
 
 def upload(api: TestClient, data: bytes, name: str = "cat.png", ctype: str = "image/png") -> str:

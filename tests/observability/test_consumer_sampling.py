@@ -30,7 +30,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from worker.core.telemetry import PinnableIdGenerator, instrument_libraries
+from worker.core.tracing.sampler import PinnableIdGenerator
+from worker.core.tracing.setup import instrument_libraries
 
 redis_url = sys.argv[1]
 warnings = []

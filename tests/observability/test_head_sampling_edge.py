@@ -16,8 +16,8 @@ from opentelemetry.util.http import parse_excluded_urls
 from starlette.types import Receive, Scope, Send
 
 from app import tracing
-from app.head_sampling import HeadSampling
-from worker.core.telemetry import PinnableIdGenerator
+from worker.core.tracing.asgi import HeadSampling
+from worker.core.tracing.sampler import PinnableIdGenerator
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"

@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, ALWAYS_ON
-from worker.core.producer_sampling import skip_dropped_producer_spans
+from worker.core.tracing.producer import skip_dropped_producer_spans
 
 warnings = []
 class Catch(logging.Handler):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from worker.core.telemetry import tracing_enabled
+from worker.core.tracing.setup import tracing_enabled
 
 
 def test_a_submit_answers_no_trace_headers_while_tracing_is_off(api: TestClient) -> None:

@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.core.telemetry import current_trace_ids
+from worker.core.tracing.setup import current_trace_ids
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is logged too.
 # uvicorn's ``color_message`` duplicates the message with terminal escapes.

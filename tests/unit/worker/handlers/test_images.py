@@ -5,14 +5,9 @@ import io
 import pytest
 from PIL import Image
 
+from tests.utils.images import png_bytes
 from worker.core.errors import PermanentError
 from worker.handlers.images import resize_image
-
-
-def png_bytes(size: tuple[int, int], mode: str = "RGBA") -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, size, (10, 20, 30, 255)[: len(mode)]).save(out, format="PNG")
-    return out.getvalue()
 
 
 def test_resize_keeps_the_source_format_by_default() -> None:

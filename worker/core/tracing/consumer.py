@@ -1,13 +1,8 @@
-"""Executing a dropped task: no consumer span, only the trace's context.
+"""Executing a task: the verdict before the official Celery instrumentation's consumer span.
 
-The official Celery instrumentation opens a consumer span for every execution; under a trace
-the sampler drops, the SDK drops it after the instrumentation did its work for it. Here the
-sampler is asked first (``HeadSampler``, same inputs as the SDK's: the context in the message
-headers, the trace id, the span's name and kind). A kept execution goes to the instrumentation
-as is; a dropped one runs in the span context the SDK would have given its consumer span, so
-log lines carry the trace id and a retry, published from it, propagates "not sampled"; that
-context is marked dropped, so the Redis commands of the task and of its result write start no
-span either (``client_spans``).
+A kept execution goes to the instrumentation as is; a dropped one runs in the dropped context
+(log lines carry the trace id, a retry published from it propagates "not sampled", and the
+Redis commands of the task and of its result write start no span).
 """
 
 from __future__ import annotations
@@ -22,8 +17,7 @@ from opentelemetry.propagate import extract
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
-from worker.core.head_decision import HeadSampler
-from worker.core.telemetry import pinned_trace_id
+from worker.core.tracing.sampler import HeadSampler, pinned_trace_id
 
 # On the task's request (pushed before task_prerun, popped after task_postrun): the token of
 # the dropped execution's context.

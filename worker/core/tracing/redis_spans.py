@@ -1,12 +1,10 @@
-"""Redis client spans only inside a sampled request or task.
+"""Redis commands: a client span only inside a kept trace.
 
-A Redis command outside any trace (a readiness probe's PING, the broker's housekeeping in a
-solo worker, the worker's heartbeat, a queue-depth scrape) would otherwise start a trace of
-one span: noise in the tracing backend that says nothing. A command under a trace dropped at
-the head (``head_decision``) would start a span the sampler then drops, after the SDK and the
-instrumentation did the work for it. The Redis instrumentation gets its tracer from this
-provider, which starts neither: the command runs under the current span, as it would with
-tracing off. Every other span, and the context every propagator injects, are untouched.
+A command outside any trace (a readiness probe's PING, the broker's housekeeping, the worker's
+heartbeat, a queue-depth scrape) would otherwise start a trace of one span, noise that says
+nothing; one under a dropped trace would start a span the sampler then drops. The Redis
+instrumentation gets its tracer from ``ChildSpansOnly``, which starts neither: the command runs
+under the current span, as with tracing off.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, Tracer, TracerProvider
 from opentelemetry.util._decorator import _agnosticcontextmanager  # what the API types expect
 
-from worker.core.head_decision import in_dropped_trace
+from worker.core.tracing.sampler import in_dropped_trace
 
 
 def _untraced(ctx: Context | None) -> Span | None:

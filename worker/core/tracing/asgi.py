@@ -1,19 +1,8 @@
-"""Head sampling at the edge: a request the sampler drops never enters the ASGI instrumentation.
+"""The API's edge: a request goes to the instrumented or the plain middleware stack.
 
-The official ASGI middleware does its per-request work (route lookup, every header decoded
-into attributes, duration attributes, a span through the sampler) whether or not the trace
-is sampled: measured, that is a fifth of a submit's cost even with nothing sampled. Here the
-configured sampler (``OTEL_TRACES_SAMPLER``) decides first, on the same inputs the SDK would
-use (the incoming W3C context, the trace id):
-
-- sampled: the request goes to the instrumented middleware stack, where the instrumentation
-  makes the same decision again (the trace id is pinned, so a ratio sampler sees the id it saw
-  here);
-- dropped: the request goes to the plain stack, the one tracing off would run, inside a
-  non-recording span that carries a fresh span id and the trace id, so responses and log lines
-  still name a trace, and the Celery producer (child of this span) propagates "not sampled" to
-  the worker, whose parent-based sampler drops the execution too. Exactly what the SDK itself
-  would have made of a dropped server span;
+- kept: the instrumented stack (the official ASGI middleware), with the judged trace id pinned;
+- dropped: the plain stack, the one tracing off would run, inside the dropped context, so the
+  Celery producer (a child of it) propagates "not sampled" to the worker;
 - excluded (probes, scrapes): the plain stack, outside any trace.
 """
 
@@ -28,8 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from worker.core.head_decision import HeadSampler
-from worker.core.telemetry import pinned_trace_id
+from worker.core.tracing.sampler import HeadSampler, pinned_trace_id
 
 
 class _ScopeHeaders(Getter[Scope]):

@@ -1,4 +1,4 @@
-"""OpenTelemetry tracing, configured by the standard ``OTEL_*`` variables.
+"""Setting tracing up and flushing it, configured by the standard ``OTEL_*`` variables.
 
 Tracing is on when ``OTEL_TRACES_EXPORTER`` names an exporter (``otlp``, ``console``) or an
 OTLP endpoint is set; ``OTEL_TRACES_EXPORTER=none``, or nothing configured, leaves every
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+from worker.core.tracing.sampler import PinnableIdGenerator
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -25,36 +23,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 _provider: TracerProvider | None = None
-_pinned_trace_id: ContextVar[int | None] = ContextVar("courier_pinned_trace_id", default=None)
-
-
-class PinnableIdGenerator(RandomIdGenerator):
-    """Random ids, except that the next trace id can be chosen ahead of the span.
-
-    A sampling decision taken before a span exists (head sampling at the API's edge) is only
-    the SDK's own decision if the SDK then samples the same trace id: ratio samplers decide
-    on the id's bits.
-    """
-
-    def generate_trace_id(self) -> int:
-        pinned = _pinned_trace_id.get()
-        if pinned is None:
-            return super().generate_trace_id()
-        _pinned_trace_id.set(None)  # one root span only
-        return pinned
-
-
-@contextmanager
-def pinned_trace_id(trace_id: int | None) -> Iterator[None]:
-    """While a root span starts: its trace gets ``trace_id`` (``None``: a random one)."""
-    if trace_id is None:
-        yield
-        return
-    token = _pinned_trace_id.set(trace_id)
-    try:
-        yield
-    finally:
-        _pinned_trace_id.reset(token)
 
 
 def tracer_provider() -> TracerProvider | None:
@@ -128,12 +96,13 @@ def init_tracing(default_service_name: str) -> bool:
 
 def instrument_libraries(provider: TracerProvider) -> None:
     """Celery (publish and execute) and the Redis client, with what skips dropped spans early."""
+    # Imported here: with tracing off, no process loads the instrumentations at all.
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.instrumentation.redis import RedisInstrumentor
 
-    from worker.core.client_spans import ChildSpansOnly
-    from worker.core.consumer_sampling import skip_dropped_consumer_spans
-    from worker.core.producer_sampling import skip_dropped_producer_spans
+    from worker.core.tracing.consumer import skip_dropped_consumer_spans
+    from worker.core.tracing.producer import skip_dropped_producer_spans
+    from worker.core.tracing.redis_spans import ChildSpansOnly
 
     # The producer side needs the Celery instrumentation too, or no context enters the message.
     celery = CeleryInstrumentor()  # type: ignore[no-untyped-call]

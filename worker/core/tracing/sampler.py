@@ -1,29 +1,56 @@
-"""The sampler's verdict on a span before any instrumentation starts it.
+"""The sampler's verdict on a span before any instrumentation starts it, and pinned trace ids.
 
-The official instrumentations (ASGI, Celery, Redis) do most of their per-span work whether or
-not the span will be sampled: measured, that is what tracing costs when nothing is sampled.
-Asking the configured sampler (``OTEL_TRACES_SAMPLER``) first, on the inputs the SDK would
-give it (the incoming W3C context, the trace id, the span's name and kind), lets a dropped
-request or task skip that work. A kept one goes to the instrumentation, which reaches the
-same verdict: a new trace's id is pinned, so a ratio sampler sees the id it saw here.
-
-A dropped one runs inside the span context the SDK itself gives a dropped span (a fresh span
-id, "not sampled", the sampler's trace state), so log lines and responses still name the
-trace and the next hop propagates the verdict. The context also says the trace was dropped
-here (``in_dropped_trace``), so client spans beneath it need not be started at all.
+``HeadSampler.judge`` is the verdict every hop asks for (the package docstring says why); a
+dropped verdict carries the context to run the hop's work in, marked so that
+``in_dropped_trace`` sees it. ``PinnableIdGenerator`` lets a kept verdict's new trace id be the
+one the SDK then uses: ratio samplers decide on the id's bits.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from opentelemetry import context, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 _DROPPED = context.create_key("courier-trace-dropped-at-head")
+_pinned_trace_id: ContextVar[int | None] = ContextVar("courier_pinned_trace_id", default=None)
+
+
+class PinnableIdGenerator(RandomIdGenerator):
+    """Random ids, except that the next trace id can be chosen ahead of the span.
+
+    A sampling decision taken before a span exists (head sampling at the API's edge) is only
+    the SDK's own decision if the SDK then samples the same trace id: ratio samplers decide
+    on the id's bits.
+    """
+
+    def generate_trace_id(self) -> int:
+        pinned = _pinned_trace_id.get()
+        if pinned is None:
+            return super().generate_trace_id()
+        _pinned_trace_id.set(None)  # one root span only
+        return pinned
+
+
+@contextmanager
+def pinned_trace_id(trace_id: int | None) -> Iterator[None]:
+    """While a root span starts: its trace gets ``trace_id`` (``None``: a random one)."""
+    if trace_id is None:
+        yield
+        return
+    token = _pinned_trace_id.set(trace_id)
+    try:
+        yield
+    finally:
+        _pinned_trace_id.reset(token)
 
 
 def in_dropped_trace(ctx: Context | None = None) -> bool:
