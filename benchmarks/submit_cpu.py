@@ -78,7 +78,7 @@ def main() -> None:
     target = sys.argv[2] if len(sys.argv) > 2 else "submit"
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="submit-cpu-"))
     from app.main import create_app
-    from worker.core.telemetry import flush_tracing
+    from worker.core.tracing.setup import flush_tracing
 
     app: Any
     if target == "bare":
