@@ -19,14 +19,14 @@ from app.api.errors import register_error_handlers
 from app.api.routes import artifacts, dead_letters, health, queues, seed, tasks
 from app.api.security import RateLimiter
 from app.atomic_write import Replication
-from app.body_limit import BodySizeLimitMiddleware
 from app.failover_audit import auditing, failover_audit
 from app.idempotency import IdempotentSubmitter
 from app.memory_watermark import MemoryWatermark
-from app.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
+from app.middleware.body_limit import BodySizeLimitMiddleware
+from app.middleware.metrics import MetricsMiddleware, metrics_endpoint, submit_paths
+from app.middleware.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
 from app.purge import QueuePurger
 from app.queue import TaskQueue
-from app.tracing import NATIVE_TELEMETRY_OFF, instrument_fastapi
 from app.users import UserStore
 from worker.celery_config import PRIORITY_STEPS, create_celery_app
 from worker.core.artifacts import ArtifactStore

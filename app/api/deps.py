@@ -16,7 +16,7 @@ from worker.core.artifacts import ArtifactStore
 from worker.core.settings import Settings
 
 
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
@@ -36,7 +36,7 @@ async def get_users(request: Request) -> UserStore:
     return request.app.state.users  # type: ignore[no-any-return]
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]

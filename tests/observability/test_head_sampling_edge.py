@@ -15,8 +15,8 @@ from opentelemetry.trace import SpanKind
 from opentelemetry.util.http import parse_excluded_urls
 from starlette.types import Receive, Scope, Send
 
-from app import tracing
-from worker.core.tracing.asgi import HeadSampling
+from app.middleware import tracing
+from worker.core.tracing.asgi import TracedOrPlain
 from worker.core.tracing.sampler import PinnableIdGenerator
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -45,7 +45,7 @@ def scope(traceparent: str | None = None, path: str = "/v1/tasks/noop") -> Scope
     return {"type": "http", "method": "POST", "path": path, "headers": headers}
 
 
-def run(edge: HeadSampling, s: Scope) -> None:
+def run(edge: TracedOrPlain, s: Scope) -> None:
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b""}
 
@@ -56,15 +56,15 @@ def run(edge: HeadSampling, s: Scope) -> None:
 
 
 @pytest.fixture
-def edge() -> tuple[HeadSampling, Recorder, Recorder]:
+def edge() -> tuple[TracedOrPlain, Recorder, Recorder]:
     provider = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(0.5)), id_generator=PinnableIdGenerator()
     )
     traced, untraced = Recorder(provider), Recorder(provider)
-    return HeadSampling(traced, untraced, provider, tracing.EXCLUDED_PATHS), traced, untraced
+    return TracedOrPlain(traced, untraced, provider, tracing.EXCLUDED_PATHS), traced, untraced
 
 
-Edge = tuple[HeadSampling, Recorder, Recorder]
+Edge = tuple[TracedOrPlain, Recorder, Recorder]
 
 
 def test_kept_requests_are_kept_by_the_sdk_too(edge: Edge) -> None:
@@ -134,7 +134,7 @@ def test_the_app_runs_the_instrumented_or_the_plain_stack(
     tracing.instrument_fastapi(app)
     try:
         stack = app.build_middleware_stack()
-        assert isinstance(stack, HeadSampling)
+        assert isinstance(stack, TracedOrPlain)
         assert _has_otel_middleware(stack.traced)
         assert not _has_otel_middleware(stack.untraced)  # as if tracing were off
     finally:

@@ -1,5 +1,5 @@
 """The metrics table, from the prometheus-client objects themselves (``worker/core/metrics.py``;
-``app/metrics.py`` defines none of its own): name as scraped, type, labels and help text.
+``app/middleware/metrics.py`` defines none of its own): name as scraped, type, labels and help text.
 
 Which process exports a metric is not in the object, so it is said here, once per metric, and
 checked both ways: a new metric without an entry, or an entry for a metric that is gone, fails

@@ -29,8 +29,8 @@ from app.api.json_body import require_json_body
 from app.api.schemas import TaskAccepted, TaskInfo, TaskStatusOut
 from app.api.security import SubmitterDep, client_identity
 from app.idempotency import MAX_KEY_LENGTH, request_fingerprint
+from app.middleware.tracing import set_trace_headers
 from app.queue import EnqueueOptions, TaskQueue
-from app.tracing import set_trace_headers
 from worker.core.settings import Settings
 from worker.registry import TaskSpec
 

@@ -35,7 +35,9 @@ class _ScopeHeaders(Getter[Scope]):
 _SCOPE_HEADERS = _ScopeHeaders()
 
 
-class HeadSampling:
+class TracedOrPlain:
+    """The ASGI app at the edge: each request to ``traced`` or ``untraced`` by the verdict."""
+
     def __init__(
         self,
         traced: ASGIApp,

@@ -11,10 +11,10 @@ from opentelemetry import trace
 from starlette.responses import Response
 from starlette.types import ASGIApp
 
-from worker.core.tracing.asgi import HeadSampling
+from worker.core.tracing.asgi import TracedOrPlain
 from worker.core.tracing.setup import tracer_provider, tracing_enabled
 
-# Probes and scrapes: noise in traces, so they run untraced (HeadSampling). The official
+# Probes and scrapes: noise in traces, so they run untraced (TracedOrPlain). The official
 # middleware gets the same list as anchored patterns: it searches the whole URL, so a bare
 # "metrics" would also exclude e.g. /v1/tasks/metrics.rollup.
 EXCLUDED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -47,7 +47,7 @@ def instrument_fastapi(app: FastAPI) -> None:
         provider = tracer_provider()
         if provider is None:
             return build_instrumented()
-        return HeadSampling(build_instrumented(), build_plain(), provider, EXCLUDED_PATHS)
+        return TracedOrPlain(build_instrumented(), build_plain(), provider, EXCLUDED_PATHS)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
