@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import uuid
@@ -19,6 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.queue import EnqueueOptions
 from tests.conftest import app_state, settings_from, wait_for_status
+from tests.utils.messages import envelope
 from tests.utils.processes import (
     RedisServer,
     Service,
@@ -116,21 +116,11 @@ def test_a_message_without_a_task_is_rejected_and_counted_under_bounded_labels(
 ) -> None:
     """Headers and routing key are the producer's: neither becomes a label value as it is."""
     routing_key = f"made-up-{uuid.uuid4().hex}"
-    envelope = {
-        "body": base64.b64encode(json.dumps([[], {}, {}]).encode()).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": {"id": str(uuid.uuid4())},
-        "properties": {
-            "body_encoding": "base64",
-            "delivery_info": {"exchange": "", "routing_key": routing_key},
-            "delivery_mode": 2,
-            "delivery_tag": str(uuid.uuid4()),
-            "priority": 0,
-        },
-    }
+    message = envelope([[], {}, {}], headers={"id": str(uuid.uuid4())})
+    del message["headers"]["task"], message["headers"]["lang"]
+    message["properties"]["delivery_info"]["routing_key"] = routing_key
     before = rejected(stack, name="unknown", queue_name="unknown")
-    stack.redis.lpush(DEFAULT_QUEUE, json.dumps(envelope))
+    stack.redis.lpush(DEFAULT_QUEUE, json.dumps(message))
     wait_until(
         lambda: rejected(stack, name="unknown", queue_name="unknown") == before + 1,
         20,
