@@ -9,11 +9,14 @@ import sys
 
 import pytest
 from celery import Celery
+from celery.concurrency import get_implementation
+from celery.concurrency.prefork import TaskPool as PreforkPool
 
 from tests.utils.processes import ROOT, courier_env
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE
 from worker.core.settings import Settings, SettingsError, load_settings
+from worker.pool import TaskPool
 
 SETTINGS_PAGE = ROOT / "docs" / "settings.md"
 
@@ -74,6 +77,14 @@ def test_celerys_default_queue_exchange_and_routing_key_follow_the_first_queue()
         app.close()
 
 
+def test_the_worker_pool_setting_selects_celerys_pool() -> None:
+    """Through Celery's ``worker_pool``: ``celery worker --pool`` takes only Celery's own names."""
+    for pool, expected in (("prefork", PreforkPool), ("inline", TaskPool)):
+        app = create_celery_app(Settings(worker_pool=pool))
+        assert get_implementation(app.conf.worker_pool) is expected
+        app.close()
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -81,6 +92,7 @@ def test_celerys_default_queue_exchange_and_routing_key_follow_the_first_queue()
         ("COURIER_RESULT_EXPIRES", "-5"),
         ("COURIER_EMAIL_BACKEND", "pigeon"),
         ("COURIER_BROKER_VISIBILITY_TIMEOUT", "soon"),
+        ("COURIER_WORKER_POOL", "threads"),
     ],
 )
 def test_an_invalid_variable_is_named_in_the_error(

@@ -37,6 +37,9 @@ from worker.transport.stamp import StartStamp
 # Redis priorities: 0 is the highest; each step is its own list in Redis.
 PRIORITY_STEPS = [0, 3, 6, 9]
 TRANSPORT = "worker.transport:Transport"
+# Celery's worker_pool per COURIER_WORKER_POOL. A path, not a class: ``celery worker --pool``
+# takes only Celery's names, and replaces its default "prefork" by this setting.
+POOLS = {"prefork": "prefork", "inline": "worker.pool:TaskPool"}
 SENTINEL_TRANSPORT = "worker.transport:SentinelTransport"
 # A consumer's reply overdue by this many seconds means a dead link (a peek answers within its
 # own timeout, a fetch at once): the connection is dropped and made again. redis-py also PINGs a
@@ -69,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        "worker_pool": POOLS[settings.worker_pool],
         "broker_transport": SENTINEL_TRANSPORT if sentinel else TRANSPORT,
         "broker_transport_options": {
             "visibility_timeout": settings.broker_visibility_timeout,

@@ -153,7 +153,11 @@ def _worker_ready(sender: Any, **_: Any) -> None:
     metrics.WORKER_TASKS_ACTIVE.labels(host).set(0)
     queues = sorted(sender.app.amqp.queues.consume_from)
     _create_series(sender.app, host, queues)
-    concurrency = int(getattr(sender.controller, "concurrency", 1) or 1)
+    # The pool's own count: solo and Courier's inline pool run one task whatever --concurrency
+    # says, and the registry feeds celery_active_process_count.
+    pool = getattr(sender.controller, "pool", None)
+    processes = getattr(pool, "num_processes", None) or getattr(sender.controller, "concurrency", 1)
+    concurrency = int(processes or 1)
     threading.Thread(
         target=_heartbeat, args=(hostname, queues, concurrency), daemon=True, name="heartbeat"
     ).start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 
 from app.api.routes.tasks import json_depth
 from tests.conftest import wait_for_status
+from tests.utils.processes import POOLS
+from tests.worker.stack import worker_stack
 
 
 def test_registered_tasks_are_listed_with_payload_schemas(api: TestClient) -> None:
@@ -176,14 +178,23 @@ def test_cancelling_a_queued_task_revokes_it_and_it_never_runs(
     assert body["result"] is None
 
 
+@pytest.fixture(scope="module")
+def inline_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The API before a worker of the inline pool (the session's worker is prefork)."""
+    with worker_stack(tmp_path_factory.mktemp("inline"), "inline", pool="inline") as stack:
+        yield stack.api
+
+
+@pytest.mark.parametrize("pool", POOLS)
 def test_cancelling_a_running_task_with_terminate_stops_it(
-    live_api: TestClient, submit: Callable[..., str]
+    pool: str, request: pytest.FixtureRequest
 ) -> None:
-    task_id = submit("noop", {"sleep_seconds": 30})
-    wait_for_status(live_api, task_id, {"started"}, timeout=10)
-    response = live_api.delete(f"/v1/tasks/{task_id}", params={"terminate": "true"})
+    api: TestClient = request.getfixturevalue("live_api" if pool == "prefork" else "inline_api")
+    task_id = api.post("/v1/tasks/noop", json={"sleep_seconds": 30}).json()["id"]
+    wait_for_status(api, task_id, {"started"}, timeout=10)
+    response = api.delete(f"/v1/tasks/{task_id}", params={"terminate": "true"})
     assert response.status_code == 202
-    assert wait_for_status(live_api, task_id, timeout=10)["status"] == "revoked"
+    assert wait_for_status(api, task_id, timeout=10)["status"] == "revoked"
 
 
 def test_cancelling_a_finished_task_is_409(

@@ -76,6 +76,7 @@ def test_chart_renders_and_lints_every_value_set(name: str, render: Render) -> N
         ({"redis": {"sentinel": {"replicas": 1}}}, "/redis/sentinel/replicas"),
         ({"redis": {"sentinel": {"antiAffinity": "soft"}}}, "/redis/sentinel/antiAffinity"),
         ({"externalRedis": {"sentinels": "a:26379,b:26379"}}, "/externalRedis/sentinels"),
+        ({"worker": {"pool": "solo"}}, "/worker/pool"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -275,6 +276,13 @@ def test_mode_none_sets_the_replica_count_and_no_autoscaler(render: Render) -> N
     assert find(manifests, "HorizontalPodAutoscaler") == []
     assert find(manifests, "ScaledObject") == []
     assert one(manifests, "Deployment", "courier-worker")["spec"]["replicas"] == 3
+
+
+def test_the_worker_pool_is_prefork_unless_inline_is_chosen(render: Render) -> None:
+    for values, pool in (({}, "prefork"), ({"worker": {"pool": "inline"}}, "inline")):
+        (worker,) = containers(one(render(values), "Deployment", "courier-worker"))
+        assert env_of(worker)["COURIER_WORKER_POOL"]["value"] == pool
+        assert not any(arg.startswith("--pool") for arg in worker["args"])
 
 
 def test_beat_runs_exactly_one_replica_with_recreate(default_manifests: list[Manifest]) -> None:

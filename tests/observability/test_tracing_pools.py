@@ -1,4 +1,5 @@
-"""Workers whose pool does not fork (solo, threads) trace their tasks too, and nothing else.
+"""Workers whose pool does not fork (solo, threads, Courier's inline) trace their tasks too,
+and nothing else.
 
 The SDK starts in each prefork child (``worker_process_init``); a pool without children runs
 the tasks in the main process, which must then start it itself. That process also consumes
@@ -29,7 +30,7 @@ def receiver() -> Iterator[OtlpReceiver]:
     server.stop()
 
 
-@pytest.mark.parametrize("pool", ["solo", "threads"])
+@pytest.mark.parametrize("pool", ["solo", "threads", "inline"])
 def test_a_worker_without_children_traces_its_tasks(
     pool: str, tmp_path: Path, own_redis: RedisServer, receiver: OtlpReceiver
 ) -> None:
@@ -41,7 +42,9 @@ def test_a_worker_without_children_traces_its_tasks(
             "OTEL_BSP_SCHEDULE_DELAY": "100",
         }
     )
-    worker = celery_worker(env, tmp_path / "worker.log", pool, extra_args=(f"--pool={pool}",))
+    # Courier's inline pool is chosen by its setting (celery's --pool takes Celery's names only).
+    options = {"pool": pool} if pool == "inline" else {"extra_args": (f"--pool={pool}",)}
+    worker = celery_worker(env, tmp_path / "worker.log", pool, **options)
     app = create_celery_app(Settings(redis_url=own_redis.url))
     try:
         wait_until(lambda: " ready." in worker.output(), 30, f"the {pool} worker")

@@ -20,6 +20,7 @@ from app.queue import EnqueueOptions
 from tests.conftest import app_state, settings_from, wait_for_status
 from tests.utils.messages import envelope
 from tests.utils.processes import (
+    POOLS,
     RedisServer,
     Service,
     celery_worker,
@@ -41,8 +42,10 @@ class PoisonStack:
     metrics_url: str
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoisonStack]:
+@pytest.fixture(scope="module", params=POOLS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[PoisonStack]:
     tmp = tmp_path_factory.mktemp("poison")
     port = str(free_port())
     with contextlib.ExitStack() as processes:
@@ -53,7 +56,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PoisonStack]:
             "COURIER_WORKER_METRICS_PORT": port,
         }
         worker = processes.enter_context(
-            celery_worker(courier_env(env), Path(tmp / "worker.log"), "poison", concurrency=1)
+            celery_worker(
+                courier_env(env),
+                Path(tmp / "worker.log"),
+                "poison",
+                concurrency=1,
+                pool=request.param,
+            )
         )
         settings = settings_from(env)
         api = processes.enter_context(TestClient(create_app(settings)))

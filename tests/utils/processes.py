@@ -298,6 +298,10 @@ class Service:
         self._log_file.close()
 
 
+# COURIER_WORKER_POOL's values: tests of what both pools must do run with each.
+POOLS = ("prefork", "inline")
+
+
 def celery_worker(
     env: Mapping[str, str],
     log: Path,
@@ -305,13 +309,17 @@ def celery_worker(
     concurrency: int = 2,
     extra_args: tuple[str, ...] = (),
     prefix: tuple[str, ...] = (),
+    pool: str = "prefork",
 ) -> Service:
-    """A prefork worker; its metrics port is a free one unless ``env`` names it. ``prefix``
-    runs it through another command, e.g. ``ip netns exec <namespace>``."""
+    """A worker with ``pool`` (``COURIER_WORKER_POOL``: prefork, or inline, which runs one task
+    at a time whatever ``concurrency`` says); its metrics port is a free one unless ``env``
+    names it. ``prefix`` runs it through another command, e.g. ``ip netns exec <namespace>``."""
     args = [*prefix, sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker"]
-    args += ["--pool=prefork", f"--concurrency={concurrency}", "--without-gossip"]
+    args += [f"--concurrency={concurrency}", "--without-gossip"]
     args += ["--without-mingle", f"--hostname={name}@%h", "--loglevel=INFO", *extra_args]
-    return Service(args, {"COURIER_WORKER_METRICS_PORT": str(free_port()), **env}, log)
+    variables = {"COURIER_WORKER_METRICS_PORT": str(free_port()), **env}
+    variables["COURIER_WORKER_POOL"] = pool
+    return Service(args, variables, log)
 
 
 def celery_beat(env: Mapping[str, str], log: Path) -> Service:

@@ -35,6 +35,8 @@ class WorkerStack:
     redis: redis.Redis
     worker: Service
     metrics_url: str
+    redis_url: str = ""
+    pool: str = "prefork"
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         return scrape(self.metrics_url)
@@ -51,6 +53,7 @@ def worker_stack(
     concurrency: int = 1,
     extra_args: tuple[str, ...] = (),
     redis_args: tuple[str, ...] = (),
+    pool: str = "prefork",
 ) -> Iterator[WorkerStack]:
     with contextlib.ExitStack() as cleanup:
         server = RedisServer(tmp / "redis", extra_args=redis_args)
@@ -64,7 +67,7 @@ def worker_stack(
             **(env or {}),
         }
         worker = celery_worker(
-            courier_env(variables), tmp / "worker.log", name, concurrency, extra_args
+            courier_env(variables), tmp / "worker.log", name, concurrency, extra_args, pool=pool
         )
         cleanup.callback(worker.stop)
         client = redis.Redis.from_url(server.url)
@@ -72,4 +75,4 @@ def worker_stack(
         api = cleanup.enter_context(TestClient(create_app(settings_from(variables))))
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: http_ok(f"{url}/readyz"), 60, f"the {name} worker's /readyz")
-        yield WorkerStack(api, client, worker, f"{url}/metrics")
+        yield WorkerStack(api, client, worker, f"{url}/metrics", server.url, pool)

@@ -7,20 +7,25 @@ queued or delayed message or terminates a running one; each path is taken for re
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.conftest import wait_for_status
-from tests.utils.processes import wait_until
+from tests.utils.processes import POOLS, ROOT, courier_env, wait_until
 from tests.utils.prom import total
 from tests.worker.stack import WorkerStack, worker_stack
 from worker.core.names import DEFAULT_QUEUE
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
-    with worker_stack(tmp_path_factory.mktemp("revocation"), "revoker") as stack:
+@pytest.fixture(scope="module", params=POOLS)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerStack]:
+    tmp = tmp_path_factory.mktemp("revocation")
+    with worker_stack(tmp, "revoker", pool=request.param) as stack:
         yield stack
 
 
@@ -76,3 +81,20 @@ def test_a_running_task_terminated_is_counted(stack: WorkerStack) -> None:
     cancel(stack, running, terminate=True)
     assert wait_for_status(stack.api, running)["status"] == "revoked"
     assert_counted_once_more(stack, before)
+
+
+def test_a_queued_task_revoked_from_celery_cli_is_counted(stack: WorkerStack) -> None:
+    """``celery control revoke ID`` while the worker is busy: answered at once (the inline
+    pool's listener answers for its busy event loop), and the task is skipped in its turn."""
+    before = revoked_count(stack)
+    busy = stack.api.post("/v1/tasks/noop", json={"sleep_seconds": 30}).json()["id"]
+    wait_for_status(stack.api, busy, {"started"})
+    queued = stack.api.post("/v1/tasks/noop", json={"echo": "never"}).json()["id"]
+    command = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "control", "revoke"]
+    env = courier_env({"COURIER_REDIS_URL": stack.redis_url})
+    done = subprocess.run([*command, queued], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "flagged as revoked" in done.stdout and queued in done.stdout
+    cancel(stack, busy, terminate=True)
+    assert wait_for_status(stack.api, queued)["status"] == "revoked"
+    wait_until(lambda: revoked_count(stack) == before + 2, 20, "both revocations counted", 0.2)

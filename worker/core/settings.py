@@ -213,14 +213,17 @@ class Settings(BaseSettings):
     task_soft_time_limit: float | None = Field(
         None,
         gt=0,
-        description="Celery soft time limit (s) for every task",
+        description=(
+            "Celery soft time limit (s) for every task: `SoftTimeLimitExceeded` is raised inside it"
+        ),
     )
     task_time_limit: float | None = Field(
         None,
         gt=0,
         description=(
-            "Celery hard time limit (s) for every task: the pool process is killed, the "
-            "task fails with `TimeLimitExceeded`, the worker serves on"
+            "Celery hard time limit (s) for every task: the task is stopped (prefork: its "
+            "pool process is killed; inline: interrupted in the worker's process), it fails "
+            "with `TimeLimitExceeded`, the worker serves on"
         ),
     )
     task_time_limits: dict[str, TimeLimits] = Field(
@@ -228,6 +231,27 @@ class Settings(BaseSettings):
         description=(
             'per task, over the two above, JSON: `{"process_image": {"soft": 50, "hard": '
             "60}}`; an unknown task name stops the worker at start-up"
+        ),
+    )
+    worker_pool: Literal["prefork", "inline"] = Field(
+        "prefork",
+        description=(
+            "how a worker runs its tasks: `prefork` (Celery's pool, one child process per "
+            "`--concurrency`) or `inline` (Courier's `worker/pool`: in the worker's own "
+            "process, one task at a time whatever `--concurrency` says, with prefork's time "
+            "limits and terminate; see [Worker pools](celery.md#worker-pools-prefork-and-"
+            "inline)). Sets Celery's `worker_pool`; `celery worker --pool=<name>` still "
+            "overrides it, except `--pool=prefork`, which Celery replaces by the setting"
+        ),
+    )
+    worker_pool_stop_grace_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description=(
+            "inline pool: seconds a task has to stop after its hard limit or a terminate; "
+            "past it the worker records the outcome and exits with status 70 (a task stuck "
+            "in code that never returns to Python)"
         ),
     )
     task_events: bool = Field(

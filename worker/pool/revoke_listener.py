@@ -1,0 +1,105 @@
+"""Hears ``revoke(terminate=True)`` while the inline pool's task holds the main thread.
+
+Celery handles control commands on the worker's event loop, in the main thread, which a task run
+inline occupies until it returns: a terminate would only be read once there was nothing left to
+terminate. This thread keeps a broker connection of its own and consumes the worker's broadcast
+mailbox (the same pidbox queue, the same fanout exchange, through Celery's own ``Mailbox.Node``:
+destinations and patterns match as Celery matches them), so any client (``DELETE
+/v1/tasks/{id}?terminate=true``, ``app.control.revoke(id, terminate=True)``, Flower's terminate,
+``celery control revoke``) is heard while the task runs. It reads ``revoke`` only, and while a
+task runs answers it as Celery's handler would (a client waiting for replies, such as ``celery
+control revoke``, hears from a busy worker as from a prefork one); the event loop still gets the
+same command once the task is over, does Celery's own bookkeeping and answers a second time (a
+client still waiting sees two replies; the second says ``tasks unknown`` after a terminate). The
+pool is told every revoke: a terminate stops the running task, and every revoked id is known to
+the worker before its event loop takes the next message (which may be one of them: prefork's
+event loop would have read the revoke while the task ran).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Collection
+from typing import Any
+
+from billiard.common import TERM_SIGNAME
+from celery import Celery
+from celery.platforms import signals as celery_signals
+from kombu.utils.functional import maybe_list
+
+logger = logging.getLogger(__name__)
+
+# Seconds between the listener's checks for its stop, and before a reconnect.
+POLL_SECONDS = 1.0
+RETRY_SECONDS = 1.0
+
+# The pool's action on a revoke: (task ids, terminate, signal number) -> whether it stopped the
+# running task.
+OnRevoke = Callable[[Collection[str], bool, int], bool]
+
+
+class RevokeListener:
+    def __init__(
+        self, app: Celery, hostname: str, on_revoke: OnRevoke, busy: Callable[[], bool]
+    ) -> None:
+        self.app = app
+        self.hostname = hostname
+        self._on_revoke = on_revoke
+        self._busy = busy
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name="courier-pool-revoke-listener"
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=POLL_SECONDS + 1)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # a lost broker: the event loop reports it; try again
+                logger.warning("revoke listener reconnecting", extra={"error": repr(exc)})
+                self._stopped.wait(RETRY_SECONDS)
+
+    def _listen(self) -> None:
+        with self.app.connection_for_read() as connection:
+            channel = connection.channel()
+            control: Any = self.app.control  # its mailbox is missing from Celery's stubs
+            node = control.mailbox.Node(
+                self.hostname, handlers={"revoke": self._revoke}, channel=channel
+            )
+
+            def on_message(body: Any, message: Any) -> None:
+                if isinstance(body, dict) and body.get("method") == "revoke":
+                    # An idle worker's event loop answers at once, as any worker's.
+                    answered = body if self._busy() else {**body, "reply_to": None}
+                    node.handle_message(answered, message)
+
+            with node.listen(callback=on_message):
+                while not self._stopped.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        connection.drain_events(timeout=POLL_SECONDS)
+
+    def _revoke(
+        self, state: Any, task_id: Any, terminate: bool = False, signal: Any = None, **_: Any
+    ) -> dict[str, str]:
+        """Celery's ``revoke`` control command, as far as the pool takes part; its reply."""
+        task_ids = {str(each) for each in maybe_list(task_id) or ()}
+        signum = celery_signals.signum(signal or TERM_SIGNAME)
+        stopped = self._on_revoke(task_ids, bool(terminate), signum)
+        if stopped:
+            # Celery's own line when its event loop terminates a task (worker/control.py).
+            logger.info("Terminating %s (%s)", ", ".join(sorted(task_ids)), signum)
+        if terminate:
+            return {
+                "ok": f"terminate: {', '.join(sorted(task_ids)) if stopped else 'tasks unknown'}"
+            }
+        return {"ok": f"tasks {task_ids} flagged as revoked"}
