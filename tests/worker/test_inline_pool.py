@@ -181,3 +181,30 @@ def test_limits_and_terminates_racing_task_ends_leave_the_worker_serving(
             20,
             "one pool process counted, whatever --concurrency says",
         )
+
+
+def test_a_terminate_is_heard_after_redis_restarts(tmp_path: Path) -> None:
+    """The revoke listener's connection comes back with Redis, as the event loop's does."""
+    with own_redis(tmp_path) as (server, _):
+        env = courier_env({"COURIER_REDIS_URL": server.url})
+        app = create_celery_app(Settings(redis_url=server.url))
+        with celery_worker(env, tmp_path / "worker.log", "restart", 1, pool="inline") as worker:
+            wait_until(lambda: " ready." in worker.output(), 60, "the worker")
+            server.stop()
+            server.start()
+
+            def served() -> bool:
+                with contextlib.suppress(Exception):
+                    sent = app.send_task("noop", kwargs={"echo": "back"}, queue=DEFAULT_QUEUE)
+                    return bool(sent.get(timeout=5) == "back")
+                return False
+
+            wait_until(served, 60, "the worker to serve again")
+            # A broadcast sent before the listener subscribed again is not heard (nor by an
+            # event loop still reconnecting): it says when it is back.
+            back = "revoke listener connected again"
+            wait_until(lambda: back in worker.output(), 20, "the listener to connect again")
+            running = app.send_task("noop", kwargs={"sleep_seconds": 30}, queue=DEFAULT_QUEUE)
+            wait_until(lambda: running.state == "STARTED", 20, "the task to start")
+            app.control.revoke(running.id, terminate=True)
+            wait_until(lambda: running.state == "REVOKED", 10, "the terminate to be heard")

@@ -31,9 +31,11 @@ from kombu.utils.functional import maybe_list
 
 logger = logging.getLogger(__name__)
 
-# Seconds between the listener's checks for its stop, and before a reconnect.
+# Seconds between the listener's checks for its stop.
 POLL_SECONDS = 1.0
-RETRY_SECONDS = 1.0
+# Seconds before each reconnect after a lost broker, the first at once: a broadcast sent while
+# the listener is not subscribed is not heard (as by any worker's event loop while it reconnects).
+RETRY_SECONDS = (0.0, 0.1, 0.25, 0.5)
 
 # The pool's action on a revoke: (task ids, terminate, signal number) -> whether it stopped the
 # running task.
@@ -49,6 +51,7 @@ class RevokeListener:
         self._on_revoke = on_revoke
         self._busy = busy
         self._stopped = threading.Event()
+        self._failures = 0  # connection attempts failed in a row
         self._thread = threading.Thread(
             target=self._run, daemon=True, name="courier-pool-revoke-listener"
         )
@@ -66,8 +69,10 @@ class RevokeListener:
             try:
                 self._listen()
             except Exception as exc:  # a lost broker: the event loop reports it; try again
-                logger.warning("revoke listener reconnecting", extra={"error": repr(exc)})
-                self._stopped.wait(RETRY_SECONDS)
+                if not self._failures:
+                    logger.warning("revoke listener reconnecting", extra={"error": repr(exc)})
+                self._stopped.wait(RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)])
+                self._failures += 1
 
     def _listen(self) -> None:
         with self.app.connection_for_read() as connection:
@@ -84,6 +89,9 @@ class RevokeListener:
                     node.handle_message(answered, message)
 
             with node.listen(callback=on_message):
+                if self._failures:
+                    logger.info("revoke listener connected again")
+                    self._failures = 0
                 while not self._stopped.is_set():
                     with contextlib.suppress(TimeoutError):
                         connection.drain_events(timeout=POLL_SECONDS)
