@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from app.queue import EnqueueOptions
-from tests.conftest import wait_for_status
+from tests.conftest import app_state, wait_for_status
 from tests.utils.processes import (
     POOLS,
     RedisServer,
@@ -56,7 +56,7 @@ def stack(
 
 
 def enqueue(stack: WorkerStack, name: str, payload: dict[str, object]) -> str:
-    return str(stack.api.app.state.queue.enqueue(name, payload, EnqueueOptions()))
+    return str(app_state(stack.api).queue.enqueue(name, payload, EnqueueOptions()))
 
 
 def assert_serves_on(stack: WorkerStack) -> None:
@@ -207,4 +207,4 @@ def test_a_terminate_is_heard_after_redis_restarts(tmp_path: Path) -> None:
             running = app.send_task("noop", kwargs={"sleep_seconds": 30}, queue=DEFAULT_QUEUE)
             wait_until(lambda: running.state == "STARTED", 20, "the task to start")
             app.control.revoke(running.id, terminate=True)
-            wait_until(lambda: running.state == "REVOKED", 10, "the terminate to be heard")
+            wait_until(lambda: str(running.state) == "REVOKED", 10, "the terminate to be heard")
