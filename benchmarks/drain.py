@@ -55,9 +55,11 @@ class Courier:
     loglevel: str = CHART_LOGLEVEL
     through_api: bool = True  # False: raw messages, so no task records exist
     env: dict[str, str] = field(default_factory=dict)
-    # Same total concurrency as the chart's one prefork worker of 2: two ``--pool=solo``
-    # workers, each consuming and executing in one process (no hand-over to a pool child).
-    solo_processes: int = 0
+    # Same total concurrency as the chart's one prefork worker of 2: two one-process workers
+    # (``pool`` "solo", Celery's, or "inline", Courier's with time limits and terminate), each
+    # consuming and executing in one process (no hand-over to a pool child).
+    processes: int = 0
+    pool: str = "solo"
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,12 @@ KNOBS = [
     Courier("courier, kombu's stock Redis transport", app="benchmarks.stock_transport_app"),
     Courier("courier, --loglevel=WARNING", loglevel="WARNING"),
     Courier("courier, no task records (raw messages)", through_api=False),
-    Courier("courier, 2 x --pool=solo (same concurrency, no pool child)", solo_processes=2),
+    Courier("courier, 2 x --pool=solo (same concurrency, no pool child)", processes=2),
+    Courier(
+        "courier, 2 x inline pool (COURIER_WORKER_POOL=inline: solo with time limits)",
+        processes=2,
+        pool="inline",
+    ),
 ]
 CELERY_QUIET = Celery("celery defaults, WARNING, no track_started", False, "WARNING")
 DRAMATIQ = next(p for p in PEERS if "default" in p.label)
@@ -111,10 +118,18 @@ def drain_courier(variant: Courier, plan: Plan) -> float:
         r = start_redis(s)
         fill_courier(s, r, variant, plan.tasks)
         env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
-        if variant.solo_processes:
-            for i in range(variant.solo_processes):
+        if variant.processes:
+            # inline is chosen by its setting: Celery's --pool takes only Celery's own names.
+            args = (
+                ["--concurrency=1"]
+                if variant.pool == "inline"
+                else ["--pool=solo", "--concurrency=1"]
+            )
+            if variant.pool == "inline":
+                env["COURIER_WORKER_POOL"] = "inline"
+            for i in range(variant.processes):
                 start_courier_worker(
-                    s, r, ["--pool=solo", "--concurrency=1"], env, name=f"solo{i}",
+                    s, r, args, env, name=f"{variant.pool}{i}",
                     metrics=False, wait=False, app=variant.app, loglevel=variant.loglevel,
                 )  # fmt: skip
         else:
