@@ -3,8 +3,9 @@ hand-over to a pool child) with what prefork gives and solo does not: soft and h
 limits, ``revoke(terminate=True)`` of a running task, and the same reports.
 
 Why: with two messages in flight, prefork's hand-over of every task from the main process to a
-child and back sets the drain rate (docs/performance/worker.md); one-process workers drain about twice
-as fast at the same total concurrency, but Courier relies on time limits and terminate.
+child and back sets the drain rate (docs/performance/worker.md); one-process workers drain
+about twice as fast at the same total concurrency, but Courier relies on time limits and
+terminate.
 
 As prefork reports them, through the request's own callbacks (``Request.on_failure``,
 ``on_timeout``, ``terminate``): a hard limit fails the task with ``TimeLimitExceeded`` and
