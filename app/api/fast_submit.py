@@ -5,7 +5,8 @@ every request, reading the body, validating and serialising the response) was ha
 submit's instructions, more than the Redis write. The common request, a JSON body sent as
 ``application/json`` with no query string and no ``Idempotency-Key``, is taken here by calling
 the functions FastAPI would call, in the order it would reach a side effect: the security
-schemes and ``client_identity``, the route's body field (FastAPI's own validation), then the
+schemes and ``client_identity`` (``client_identity_from_headers``, the same in one pass over the
+headers), the route's body field (FastAPI's own validation), then the
 rate limiter, the endpoint's steps and FastAPI's ``serialize_response``.
 
 Anything else, and every failure before the rate limiter (bad JSON, a payload the model refuses,
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive
 
 from app.api.json_body import StandardJsonRoute, loads_standard_json
-from app.api.security import api_key_header, bearer, client_identity, rate_limited_client
+from app.api.security import client_identity_from_headers, rate_limited_client
 
 _JSON = b"application/json"
 
@@ -56,11 +57,6 @@ def _is_common(request: Request) -> bool:
         elif name == b"idempotency-key":
             return False
     return content_type == _JSON
-
-
-async def _identity(request: Request) -> str:
-    """``client_identity`` with its arguments taken as FastAPI's security schemes take them."""
-    return await client_identity(request, await bearer(request), await api_key_header(request))
 
 
 class FastSubmitRoute(StandardJsonRoute):
@@ -97,7 +93,7 @@ class FastSubmitRoute(StandardJsonRoute):
                 payload, errors = body_field.validate(
                     loads_standard_json(first.get("body", b"")), {}, loc=("body",)
                 )
-                client = None if errors else await _identity(request)
+                client = None if errors else client_identity_from_headers(request)
             except Exception:  # FastAPI's path raises it again, and answers it its way
                 client = None
             if client is None:
