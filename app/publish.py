@@ -29,6 +29,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel
 from kombu.utils import json as kombu_json
 
+from app.uuid4 import uuid4_text
 from worker.core.redis_client import Command
 from worker.transport import headroom
 from worker.transport.channel import Channel as CourierChannel
@@ -68,7 +69,10 @@ _PLAIN_PUTS = (kombu_redis.Channel._put, CourierChannel._put)
 
 
 def _direct_publish(
-    channel: Channel, message: dict[str, Any], exchange: str, routing_key: str
+    channel: Channel,
+    message: dict[str, Any],
+    exchange: str,
+    routing_key: str,
 ) -> list[Command] | None:
     """The ``LPUSH`` that ``channel.basic_publish`` hands to its publish batch, made without
     the calls between (``basic_publish``, two ``_put``, and a ``JSONEncoder`` per message):
@@ -82,10 +86,34 @@ def _direct_publish(
         or routing_key in (getattr(channel, "_expires", None) or ())
     ):
         return None
-    channel._inplace_augment_message(message, exchange, routing_key)
+    _augment(channel, message, exchange, routing_key)
     priority = channel._get_message_priority(message, reverse=False)
     key = channel._q_for_pri(routing_key, priority)  # type: ignore[attr-defined]
     return [("lpush", (key, _KOMBU_JSON.encode(message)))]
+
+
+# kombu's own augmentation and delivery tag, which _augment repeats.
+_KOMBU_AUGMENT = Channel._inplace_augment_message
+_KOMBU_DELIVERY_TAG = Channel._next_delivery_tag
+
+
+def _function(method: Any) -> Any:
+    """The function a bound method calls (None for anything else: an instance's own)."""
+    return getattr(method, "__func__", None)
+
+
+def _augment(channel: Channel, message: dict[str, Any], exchange: str, routing_key: str) -> None:
+    """``channel._inplace_augment_message``, its delivery tag (kombu's ``uuid()``, a uuid4
+    string) made without the ``UUID`` object; a channel that changes either is called."""
+    if _function(channel._inplace_augment_message) is not _KOMBU_AUGMENT or (
+        _function(channel._next_delivery_tag) is not _KOMBU_DELIVERY_TAG
+    ):
+        channel._inplace_augment_message(message, exchange, routing_key)
+        return
+    message["body"], body_encoding = channel.encode_body(message["body"], channel.body_encoding)
+    properties = message["properties"]
+    properties.update(body_encoding=body_encoding, delivery_tag=uuid4_text())
+    properties["delivery_info"].update(exchange=exchange, routing_key=routing_key)
 
 
 class _Capture:

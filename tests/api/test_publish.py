@@ -8,6 +8,7 @@ a worker that can no longer read what the API queued.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from celery.signals import after_task_publish, before_task_publish
 from kombu import serialization
 from kombu.exceptions import EncodeError
 
-from app.publish import MessageBuilder, _Capture, _direct_publish, serialize
+from app.publish import MessageBuilder, _augment, _Capture, _direct_publish, serialize
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
@@ -184,4 +185,24 @@ def test_the_direct_lpush_is_the_one_basic_publish_hands_over(
     assert _direct_publish(channel, message(), "", queue) == capture.commands
     channel._expires = {queue: 60_000}  # a queue with x-expires: kombu's own path
     assert _direct_publish(channel, message(), "", queue) is None
+    builder.close()
+
+
+def test_the_augmented_message_is_kombus_with_a_uuid4_delivery_tag(celery_app: Celery) -> None:
+    builder = MessageBuilder(celery_app)
+    builder.connect()
+    channel: Any = builder._channel
+
+    def message() -> dict[str, Any]:
+        properties = {"correlation_id": "x", "reply_to": "r", "delivery_mode": 2}
+        return channel.prepare_message(  # type: ignore[no-any-return]
+            '{"a": 1}', None, "application/json", "utf-8", {"id": "x"}, properties
+        )
+
+    ours, kombus = message(), message()
+    _augment(channel, ours, "", DEFAULT_QUEUE)
+    channel._inplace_augment_message(kombus, "", DEFAULT_QUEUE)
+    tags = [m["properties"].pop("delivery_tag") for m in (ours, kombus)]
+    assert json.dumps(ours) == json.dumps(kombus)
+    assert all(str(uuid.UUID(tag, version=4)) == tag for tag in tags)
     builder.close()
