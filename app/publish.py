@@ -5,9 +5,10 @@ publish the message on its own connection, from a worker thread (it blocks), and
 the result channel on top; here Celery still creates the message (``create_task_message``),
 kombu's own Redis channel still wraps it (envelope, body encoding, priority list) and the
 publish signals still fire (trace context, enqueue timestamp, sent counter), but kombu hands
-the final ``LPUSH`` to a capture instead of to Redis. The caller then writes record and message
-in one MULTI/EXEC: one round trip, all or nothing, and from the event loop with the asyncio
-client. ``tests/api/test_publish.py`` checks the message against one ``send_task`` wrote.
+the final ``LPUSH`` to a capture instead of to Redis (the signals sent as Celery sends them,
+``app.signal_dispatch``). The caller then writes record and message in one MULTI/EXEC: one
+round trip, all or nothing, and from the event loop with the asyncio client.
+``tests/api/test_publish.py`` checks the message against one ``send_task`` wrote.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel
 from kombu.utils import json as kombu_json
 
+from app import signal_dispatch
 from app.uuid4 import uuid4_text
 from worker.core.redis_client import Command
 from worker.transport import headroom
@@ -138,8 +140,9 @@ class PreparedMessage:
 
     def published(self) -> None:
         """Fire ``after_task_publish``, as ``send_task`` does once Redis took the message."""
-        after_task_publish.send(
-            sender=self.name,
+        signal_dispatch.send(
+            after_task_publish,
+            self.name,
             body=self.body,
             headers=self.headers,
             exchange=self.exchange,
@@ -242,8 +245,9 @@ class MessageBuilder:
             )
         # A direct queue is published through the anonymous exchange, as send_task routes it.
         exchange, routing_key = "", declared.name
-        before_task_publish.send(
-            sender=name,
+        signal_dispatch.send(
+            before_task_publish,
+            name,
             body=body,
             exchange=exchange,
             routing_key=routing_key,
