@@ -59,6 +59,25 @@ def _is_common(request: Request) -> bool:
     return content_type == _JSON
 
 
+class _SubResponse(Response):
+    """FastAPI's sub-response, of which the endpoint sets and the fast path reads only the
+    headers: made without rendering an empty body and the ``content-length`` header that
+    ``Response()`` adds and FastAPI's own path drops again."""
+
+    def __init__(self) -> None:
+        self.raw_headers = []
+
+
+def _validated_as_is(response_type: Any) -> bool:
+    """FastAPI's response validation hands back an instance of this exact model unchanged
+    (pydantic does not revalidate instances by default): serialising it needs no validation."""
+    return (
+        isinstance(response_type, type)
+        and issubclass(response_type, BaseModel)
+        and response_type.model_config.get("revalidate_instances", "never") == "never"
+    )
+
+
 class FastSubmitRoute(StandardJsonRoute):
     """A submit route that offers each request to its fast path first.
 
@@ -81,6 +100,16 @@ class FastSubmitRoute(StandardJsonRoute):
             or not isinstance(self.response_class, DefaultPlaceholder)
         ):
             return handler  # not the shape the fast path reproduces
+        response_type = response_field.field_info.annotation
+        as_is = _validated_as_is(response_type)
+        serialized: dict[str, Any] = {
+            "include": self.response_model_include,
+            "exclude": self.response_model_exclude,
+            "by_alias": self.response_model_by_alias,
+            "exclude_unset": self.response_model_exclude_unset,
+            "exclude_defaults": self.response_model_exclude_defaults,
+            "exclude_none": self.response_model_exclude_none,
+        }
 
         async def fast_or_full(request: Request) -> Response:
             if not _is_common(request):
@@ -100,22 +129,17 @@ class FastSubmitRoute(StandardJsonRoute):
                 return await handler(full)
             # From here on, as on FastAPI's path: a side effect, then errors as exceptions.
             client = await rate_limited_client(request, client)
-            headers = Response()  # FastAPI's sub-response: the endpoint's headers
-            del headers.headers["content-length"]
+            headers = _SubResponse()  # FastAPI's sub-response: the endpoint's headers
             accepted = await self.submit(request, headers, payload, client)
-            content = await serialize_response(
-                field=response_field,
-                response_content=accepted,
-                include=self.response_model_include,
-                exclude=self.response_model_exclude,
-                by_alias=self.response_model_by_alias,
-                exclude_unset=self.response_model_exclude_unset,
-                exclude_defaults=self.response_model_exclude_defaults,
-                exclude_none=self.response_model_exclude_none,
-                dump_json=True,
-            )
+            if as_is and type(accepted) is response_type:
+                # serialize_response's validation would return it unchanged
+                content = response_field.serialize_json(accepted, **serialized)
+            else:
+                content = await serialize_response(
+                    field=response_field, response_content=accepted, dump_json=True, **serialized
+                )
             response = Response(content, status_code, media_type="application/json")
-            response.headers.raw.extend(headers.headers.raw)
+            response.raw_headers.extend(headers.raw_headers)
             return response
 
         return fast_or_full
