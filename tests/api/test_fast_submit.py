@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from app.api.fast_submit import FastSubmitRoute
 from app.api.json_body import require_json_body
-from app.api.routes.tasks import enqueue_options
+from app.api.routes.tasks import NO_OPTIONS, enqueue_options
 from app.api.security import (
     Forbidden,
     Unauthenticated,
@@ -310,3 +310,10 @@ def test_the_fast_identity_is_what_the_security_schemes_give(
     assert asyncio.run(_identity_or_refusal(from_headers, request)) == asyncio.run(
         _identity_or_refusal(schemes, request)
     )
+
+
+def test_the_fast_paths_options_are_what_enqueue_options_gives_without_a_query(
+    client: TestClient,
+) -> None:
+    scope = {"type": "http", "headers": [], "query_string": b"", "app": client.app}
+    assert asyncio.run(enqueue_options(Request(scope))) == NO_OPTIONS
