@@ -18,6 +18,7 @@ import threading
 from copy import copy
 from dataclasses import dataclass, field
 from datetime import datetime
+from json import encoder as json_encoder
 from typing import Any, cast
 
 from celery import Celery
@@ -47,6 +48,29 @@ def kwargs_repr(kwargs: dict[str, Any], limit: int) -> str:
 
 # kombu's JSON encoder class, made once: ``kombu.utils.json.dumps`` makes one per call.
 _KOMBU_JSON = kombu_json.JSONEncoder()
+# And the C encoder its encode() makes per call (with a closure and markers), made once with
+# its settings but without circular-reference markers: whatever it raises (a cycle, a value
+# JSON cannot hold) is left to _KOMBU_JSON.encode, which raises its own error.
+_MAKE_C_ENCODER: Any = getattr(json_encoder, "c_make_encoder", None)
+_C_ENCODE: Any = (
+    _MAKE_C_ENCODER(
+        None, _KOMBU_JSON.default, json_encoder.encode_basestring_ascii, None,
+        _KOMBU_JSON.key_separator, _KOMBU_JSON.item_separator, _KOMBU_JSON.sort_keys,
+        _KOMBU_JSON.skipkeys, _KOMBU_JSON.allow_nan,
+    )
+    if _MAKE_C_ENCODER is not None and _KOMBU_JSON.ensure_ascii and _KOMBU_JSON.indent is None
+    else None
+)  # fmt: skip
+
+
+def kombu_json_text(value: Any) -> str:
+    """``_KOMBU_JSON.encode(value)``, without its per-call C encoder."""
+    if _C_ENCODE is not None and not isinstance(value, str):
+        try:
+            return "".join(_C_ENCODE(value, 0))
+        except Exception:  # the full encoder below raises its own error
+            pass
+    return _KOMBU_JSON.encode(value)
 
 
 def serialize(body: Any, serializer: str) -> tuple[str, str, Any]:
@@ -60,7 +84,7 @@ def serialize(body: Any, serializer: str) -> tuple[str, str, Any]:
         return serialization.dumps(body, serializer)
     content_type, encoding, _ = entry
     try:
-        return content_type, encoding, _KOMBU_JSON.encode(body)
+        return content_type, encoding, kombu_json_text(body)
     except Exception as exc:  # as kombu's dumps reraises what its encoder raises
         raise EncodeError(exc) from exc
 
@@ -91,7 +115,7 @@ def _direct_publish(
     _augment(channel, message, exchange, routing_key)
     priority = channel._get_message_priority(message, reverse=False)
     key = channel._q_for_pri(routing_key, priority)  # type: ignore[attr-defined]
-    return [("lpush", (key, _KOMBU_JSON.encode(message)))]
+    return [("lpush", (key, kombu_json_text(message)))]
 
 
 # kombu's own augmentation and delivery tag, which _augment repeats.
