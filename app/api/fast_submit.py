@@ -44,6 +44,12 @@ def _replay(first: Message, receive: Receive) -> Receive:
     return replaying
 
 
+def _replayed(request: Request, first: Message) -> Request:
+    """The request for FastAPI's handler, its body's first message given again: made only
+    when the fast path hands a request over."""
+    return Request(request.scope, _replay(first, request.receive))
+
+
 def _is_common(request: Request) -> bool:
     """No query string, a JSON body, no ``Idempotency-Key``, no dependency overridden."""
     scope = request.scope
@@ -115,9 +121,8 @@ class FastSubmitRoute(StandardJsonRoute):
             if not _is_common(request):
                 return await handler(request)
             first = await request.receive()
-            full = Request(request.scope, _replay(first, request.receive))
             if first["type"] != "http.request" or first.get("more_body", False):
-                return await handler(full)
+                return await handler(_replayed(request, first))
             try:
                 payload, errors = body_field.validate(
                     loads_standard_json(first.get("body", b"")), {}, loc=("body",)
@@ -126,7 +131,7 @@ class FastSubmitRoute(StandardJsonRoute):
             except Exception:  # FastAPI's path raises it again, and answers it its way
                 client = None
             if client is None:
-                return await handler(full)
+                return await handler(_replayed(request, first))
             # From here on, as on FastAPI's path: a side effect, then errors as exceptions.
             client = await rate_limited_client(request, client)
             headers = _SubResponse()  # FastAPI's sub-response: the endpoint's headers
