@@ -264,11 +264,16 @@ class TaskQueue:
     @staticmethod
     def _published(message: PreparedMessage) -> str:
         message.published()
-        # DEBUG: one line per submission is the API's hottest path.
-        logger.debug(
-            "task enqueued",
-            extra={"task_id": message.task_id, "task": message.name, "queue": message.routing_key},
-        )
+        # DEBUG: one line per submission is the API's hottest path (its fields not even built
+        # unless DEBUG is on).
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task enqueued",
+                extra={
+                    "task_id": message.task_id, "task": message.name,
+                    "queue": message.routing_key,
+                },
+            )  # fmt: skip
         return message.task_id
 
     def state(self, task_id: str) -> TaskState:
