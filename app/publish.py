@@ -5,9 +5,10 @@ publish the message on its own connection, from a worker thread (it blocks), and
 the result channel on top; here Celery still creates the message (``create_task_message``),
 kombu's own Redis channel still wraps it (envelope, body encoding, priority list) and the
 publish signals still fire (trace context, enqueue timestamp, sent counter), but kombu hands
-the final ``LPUSH`` to a capture instead of to Redis. The caller then writes record and message
-in one MULTI/EXEC: one round trip, all or nothing, and from the event loop with the asyncio
-client. ``tests/api/test_publish.py`` checks the message against one ``send_task`` wrote.
+the final ``LPUSH`` to a capture instead of to Redis (the signals sent as Celery sends them,
+``app.signal_dispatch``). The caller then writes record and message in one MULTI/EXEC: one
+round trip, all or nothing, and from the event loop with the asyncio client.
+``tests/api/test_publish.py`` checks the message against one ``send_task`` wrote.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from copy import copy
 from dataclasses import dataclass, field
 from datetime import datetime
+from json import encoder as json_encoder
 from typing import Any, cast
 
 from celery import Celery
@@ -29,6 +31,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel
 from kombu.utils import json as kombu_json
 
+from app import signal_dispatch
+from app.uuid4 import uuid4_text
 from worker.core.redis_client import Command
 from worker.transport import headroom
 from worker.transport.channel import Channel as CourierChannel
@@ -44,6 +48,29 @@ def kwargs_repr(kwargs: dict[str, Any], limit: int) -> str:
 
 # kombu's JSON encoder class, made once: ``kombu.utils.json.dumps`` makes one per call.
 _KOMBU_JSON = kombu_json.JSONEncoder()
+# And the C encoder its encode() makes per call (with a closure and markers), made once with
+# its settings but without circular-reference markers: whatever it raises (a cycle, a value
+# JSON cannot hold) is left to _KOMBU_JSON.encode, which raises its own error.
+_MAKE_C_ENCODER: Any = getattr(json_encoder, "c_make_encoder", None)
+_C_ENCODE: Any = (
+    _MAKE_C_ENCODER(
+        None, _KOMBU_JSON.default, json_encoder.encode_basestring_ascii, None,
+        _KOMBU_JSON.key_separator, _KOMBU_JSON.item_separator, _KOMBU_JSON.sort_keys,
+        _KOMBU_JSON.skipkeys, _KOMBU_JSON.allow_nan,
+    )
+    if _MAKE_C_ENCODER is not None and _KOMBU_JSON.ensure_ascii and _KOMBU_JSON.indent is None
+    else None
+)  # fmt: skip
+
+
+def kombu_json_text(value: Any) -> str:
+    """``_KOMBU_JSON.encode(value)``, without its per-call C encoder."""
+    if _C_ENCODE is not None and not isinstance(value, str):
+        try:
+            return "".join(_C_ENCODE(value, 0))
+        except Exception:  # the full encoder below raises its own error
+            pass
+    return _KOMBU_JSON.encode(value)
 
 
 def serialize(body: Any, serializer: str) -> tuple[str, str, Any]:
@@ -57,7 +84,7 @@ def serialize(body: Any, serializer: str) -> tuple[str, str, Any]:
         return serialization.dumps(body, serializer)
     content_type, encoding, _ = entry
     try:
-        return content_type, encoding, _KOMBU_JSON.encode(body)
+        return content_type, encoding, kombu_json_text(body)
     except Exception as exc:  # as kombu's dumps reraises what its encoder raises
         raise EncodeError(exc) from exc
 
@@ -68,7 +95,10 @@ _PLAIN_PUTS = (kombu_redis.Channel._put, CourierChannel._put)
 
 
 def _direct_publish(
-    channel: Channel, message: dict[str, Any], exchange: str, routing_key: str
+    channel: Channel,
+    message: dict[str, Any],
+    exchange: str,
+    routing_key: str,
 ) -> list[Command] | None:
     """The ``LPUSH`` that ``channel.basic_publish`` hands to its publish batch, made without
     the calls between (``basic_publish``, two ``_put``, and a ``JSONEncoder`` per message):
@@ -82,10 +112,34 @@ def _direct_publish(
         or routing_key in (getattr(channel, "_expires", None) or ())
     ):
         return None
-    channel._inplace_augment_message(message, exchange, routing_key)
+    _augment(channel, message, exchange, routing_key)
     priority = channel._get_message_priority(message, reverse=False)
     key = channel._q_for_pri(routing_key, priority)  # type: ignore[attr-defined]
-    return [("lpush", (key, _KOMBU_JSON.encode(message)))]
+    return [("lpush", (key, kombu_json_text(message)))]
+
+
+# kombu's own augmentation and delivery tag, which _augment repeats.
+_KOMBU_AUGMENT = Channel._inplace_augment_message
+_KOMBU_DELIVERY_TAG = Channel._next_delivery_tag
+
+
+def _function(method: Any) -> Any:
+    """The function a bound method calls (None for anything else: an instance's own)."""
+    return getattr(method, "__func__", None)
+
+
+def _augment(channel: Channel, message: dict[str, Any], exchange: str, routing_key: str) -> None:
+    """``channel._inplace_augment_message``, its delivery tag (kombu's ``uuid()``, a uuid4
+    string) made without the ``UUID`` object; a channel that changes either is called."""
+    if _function(channel._inplace_augment_message) is not _KOMBU_AUGMENT or (
+        _function(channel._next_delivery_tag) is not _KOMBU_DELIVERY_TAG
+    ):
+        channel._inplace_augment_message(message, exchange, routing_key)
+        return
+    message["body"], body_encoding = channel.encode_body(message["body"], channel.body_encoding)
+    properties = message["properties"]
+    properties.update(body_encoding=body_encoding, delivery_tag=uuid4_text())
+    properties["delivery_info"].update(exchange=exchange, routing_key=routing_key)
 
 
 class _Capture:
@@ -110,8 +164,9 @@ class PreparedMessage:
 
     def published(self) -> None:
         """Fire ``after_task_publish``, as ``send_task`` does once Redis took the message."""
-        after_task_publish.send(
-            sender=self.name,
+        signal_dispatch.send(
+            after_task_publish,
+            self.name,
             body=self.body,
             headers=self.headers,
             exchange=self.exchange,
@@ -214,8 +269,9 @@ class MessageBuilder:
             )
         # A direct queue is published through the anonymous exchange, as send_task routes it.
         exchange, routing_key = "", declared.name
-        before_task_publish.send(
-            sender=name,
+        signal_dispatch.send(
+            before_task_publish,
+            name,
             body=body,
             exchange=exchange,
             routing_key=routing_key,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from app.atomic_write import (
 from app.failover_audit import AcceptedJournal
 from app.memory_watermark import MemoryWatermark
 from app.publish import MessageBuilder, PreparedMessage
+from app.uuid4 import uuid4_text
 from worker.core.records import TaskRecord, TaskRecords
 from worker.core.redis_client import REDIS_ERRORS, Command, refusal_code
 from worker.core.status import TaskStatus, from_celery_state
@@ -51,13 +51,8 @@ CHANNEL_ERRORS: tuple[type[Exception], ...] = (OperationalError, *REDIS_ERRORS)
 
 
 def new_task_id() -> str:
-    """``str(uuid.uuid4())``, made without the ``UUID`` object (half the instructions): the
-    same 16 random bytes with the version 4 and RFC 4122 variant bits set, in the same form."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random uuid4 in its usual form, as Celery makes task ids."""
+    return uuid4_text()
 
 
 class TaskNotFound(LookupError):
@@ -269,11 +264,16 @@ class TaskQueue:
     @staticmethod
     def _published(message: PreparedMessage) -> str:
         message.published()
-        # DEBUG: one line per submission is the API's hottest path.
-        logger.debug(
-            "task enqueued",
-            extra={"task_id": message.task_id, "task": message.name, "queue": message.routing_key},
-        )
+        # DEBUG: one line per submission is the API's hottest path (its fields not even built
+        # unless DEBUG is on).
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "task enqueued",
+                extra={
+                    "task_id": message.task_id, "task": message.name,
+                    "queue": message.routing_key,
+                },
+            )  # fmt: skip
         return message.task_id
 
     def state(self, task_id: str) -> TaskState:

@@ -5,7 +5,8 @@ every request, reading the body, validating and serialising the response) was ha
 submit's instructions, more than the Redis write. The common request, a JSON body sent as
 ``application/json`` with no query string and no ``Idempotency-Key``, is taken here by calling
 the functions FastAPI would call, in the order it would reach a side effect: the security
-schemes and ``client_identity``, the route's body field (FastAPI's own validation), then the
+schemes and ``client_identity`` (``client_identity_from_headers``, the same in one pass over the
+headers), the route's body field (FastAPI's own validation), then the
 rate limiter, the endpoint's steps and FastAPI's ``serialize_response``.
 
 Anything else, and every failure before the rate limiter (bad JSON, a payload the model refuses,
@@ -28,7 +29,7 @@ from pydantic import BaseModel
 from starlette.types import Message, Receive
 
 from app.api.json_body import StandardJsonRoute, loads_standard_json
-from app.api.security import api_key_header, bearer, client_identity, rate_limited_client
+from app.api.security import client_identity_from_headers, rate_limited_client
 
 _JSON = b"application/json"
 
@@ -41,6 +42,12 @@ def _replay(first: Message, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replaying
+
+
+def _replayed(request: Request, first: Message) -> Request:
+    """The request for FastAPI's handler, its body's first message given again: made only
+    when the fast path hands a request over."""
+    return Request(request.scope, _replay(first, request.receive))
 
 
 def _is_common(request: Request) -> bool:
@@ -58,9 +65,23 @@ def _is_common(request: Request) -> bool:
     return content_type == _JSON
 
 
-async def _identity(request: Request) -> str:
-    """``client_identity`` with its arguments taken as FastAPI's security schemes take them."""
-    return await client_identity(request, await bearer(request), await api_key_header(request))
+class _SubResponse(Response):
+    """FastAPI's sub-response, of which the endpoint sets and the fast path reads only the
+    headers: made without rendering an empty body and the ``content-length`` header that
+    ``Response()`` adds and FastAPI's own path drops again."""
+
+    def __init__(self) -> None:
+        self.raw_headers = []
+
+
+def _validated_as_is(response_type: Any) -> bool:
+    """FastAPI's response validation hands back an instance of this exact model unchanged
+    (pydantic does not revalidate instances by default): serialising it needs no validation."""
+    return (
+        isinstance(response_type, type)
+        and issubclass(response_type, BaseModel)
+        and response_type.model_config.get("revalidate_instances", "never") == "never"
+    )
 
 
 class FastSubmitRoute(StandardJsonRoute):
@@ -85,41 +106,45 @@ class FastSubmitRoute(StandardJsonRoute):
             or not isinstance(self.response_class, DefaultPlaceholder)
         ):
             return handler  # not the shape the fast path reproduces
+        response_type = response_field.field_info.annotation
+        as_is = _validated_as_is(response_type)
+        serialized: dict[str, Any] = {
+            "include": self.response_model_include,
+            "exclude": self.response_model_exclude,
+            "by_alias": self.response_model_by_alias,
+            "exclude_unset": self.response_model_exclude_unset,
+            "exclude_defaults": self.response_model_exclude_defaults,
+            "exclude_none": self.response_model_exclude_none,
+        }
 
         async def fast_or_full(request: Request) -> Response:
             if not _is_common(request):
                 return await handler(request)
             first = await request.receive()
-            full = Request(request.scope, _replay(first, request.receive))
             if first["type"] != "http.request" or first.get("more_body", False):
-                return await handler(full)
+                return await handler(_replayed(request, first))
             try:
                 payload, errors = body_field.validate(
                     loads_standard_json(first.get("body", b"")), {}, loc=("body",)
                 )
-                client = None if errors else await _identity(request)
+                client = None if errors else client_identity_from_headers(request)
             except Exception:  # FastAPI's path raises it again, and answers it its way
                 client = None
             if client is None:
-                return await handler(full)
+                return await handler(_replayed(request, first))
             # From here on, as on FastAPI's path: a side effect, then errors as exceptions.
             client = await rate_limited_client(request, client)
-            headers = Response()  # FastAPI's sub-response: the endpoint's headers
-            del headers.headers["content-length"]
+            headers = _SubResponse()  # FastAPI's sub-response: the endpoint's headers
             accepted = await self.submit(request, headers, payload, client)
-            content = await serialize_response(
-                field=response_field,
-                response_content=accepted,
-                include=self.response_model_include,
-                exclude=self.response_model_exclude,
-                by_alias=self.response_model_by_alias,
-                exclude_unset=self.response_model_exclude_unset,
-                exclude_defaults=self.response_model_exclude_defaults,
-                exclude_none=self.response_model_exclude_none,
-                dump_json=True,
-            )
+            if as_is and type(accepted) is response_type:
+                # serialize_response's validation would return it unchanged
+                content = response_field.serialize_json(accepted, **serialized)
+            else:
+                content = await serialize_response(
+                    field=response_field, response_content=accepted, dump_json=True, **serialized
+                )
             response = Response(content, status_code, media_type="application/json")
-            response.headers.raw.extend(headers.headers.raw)
+            response.raw_headers.extend(headers.raw_headers)
             return response
 
         return fast_or_full

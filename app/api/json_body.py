@@ -67,11 +67,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# json.loads with hooks makes a new decoder and scanner per call; one made once does the same.
+_STANDARD = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def _loads(body: bytes) -> Any:
+    """``json.loads(body, parse_constant=..., parse_float=...)``, its decoder made once: for
+    bytes, json.loads decodes them as below and hands the text to such a decoder."""
+    if isinstance(body, bytes | bytearray):
+        return _STANDARD.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
+    return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
 def loads_standard_json(body: bytes) -> Any:
     """``json.loads`` refusing what RFC 8259 refuses, as a ``JSONDecodeError`` (FastAPI's 422
     ``json_invalid``, with the reason in ``ctx.error``)."""
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return _loads(body)
     except json.JSONDecodeError:
         raise
     except ValueError as exc:  # ours, or an integer past Python's 4300 digits

@@ -52,6 +52,10 @@ async def client_identity(
     """Authenticate; returns who the client is (a key fingerprint, or its address)."""
     keys: list[str] = request.app.state.api_keys
     presented = credentials.credentials if credentials else header_key
+    return _identify(request, keys, presented)
+
+
+def _identify(request: Request, keys: list[str], presented: str | None) -> str:
     if not keys:
         return f"addr:{request.client.host if request.client else 'unknown'}"
     if not presented:
@@ -59,6 +63,41 @@ async def client_identity(
     if not key_matches(presented, keys):
         raise Forbidden("invalid API key")
     return "key:" + hashlib.sha256(presented.encode()).hexdigest()[:16]
+
+
+def client_identity_from_headers(request: Request) -> str:
+    """``client_identity`` with its arguments read as ``bearer`` and ``api_key_header`` read
+    them (the first ``Authorization`` and ``X-API-Key`` headers, latin-1), in one pass over the
+    raw headers: the two schemes build Starlette's ``Headers`` and search it once each, and a
+    model for the credentials, a visible share of a submit's instructions. Without configured
+    keys no key is read: none is compared."""
+    keys: list[str] = request.app.state.api_keys
+    if not keys:
+        return _identify(request, keys, None)
+    authorization = header_key = None
+    for name, value in request.scope["headers"]:
+        if name == b"authorization":
+            if authorization is None:
+                authorization = value
+        elif name == b"x-api-key" and header_key is None:
+            header_key = value
+    return _identify(request, keys, _bearer_key(authorization) or _decoded(header_key))
+
+
+def _bearer_key(authorization: bytes | None) -> str | None:
+    """What ``bearer`` gives as ``credentials.credentials``: None unless the header is
+    ``Bearer <credentials>`` (scheme in any case, credentials not blank)."""
+    if not authorization:
+        return None
+    scheme, _, param = authorization.decode("latin-1").partition(" ")
+    credentials = param.strip()
+    if not (scheme and credentials) or scheme.lower() != "bearer":
+        return None
+    return credentials
+
+
+def _decoded(header_key: bytes | None) -> str | None:
+    return header_key.decode("latin-1") if header_key else None
 
 
 ClientDep = Annotated[str, Depends(client_identity)]

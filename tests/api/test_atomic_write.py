@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,40 @@ def test_a_kept_connection_to_a_former_primary_reconnects_first(own_redis: Redis
             await aclient.aclose()
 
     assert asyncio.run(run()) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        *COMMANDS,
+        ("lpush", ("q", "a", b"b", 3)),
+        ("expire", ("rec", 10, True)),
+        ("expire", ("rec", timedelta(seconds=90))),
+        ("expire", ("rec", 1.5)),
+        ("hset", ("rec", "field", "value")),
+        ("hset", ("rec", None, None, {"only": 1})),
+        ("hset", ("rec", "k", "v", {"also": 2})),
+        ("hset", ("rec", None, None, None, ["a", 1])),
+        ("setex", ("key", 60, "value")),
+    ],
+    ids=str,
+)
+def test_commands_are_sent_as_redis_py_sends_them(command: Command) -> None:
+    """``script_arguments`` builds a submit's own commands without redis-py's methods: the same
+    arguments as the methods would send, and any other command through the methods."""
+
+    class Sent(redis.Redis):
+        def __init__(self) -> None:
+            self.sent: list[tuple[Any, ...]] = []
+
+        def execute_command(self, *args: Any, **options: Any) -> None:
+            self.sent.append(args)
+
+    through_redis_py = Sent()
+    name, args = command
+    getattr(through_redis_py, name)(*args)
+    sent_name, key, *rest = through_redis_py.sent[0]
+    keys, argv = script_arguments([command])
+    expected = [b"", len(rest) + 1, sent_name, *rest]
+    # Typed: 1 and 1.0 are equal, and packed differently.
+    assert [(type(a), a) for a in [*keys, *argv]] == [(type(a), a) for a in [key, *expected]]

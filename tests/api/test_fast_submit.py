@@ -9,6 +9,7 @@ clock (a 429's wait).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -19,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
@@ -28,8 +29,16 @@ from hypothesis import strategies as st
 
 from app.api.fast_submit import FastSubmitRoute
 from app.api.json_body import require_json_body
-from app.api.routes.tasks import enqueue_options
-from app.api.security import api_key_header, bearer, client_identity, rate_limited_client
+from app.api.routes.tasks import NO_OPTIONS, enqueue_options
+from app.api.security import (
+    Forbidden,
+    Unauthenticated,
+    api_key_header,
+    bearer,
+    client_identity,
+    client_identity_from_headers,
+    rate_limited_client,
+)
 from app.main import create_app
 from tests.conftest import settings_from
 from tests.utils.processes import RedisServer
@@ -263,3 +272,48 @@ def test_the_fast_path_does_what_every_dependency_of_a_submit_route_does(
     assert {context.path for context in routes} >= {NOOP, "/v1/tasks/send_email"}
     for context in routes:
         assert _calls(context.dependant) == replicated, context.path
+
+
+async def _identity_or_refusal(identify: Any, request: Request) -> str:
+    try:
+        return str(await identify(request))
+    except (Unauthenticated, Forbidden) as exc:
+        return type(exc).__name__
+
+
+HEADER_VALUES = st.sampled_from(
+    [b"", b" ", b"Bearer", b"Bearer ", b"bearer  " + KEY.encode() + b" ", b"BEARER wrong",
+     b"Basic " + KEY.encode(), KEY.encode(), b"Bearer " + KEY.encode(), b"\xe9t\xe9"]
+) | st.binary(max_size=12)  # fmt: skip
+AUTH_HEADERS = st.lists(
+    st.tuples(st.sampled_from([b"authorization", b"x-api-key", b"other"]), HEADER_VALUES),
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(headers=AUTH_HEADERS, keys=st.sampled_from([[KEY], [], ["other-key", KEY]]))
+def test_the_fast_identity_is_what_the_security_schemes_give(
+    headers: list[tuple[bytes, bytes]], keys: list[str]
+) -> None:
+    app = FastAPI()
+    app.state.api_keys = keys
+    scope = {"type": "http", "headers": headers, "app": app, "client": ("10.0.0.1", 5000)}
+    request = Request(scope)
+
+    async def schemes(request: Request) -> str:
+        return await client_identity(request, await bearer(request), await api_key_header(request))
+
+    async def from_headers(request: Request) -> str:
+        return client_identity_from_headers(request)
+
+    assert asyncio.run(_identity_or_refusal(from_headers, request)) == asyncio.run(
+        _identity_or_refusal(schemes, request)
+    )
+
+
+def test_the_fast_paths_options_are_what_enqueue_options_gives_without_a_query(
+    client: TestClient,
+) -> None:
+    scope = {"type": "http", "headers": [], "query_string": b"", "app": client.app}
+    assert asyncio.run(enqueue_options(Request(scope))) == NO_OPTIONS

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.api import json_body
 from app.main import create_app
 from tests.conftest import settings_from
 
@@ -188,3 +189,33 @@ def test_any_number_python_writes_gets_a_short_json_answer(
         json_invalid_reason(answer)
     else:
         assert read_as_json(answer) or answer["detail"][0]["loc"] == ["body", field]
+
+
+def _read(loads: Any, body: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", json.dumps(loads(body))
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+JSON_TEXTS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=6,
+).map(json.dumps)
+ENCODINGS = st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.tuples(JSON_TEXTS, ENCODINGS).map(lambda pair: pair[0].encode(pair[1]))
+    | st.binary(max_size=16)
+    | st.sampled_from([b"NaN", b"[Infinity]", b"1e400", b'{"a": -1e999}', b"\xef\xbb\xbf{}"])
+)
+def test_the_body_is_read_as_json_loads_reads_it_with_the_same_hooks(body: bytes) -> None:
+    def stdlib(data: bytes) -> Any:
+        return json.loads(
+            data, parse_constant=json_body._refuse_constant, parse_float=json_body._finite_float
+        )
+
+    assert _read(json_body._loads, body) == _read(stdlib, body)

@@ -8,6 +8,8 @@ a worker that can no longer read what the API queued.
 from __future__ import annotations
 
 import json
+import math
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,10 +18,20 @@ import pytest
 import redis
 from celery import Celery
 from celery.signals import after_task_publish, before_task_publish
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kombu import serialization
 from kombu.exceptions import EncodeError
 
-from app.publish import MessageBuilder, _Capture, _direct_publish, serialize
+from app.publish import (
+    _KOMBU_JSON,
+    MessageBuilder,
+    _augment,
+    _Capture,
+    _direct_publish,
+    kombu_json_text,
+    serialize,
+)
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE, ENQUEUED_AT_HEADER
@@ -185,3 +197,62 @@ def test_the_direct_lpush_is_the_one_basic_publish_hands_over(
     channel._expires = {queue: 60_000}  # a queue with x-expires: kombu's own path
     assert _direct_publish(channel, message(), "", queue) is None
     builder.close()
+
+
+def test_the_augmented_message_is_kombus_with_a_uuid4_delivery_tag(celery_app: Celery) -> None:
+    builder = MessageBuilder(celery_app)
+    builder.connect()
+    channel: Any = builder._channel
+
+    def message() -> dict[str, Any]:
+        properties = {"correlation_id": "x", "reply_to": "r", "delivery_mode": 2}
+        return channel.prepare_message(  # type: ignore[no-any-return]
+            '{"a": 1}', None, "application/json", "utf-8", {"id": "x"}, properties
+        )
+
+    ours, kombus = message(), message()
+    _augment(channel, ours, "", DEFAULT_QUEUE)
+    channel._inplace_augment_message(kombus, "", DEFAULT_QUEUE)
+    tags = [m["properties"].pop("delivery_tag") for m in (ours, kombus)]
+    assert json.dumps(ours) == json.dumps(kombus)
+    assert all(str(uuid.UUID(tag, version=4)) == tag for tag in tags)
+    builder.close()
+
+
+def _circular() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+    max_leaves=8,
+)
+
+
+def _encoded(value: Any, encode: Any) -> tuple[str, str]:
+    try:
+        return "ok", encode(value)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES)
+def test_json_text_is_kombus_encoder_s(value: Any) -> None:
+    assert _encoded(value, kombu_json_text) == _encoded(value, _KOMBU_JSON.encode)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"when": datetime(2030, 1, 1, tzinfo=UTC), "raw": b"\xff", "id": uuid.UUID(int=7)},
+        [object()], _circular(), {"a": {"b": _circular()}}, "\u00e9", [math.nan, -math.inf],
+        [[[[[[[[[[]]]]]]]]]],
+    ],
+    ids=["kombu types", "not JSON", "a cycle", "a nested cycle", "a string", "non-finite", "deep"],
+)  # fmt: skip
+def test_json_text_is_kombus_encoder_s_whatever_the_value(value: Any) -> None:
+    assert _encoded(value, kombu_json_text) == _encoded(value, _KOMBU_JSON.encode)
