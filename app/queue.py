@@ -1,6 +1,6 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
-Enqueue writes the task's record and its message in one atomic step (see ``app.publish``):
+Enqueue writes the task's record and its message in one atomic step (see ``app.messages``):
 one script call (``app.atomic_write``), from the event loop or from a thread, so a 202 is only
 returned for a task whose message Redis accepted, and a failed write leaves neither behind; the
 caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task was stored: not when
@@ -38,7 +38,7 @@ from app.atomic_write import (
 )
 from app.failover_audit import AcceptedJournal
 from app.memory_watermark import MemoryWatermark
-from app.publish import MessageBuilder, PreparedMessage
+from app.messages import MessageBuilder, PreparedMessage
 from app.uuid4 import uuid4_text
 from worker.core.records import TaskRecord, TaskRecords
 from worker.core.redis_client import REDIS_ERRORS, Command, refusal_code

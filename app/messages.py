@@ -8,7 +8,7 @@ publish signals still fire (trace context, enqueue timestamp, sent counter), but
 the final ``LPUSH`` to a capture instead of to Redis (the signals sent as Celery sends them,
 ``app.signal_dispatch``). The caller then writes record and message in one MULTI/EXEC: one
 round trip, all or nothing, and from the event loop with the asyncio client.
-``tests/api/test_publish.py`` checks the message against one ``send_task`` wrote.
+``tests/api/test_messages.py`` checks the message against one ``send_task`` wrote.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ class MessageBuilder:
     ) -> tuple[dict[str, Any], dict[str, Any], tuple[Any, ...]]:
         """``create_task_message``'s headers, properties and body for a submit without delay,
         from a template learnt once per task name: Celery builds the same ~20 headers anew
-        for each message, ~3 % of a submit's instructions. ``tests/api/test_publish.py``
+        for each message, ~3 % of a submit's instructions. ``tests/api/test_messages.py``
         compares the result with ``send_task``'s, byte for byte."""
         template = self._templates.get(name)
         if template is None or template.pid != os.getpid():
@@ -298,7 +298,7 @@ class MessageBuilder:
             commands = capture.commands
         if not any(command == "lpush" for command, _ in commands):
             # kombu's Redis channel no longer hands its write to a publish batch: fail loudly
-            # rather than publish outside the MULTI (tests/api/test_publish.py says more).
+            # rather than publish outside the MULTI (tests/api/test_messages.py says more).
             raise RuntimeError("kombu's Redis channel did not hand over the message's LPUSH")
         return PreparedMessage(task_id, name, exchange, routing_key, headers, body, commands)
 

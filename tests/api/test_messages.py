@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from kombu import serialization
 from kombu.exceptions import EncodeError
 
-from app.publish import (
+from app.messages import (
     _KOMBU_JSON,
     MessageBuilder,
     _augment,
