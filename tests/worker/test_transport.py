@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -266,7 +267,10 @@ def test_celery_inspect_and_purge_work_against_a_worker_on_it(
         wait_for_status(api, running, {"started"}, timeout=60)
         # Prefetch 2: the reserved task waits in the worker, so no fetch stamped it started.
         assert api.get(f"/v1/tasks/{reserved}").json()["status"] == "queued"
-        inspect = ("inspect", "--timeout", "10", "--json")
+        # Addressed to the one worker, an inspect returns with its reply instead of waiting out
+        # the timeout for any other worker's.
+        node = f"inspected@{socket.gethostname()}"
+        inspect = ("inspect", "--timeout", "10", "--destination", node, "--json")
         assert running in celery_command(variables, *inspect, "active")
         assert reserved in celery_command(variables, *inspect, "reserved")
         assert "pong" in celery_command(variables, *inspect, "ping")
