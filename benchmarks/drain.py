@@ -120,13 +120,11 @@ def drain_courier(variant: Courier, plan: Plan) -> float:
         env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
         if variant.processes:
             # inline is chosen by its setting: Celery's --pool takes only Celery's own names.
-            args = (
-                ["--concurrency=1"]
-                if variant.pool == "inline"
-                else ["--pool=solo", "--concurrency=1"]
-            )
+            args = ["--concurrency=1"]
             if variant.pool == "inline":
                 env["COURIER_WORKER_POOL"] = "inline"
+            else:
+                args.insert(0, f"--pool={variant.pool}")
             for i in range(variant.processes):
                 start_courier_worker(
                     s, r, args, env, name=f"{variant.pool}{i}",

@@ -35,7 +35,6 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 
 from worker.core import metrics
-from worker.core.metrics import UNKNOWN_QUEUE
 from worker.core.names import ENQUEUED_AT_HEADER
 from worker.core.queue_stats import due_time
 from worker.core.records import StartCheck, TaskRecords
@@ -85,9 +84,7 @@ def _stamp_start(task: Task, task_id: str, records: TaskRecords) -> StartCheck: 
 def _queue_wait(task: Task, now: float, queues: Collection[str]) -> float | None:  # type: ignore[type-arg]
     request = task.request
     name = task.name
-    # A message's routing key is its producer's: only a configured queue becomes a label.
-    routing_key = (request.delivery_info or {}).get("routing_key")
-    queue = routing_key if isinstance(routing_key, str) and routing_key in queues else UNKNOWN_QUEUE
+    queue = metrics.queue_label((request.delivery_info or {}).get("routing_key"), queues)
     due = due_time(getattr(request, ENQUEUED_AT_HEADER, None), request.eta)
     if due is None:
         metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue).inc()

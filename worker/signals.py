@@ -47,7 +47,7 @@ from worker.core import metrics
 from worker.core.dead_letters import DeadLetter, message_dead_lettered
 from worker.core.envelope import REASONS
 from worker.core.logging import configure_logging
-from worker.core.metrics import UNKNOWN_QUEUE, UNKNOWN_TASK
+from worker.core.metrics import UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.publish_signals import connect_publisher_signals
 from worker.core.queue_stats import QueueInspector, deregister_worker, register_worker
@@ -213,7 +213,7 @@ def _count_rejected(sender: Any = None, message: Any = None, **_: Any) -> None:
     metrics.TASK_REJECTED.labels(
         name if name in tasks else UNKNOWN_TASK,
         metrics.host_label(str(getattr(sender, "hostname", None) or _MainProcess.hostname)),
-        queue if queue in queues else UNKNOWN_QUEUE,
+        metrics.queue_label(queue, queues),
     ).inc()
 
 
@@ -243,10 +243,7 @@ def _child_stopping(**_: Any) -> None:
 
 
 def _queue_label(routing_key: object) -> str:
-    """A message's routing key is its producer's: only a configured queue becomes a label."""
-    if isinstance(routing_key, str) and routing_key in get_settings().queues:
-        return routing_key
-    return UNKNOWN_QUEUE
+    return metrics.queue_label(routing_key, get_settings().queues)
 
 
 def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]

@@ -10,7 +10,7 @@ Processes that fork (gunicorn, Celery prefork) run prometheus-client in multipro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -34,6 +34,14 @@ TASK_LABELS = ("name", "hostname", "queue_name")
 # (headers and routing keys are producer input: they never become label values as they are).
 UNKNOWN_TASK = "unknown"
 UNKNOWN_QUEUE = "unknown"
+
+
+def queue_label(routing_key: object, queues: Collection[str]) -> str:
+    """A message's routing key is its producer's: only a configured queue becomes a label, so
+    no producer can add series."""
+    if isinstance(routing_key, str) and routing_key in queues:
+        return routing_key
+    return UNKNOWN_QUEUE
 
 
 def host_label(nodename: str) -> str:
