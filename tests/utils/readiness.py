@@ -11,8 +11,10 @@ import httpx
 
 @dataclass
 class ReadyzWatch:
-    """Polls a /readyz every 0.1 s in a thread (``run``): (wall-clock time, status code; 0 =
-    no answer). Wall-clock, so that moments read from the services' logs compare too."""
+    """Polls a /readyz every 0.1 s in a thread (``run``): (wall-clock time the request was
+    sent, status code; 0 = no answer). Wall-clock, so that moments read from the services' logs
+    compare too. The send time, not the answer's: a 200 checked just before a fault can arrive
+    after it (a loaded machine delays the reply), and must not read as a 200 during the fault."""
 
     url: str
     seen: list[tuple[float, int]] = field(default_factory=list)
@@ -21,11 +23,12 @@ class ReadyzWatch:
     def run(self) -> None:
         with httpx.Client(timeout=3) as http:
             while not self.stop.is_set():
+                sent = time.time()
                 try:
                     code = http.get(self.url).status_code
                 except httpx.HTTPError:
                     code = 0
-                self.seen.append((time.time(), code))
+                self.seen.append((sent, code))
                 time.sleep(0.1)
 
     def codes_between(self, start: float, end: float = float("inf")) -> list[int]:
