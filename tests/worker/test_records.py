@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import redis
@@ -89,3 +90,15 @@ def test_a_status_read_is_one_round_trip_of_three_commands(own_redis: RedisServe
     calls = {name: int(value["calls"]) for name, value in stats.items()}
     calls.pop("cmdstat_config|resetstat", None)
     assert calls == {"cmdstat_evalsha": 1, "cmdstat_hgetall": 1, "cmdstat_get": 1}
+
+
+def test_a_start_never_reads_before_the_enqueue_time(redis_client: redis.Redis) -> None:
+    """The worker's clock may lag the producer's: the start is raised to the enqueue time."""
+    records = TaskRecords(redis_client, TTL)
+    task_id = str(uuid.uuid4())
+    create_record(records, task_id)
+    enqueued_at = time.time() + 30
+    redis_client.hset(TASK_RECORD_KEY.format(task_id=task_id), "enqueued_at", enqueued_at)
+    records.mark_started(task_id, b'{"status": "STARTED"}')
+    record, _ = records.get_with_result(task_id)
+    assert record is not None and record.started_at == record.enqueued_at == enqueued_at
