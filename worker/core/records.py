@@ -47,12 +47,17 @@ class TaskRecord:
 # get(on_message=...) callback no longer sees STARTED go by.
 STAMP_START_LUA = """
 local function stamp_start(record, result, now, started, ttl, name, queue)
-  local finished = is_finished(result)
   local fields = redis.call('HMGET', record, 'name', 'revoked', 'executions', 'enqueued_at')
   local enqueued = tonumber(fields[4])
   if enqueued and enqueued > tonumber(now) then now = fields[4] end
   -- A task revoked while queued never starts: no start time, no attempt, no STARTED (the
   -- worker stores REVOKED next), so no reader sees it started for a moment.
+  local finished
+  if fields[2] == '1' or started == '' then
+    finished = is_finished(result)
+  else
+    finished = not replace_unless_finished(result, started, ttl)
+  end
   if not finished and fields[2] ~= '1' then
     if fields[1] then
       redis.call('HSET', record, 'started_at', now,
@@ -62,7 +67,6 @@ local function stamp_start(record, result, now, started, ttl, name, queue)
         'started_at', now, 'executions', 1)
       redis.call('EXPIRE', record, ttl)
     end
-    if started ~= '' then store_quietly(result, started, ttl) end
   end
   return fields[2] or '', finished
 end
