@@ -48,12 +48,9 @@ for _, raw in ipairs(items) do
     local record = ARGV[4] .. id
     if redis.call('EXISTS', record) == 1 then redis.call('HSET', record, 'revoked', '1') end
     local result = ARGV[5] .. id
-    if not is_finished(result) then
-      local meta = string.sub(ARGV[2], 1, at - 1) .. cjson.encode(id)
-        .. string.sub(ARGV[2], at + #ARGV[6])
-      store_state(result, meta, ARGV[3])
-      marked = marked + 1
-    end
+    local meta = string.sub(ARGV[2], 1, at - 1) .. cjson.encode(id)
+      .. string.sub(ARGV[2], at + #ARGV[6])
+    if store_state_unless_finished(result, meta, ARGV[3]) then marked = marked + 1 end
   end
 end
 return {#items, marked}

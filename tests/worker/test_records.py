@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import redis
@@ -89,3 +90,54 @@ def test_a_status_read_is_one_round_trip_of_three_commands(own_redis: RedisServe
     calls = {name: int(value["calls"]) for name, value in stats.items()}
     calls.pop("cmdstat_config|resetstat", None)
     assert calls == {"cmdstat_evalsha": 1, "cmdstat_hgetall": 1, "cmdstat_get": 1}
+
+
+def test_a_start_never_reads_before_the_enqueue_time(redis_client: redis.Redis) -> None:
+    """The worker's clock may lag the producer's: the start is raised to the enqueue time."""
+    records = TaskRecords(redis_client, TTL)
+    task_id = str(uuid.uuid4())
+    create_record(records, task_id)
+    enqueued_at = time.time() + 30
+    redis_client.hset(TASK_RECORD_KEY.format(task_id=task_id), "enqueued_at", enqueued_at)
+    records.mark_started(task_id, b'{"status": "STARTED"}')
+    record, _ = records.get_with_result(task_id)
+    assert record is not None and record.started_at == record.enqueued_at == enqueued_at
+
+
+def test_a_start_is_stamped_without_a_read_of_the_result_before_it(
+    own_redis: RedisServer,
+) -> None:
+    """Counted by Redis (INFO commandstats): the record's HMGET and HSET and STARTED's
+    SET ... GET, which reads the old state in the write itself (no GET before it)."""
+    client = redis.Redis.from_url(own_redis.url)
+    records = TaskRecords(client, TTL)
+    task_ids = [str(uuid.uuid4()) for _ in range(2)]
+    for task_id in task_ids:
+        create_record(records, task_id)
+    records.mark_started(task_ids[0], b'{"status": "STARTED"}')  # loads the script
+    client.config_resetstat()
+    check = records.mark_started(task_ids[1], b'{"status": "STARTED"}')
+    stats = client.info("commandstats")
+    client.close()
+    assert check == StartCheck(revoked=False, finished=False)
+    calls = {name: int(value["calls"]) for name, value in stats.items()}
+    calls.pop("cmdstat_config|resetstat", None)
+    assert calls == {
+        "cmdstat_evalsha": 1, "cmdstat_hmget": 1, "cmdstat_hset": 1, "cmdstat_set": 1,
+    }  # fmt: skip
+
+
+def test_a_duplicate_start_leaves_a_finished_task_as_it_was(redis_client: redis.Redis) -> None:
+    records = TaskRecords(redis_client, TTL)
+    task_id = str(uuid.uuid4())
+    create_record(records, task_id)
+    records.mark_started(task_id, b'{"status": "STARTED"}')
+    result_key = CELERY_RESULT_KEY.format(task_id=task_id)
+    done = json.dumps({"status": states.SUCCESS, "result": 1, "task_id": task_id})
+    redis_client.set(result_key, done, ex=TTL)
+    before, _ = records.get_with_result(task_id)
+    check = records.mark_started(task_id, b'{"status": "STARTED"}')
+    after, stored = records.get_with_result(task_id)
+    assert check == StartCheck(revoked=False, finished=True)
+    assert stored == done.encode() and 0 < redis_client.ttl(result_key) <= TTL
+    assert after == before  # no second start time, no second attempt

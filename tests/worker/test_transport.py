@@ -409,6 +409,25 @@ def test_the_fetch_check_says_revoked_or_finished_and_never_stores_over_a_final_
     assert client.get(CELERY_RESULT_KEY.format(task_id=finished)) == done.encode()
 
 
+def test_a_task_enqueued_after_the_fetch_read_its_clock_never_reads_started_before_it(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    """The fetch's start time is the worker's clock, read before its request reached Redis; a
+    task enqueued meanwhile (here: by a producer whose clock runs ahead) starts at its enqueue
+    time, not before it."""
+    records = TaskRecords(client, STAMP.ttl)
+    task_id = str(uuid.uuid4())
+    pipe = client.pipeline(transaction=True)
+    queue_commands(pipe, records.create_commands(task_id, "noop", QUEUE.name))
+    pipe.execute()
+    enqueued_at = time.time() + 30
+    client.hset(TASK_RECORD_KEY.format(task_id=task_id), "enqueued_at", enqueued_at)
+    publish_task(own_redis.url, task_id)
+    assert consume_one(own_redis.url).headers[START_CHECK_HEADER] == "started"
+    record, _ = records.get_with_result(task_id)
+    assert record is not None and record.started_at == record.enqueued_at == enqueued_at
+
+
 @pytest.mark.parametrize(
     ("case", "headers", "stamp"),
     [

@@ -74,7 +74,7 @@ if excess > 0 then
 else
   excess = 0
 end
-if ARGV[7] ~= '' and not is_finished(KEYS[6]) then store_state(KEYS[6], ARGV[7], ARGV[8]) end
+if ARGV[7] ~= '' then store_state_unless_finished(KEYS[6], ARGV[7], ARGV[8]) end
 return excess
 """
 )

@@ -37,17 +37,27 @@ class TaskRecord:
 # finished. A task without a record (sent by another producer: a stock Celery client, Flower,
 # a chain's next step) gets one here, with the usual TTL, so its status reads true; its
 # enqueue time is unknown and reads as its start. One HMGET says whether the record exists
-# (every record has a name), whether it was revoked and how many attempts started, so one HSET
-# writes the start and the count; a revoked task is not stamped at all. STARTED is stored
+# (every record has a name), whether it was revoked, how many attempts started and when it was
+# enqueued, so one HSET writes the start and the count; a revoked task is not stamped at all.
+# ``now`` is the worker's clock, read before its request reached Redis (and maybe skewed from
+# the producer's): a start earlier than the enqueue time is raised to it, so a status never
+# reads started before it was enqueued. STARTED is stored
 # without Celery's PUBLISH: a stock client's AsyncResult.get() waits for a ready state only (it
 # reads STARTED from the key, as .state does), Flower follows events; only a
 # get(on_message=...) callback no longer sees STARTED go by.
 STAMP_START_LUA = """
 local function stamp_start(record, result, now, started, ttl, name, queue)
-  local finished = is_finished(result)
-  local fields = redis.call('HMGET', record, 'name', 'revoked', 'executions')
+  local fields = redis.call('HMGET', record, 'name', 'revoked', 'executions', 'enqueued_at')
+  local enqueued = tonumber(fields[4])
+  if enqueued and enqueued > tonumber(now) then now = fields[4] end
   -- A task revoked while queued never starts: no start time, no attempt, no STARTED (the
   -- worker stores REVOKED next), so no reader sees it started for a moment.
+  local finished
+  if fields[2] == '1' or started == '' then
+    finished = is_finished(result)
+  else
+    finished = not replace_unless_finished(result, started, ttl)
+  end
   if not finished and fields[2] ~= '1' then
     if fields[1] then
       redis.call('HSET', record, 'started_at', now,
@@ -57,7 +67,6 @@ local function stamp_start(record, result, now, started, ttl, name, queue)
         'started_at', now, 'executions', 1)
       redis.call('EXPIRE', record, ttl)
     end
-    if started ~= '' then store_quietly(result, started, ttl) end
   end
   return fields[2] or '', finished
 end

@@ -27,28 +27,48 @@ logger = logging.getLogger(__name__)
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
 
 # Lua shared by every script that writes a Celery state (this backend, the worker's start
-# stamp in ``records.py``): whether a stored state is final, and the write Celery would do
-# (``store_state``: SET and PUBLISH; ``store_quietly``: the SET alone, for a state nobody waits
-# on, see ``TaskRecords.mark_started``).
+# stamp in ``records.py``, purge, dead letters): whether a stored state is final, and the write
+# Celery would do (``store_state``: SET and PUBLISH). The ``_unless_finished`` writes keep the
+# rule above in one command on the usual path: SET ... GET stores and returns the old value
+# together and, in the rare case that was final (a redelivered duplicate), puts it back
+# (KEEPTTL), atomically inside the script, instead of a GET before every write. The value put
+# back keeps the TTL just set, a full ``result_expires``: a duplicate keeps a finished result
+# longer, never shorter. ``replace_unless_finished`` stores without Celery's PUBLISH, for a
+# state nobody waits on (STARTED, see ``TaskRecords.mark_started``).
 _TERMINAL_LUA = ", ".join(f"{state} = true" for state in sorted(TERMINAL_STATES))
 LUA_STATE_HELPERS = f"""
 local terminal = {{{_TERMINAL_LUA}}}
-local function is_finished(key)
-  local current = redis.call('GET', key)
-  if not current then return false end
-  local ok, meta = pcall(cjson.decode, current)
+local function is_final(value)
+  if not value then return false end
+  local ok, meta = pcall(cjson.decode, value)
   return ok and type(meta) == 'table' and terminal[meta['status']] == true
 end
-local function store_quietly(key, value, ttl)
+local function is_finished(key)
+  return is_final(redis.call('GET', key))
+end
+local function replace_unless_finished(key, value, ttl)
+  local old
+  if tonumber(ttl) > 0 then
+    old = redis.call('SET', key, value, 'EX', ttl, 'GET')
+  else
+    old = redis.call('SET', key, value, 'GET')
+  end
+  if not is_final(old) then return true end
+  redis.call('SET', key, old, 'KEEPTTL')
+  return false
+end
+local function store_state(key, value, ttl)
   if tonumber(ttl) > 0 then
     redis.call('SETEX', key, ttl, value)
   else
     redis.call('SET', key, value)
   end
-end
-local function store_state(key, value, ttl)
-  store_quietly(key, value, ttl)
   redis.call('PUBLISH', key, value)
+end
+local function store_state_unless_finished(key, value, ttl)
+  if not replace_unless_finished(key, value, ttl) then return false end
+  redis.call('PUBLISH', key, value)
+  return true
 end
 """
 
@@ -58,9 +78,7 @@ _SET_UNLESS_FINISHED = (
     ALLOW_OOM
     + LUA_STATE_HELPERS
     + """
-if is_finished(KEYS[1]) then return 0 end
-store_state(KEYS[1], ARGV[1], ARGV[2])
-return 1
+return store_state_unless_finished(KEYS[1], ARGV[1], ARGV[2]) and 1 or 0
 """
 )
 
@@ -123,9 +141,7 @@ _SET_WHERE_DELIVERED = (
     + LUA_STATE_HELPERS
     + """
 if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return -1 end
-if is_finished(KEYS[1]) then return 0 end
-store_state(KEYS[1], ARGV[1], ARGV[2])
-return 1
+return store_state_unless_finished(KEYS[1], ARGV[1], ARGV[2]) and 1 or 0
 """
 )
 

@@ -33,13 +33,15 @@ from worker.core.result_backend import LUA_STATE_HELPERS
 # worker's ``task_prerun`` stamp would write (``records.STAMP_START_LUA``: the finished check,
 # record, start time, attempt count, STARTED), in this script, so that the pool child skips its
 # own round trip; its start check ('started', 'revoked' or 'finished') rides back with it.
-# The start time is Redis's clock when the script took the message (TIME, once per call): the
-# worker's ARGV[2] is read before the request is sent, and a message pushed meanwhile would read
-# as started before it was enqueued.
+# The start time is the worker's ARGV[2], read before the request is sent: a message pushed
+# meanwhile is enqueued after it, and ``stamp_start`` raises the start to the record's enqueue
+# time then (it reads the record anyway), so a status never reads started before enqueued.
+# Redis's TIME did the same for one more command per fetch.
 FETCH = (
     LUA_STATE_HELPERS
     + STAMP_START_LUA
     + """
+local now = ARGV[2]
 local stamp = ARGV[#KEYS + 1]
 if stamp ~= nil and stamp ~= '' then
   stamp = cjson.decode(stamp)
@@ -59,7 +61,6 @@ end
 local function text(value)
   return type(value) == 'string' and value ~= ''
 end
-local started_at
 -- The check of a message stamped here, or '' when its worker's child stamps it (or nobody).
 local function stamp_message(message, routing_key)
   local headers = type(message) == 'table' and message['headers']
@@ -73,10 +74,6 @@ local function stamp_message(message, routing_key)
   local retries = headers['retries']
   if absent(retries) then retries = 0 end
   if type(retries) ~= 'number' then return '' end
-  if started_at == nil then
-    local now = redis.call('TIME')
-    started_at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-  end
   local parts = {stamp['prefix']}
   if text(headers['group']) then
     parts[#parts + 1] = ', "group_id": ' .. cjson.encode(headers['group'])
@@ -89,13 +86,12 @@ local function stamp_message(message, routing_key)
     .. ', "queue": ' .. cjson.encode(routing_key) .. ', "task_id": ' .. cjson.encode(task_id)
     .. '}'
   local revoked, finished = stamp_start(stamp['record'] .. task_id, stamp['result'] .. task_id,
-    started_at, table.concat(parts), stamp['ttl'], name, routing_key)
+    now, table.concat(parts), stamp['ttl'], name, routing_key)
   if finished then return 'finished' end
   if revoked == '1' then return 'revoked' end
   return 'started'
 end
 local limit = tonumber(ARGV[1])
-local now = ARGV[2]
 local out = {}
 local taken = 0
 for i = 3, #KEYS do

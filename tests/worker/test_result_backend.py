@@ -1,0 +1,115 @@
+"""Courier's result backend against a real Redis: a finished state is never overwritten, and
+the rule costs no read of its own (one SET ... GET per state stored)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from celery import Celery, states
+
+from tests.utils.processes import RedisServer
+from worker.core.names import CELERY_RESULT_KEY, UNACKED_KEY
+from worker.core.result_backend import _SET_WHERE_DELIVERED, CourierRedisBackend
+
+EXPIRES = 300
+
+
+@pytest.fixture
+def backend(own_redis: RedisServer) -> Iterator[CourierRedisBackend]:
+    app = Celery("results", backend=own_redis.url)
+    yield CourierRedisBackend(app=app, url=own_redis.url, expires=EXPIRES)
+    app.close()
+
+
+@pytest.fixture
+def client(own_redis: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(own_redis.url)
+    yield client
+    client.close()
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    calls = {name: int(value["calls"]) for name, value in stats.items()}
+    calls.pop("cmdstat_config|resetstat", None)
+    return calls
+
+
+def stored_status(client: redis.Redis, task_id: str) -> str:
+    return str(json.loads(client.get(CELERY_RESULT_KEY.format(task_id=task_id)) or b"{}")["status"])
+
+
+def test_a_state_is_stored_and_published_without_a_read_before_it(
+    backend: CourierRedisBackend, client: redis.Redis
+) -> None:
+    """Counted by Redis (INFO commandstats): the script's SET ... GET reads the old state in
+    the write itself; a GET before it would be one more command per state stored."""
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, {"pid": 1}, states.STARTED)  # loads the script
+    client.config_resetstat()
+    with client.pubsub() as pubsub:
+        pubsub.subscribe(CELERY_RESULT_KEY.format(task_id=task_id))
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        backend.store_result(task_id, "done", states.SUCCESS)
+        published = pubsub.get_message(timeout=5)
+    calls = command_calls(client)
+    for pubsub_command in ("hello", "subscribe", "unsubscribe"):  # the test's own
+        calls.pop(f"cmdstat_{pubsub_command}", None)
+    assert calls == {"cmdstat_evalsha": 1, "cmdstat_set": 1, "cmdstat_publish": 1}
+    assert json.loads(published["data"])["status"] == states.SUCCESS
+    assert stored_status(client, task_id) == states.SUCCESS
+    assert 0 < client.ttl(CELERY_RESULT_KEY.format(task_id=task_id)) <= EXPIRES
+
+
+def test_a_finished_state_stays_unpublished_over_and_keeps_a_ttl(
+    backend: CourierRedisBackend, client: redis.Redis
+) -> None:
+    task_id = str(uuid.uuid4())
+    key = CELERY_RESULT_KEY.format(task_id=task_id)
+    backend.store_result(task_id, "done", states.SUCCESS)
+    done = client.get(key)
+    with client.pubsub() as pubsub:
+        pubsub.subscribe(key)
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        backend.store_result(task_id, {"pid": 1}, states.STARTED)
+        backend.store_result(task_id, None, states.FAILURE)
+        client.publish(key, b"sentinel")
+        # Messages on a channel arrive in order: had a late state been published, it came first.
+        assert pubsub.get_message(timeout=5)["data"] == b"sentinel"
+    assert client.get(key) == done
+    assert 0 < client.ttl(key) <= EXPIRES
+
+
+def test_without_expiry_a_finished_state_is_kept_without_one(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    app = Celery("results", backend=own_redis.url)
+    backend = CourierRedisBackend(app=app, url=own_redis.url, expires=0)
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, "done", states.SUCCESS)
+    backend.store_result(task_id, None, states.FAILURE)
+    app.close()
+    assert stored_status(client, task_id) == states.SUCCESS
+    assert client.ttl(CELERY_RESULT_KEY.format(task_id=task_id)) == -1
+
+
+def test_the_sentinel_write_stores_only_where_delivered_and_never_over_a_final_state(
+    client: redis.Redis,
+) -> None:
+    """The Sentinel backend's script: -1 when the delivery is not recorded on this server
+    (nothing stored), 0 over a finished state (kept), 1 when stored."""
+    store = client.register_script(_SET_WHERE_DELIVERED)
+    key = CELERY_RESULT_KEY.format(task_id=str(uuid.uuid4()))
+    success = json.dumps({"status": states.SUCCESS, "result": 1})
+    failure = json.dumps({"status": states.FAILURE, "result": None})
+    assert store(keys=[key, UNACKED_KEY], args=[success, EXPIRES, "tag"]) == -1
+    assert client.exists(key) == 0
+    client.hset(UNACKED_KEY, "tag", "[]")
+    assert store(keys=[key, UNACKED_KEY], args=[success, EXPIRES, "tag"]) == 1
+    assert store(keys=[key, UNACKED_KEY], args=[failure, EXPIRES, "tag"]) == 0
+    assert client.get(key) == success.encode()
+    assert 0 < client.ttl(key) <= EXPIRES
