@@ -102,11 +102,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.purger = QueuePurger(client, celery.backend, settings.result_expires, PRIORITY_STEPS)
     app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
-    app.state.users = UserStore(client)
-    app.state.idempotency = IdempotentSubmitter(client)
+    app.state.users = UserStore(aclient)
+    app.state.idempotency = IdempotentSubmitter(aclient)
     app.state.api_keys = settings.api_key_list()
     app.state.rate_limiter = RateLimiter(
-        client, settings.rate_limit_per_second, settings.rate_limit_burst
+        aclient, settings.rate_limit_per_second, settings.rate_limit_burst
     )
     if not app.state.api_keys:
         logging.getLogger("courier.api").warning(

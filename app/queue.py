@@ -83,9 +83,12 @@ def _failed_write(exc: Exception) -> EnqueueFailed:
 @contextlib.contextmanager
 def _enqueue_errors() -> Iterator[None]:
     """The write's failures as ``EnqueueFailed``: not stored when Redis was not reached, else
-    unknown unless Redis refused it."""
+    unknown unless Redis refused it; a guard's condition that did not hold as ``GuardFailed``
+    (only a guarded write has a condition)."""
     try:
         yield
+    except ConditionFailed as exc:
+        raise GuardFailed() from exc
     except NotReached as exc:
         raise EnqueueFailed(exc.cause, stored=False) from exc.cause
     except redis.RedisError as exc:
@@ -104,6 +107,14 @@ class Guard:
     key: str
     expected: bytes
     also: tuple[Command, ...] = ()
+
+
+def _guarded(commands: list[Command], guard: Guard | None) -> Condition | None:
+    """The write's condition, with the guard's own writes added to ``commands``."""
+    if guard is None:
+        return None
+    commands += guard.also
+    return Condition(guard.key, guard.expected)
 
 
 @dataclass(frozen=True)
@@ -210,17 +221,10 @@ class TaskQueue:
         if not self._messages.ready:
             self._open_channel()
         message, commands = self._prepare(name, payload, options, task_id)
-        condition = None
-        if guard is not None:
-            commands += guard.also
-            condition = Condition(guard.key, guard.expected)
+        condition = _guarded(commands, guard)
         # As in enqueue_async: no Redis client span (app.atomic_write writes below them).
-        try:
-            with _enqueue_errors():
-                written = write_all_sync(self._redis, commands, condition, self._replication)
-        except ConditionFailed as exc:
-            assert guard is not None  # only a guarded write has a condition
-            raise GuardFailed(guard.key) from exc
+        with _enqueue_errors():
+            written = write_all_sync(self._redis, commands, condition, self._replication)
         return self._accepted(message, commands, written)
 
     async def enqueue_async(
@@ -229,21 +233,25 @@ class TaskQueue:
         payload: dict[str, Any],
         options: EnqueueOptions,
         task_id: str | None = None,
+        guard: Guard | None = None,
     ) -> str:
         """Record and message in one round trip from the event loop: no worker thread, and one
-        script call rather than a MULTI/EXEC (``app.atomic_write`` says why)."""
+        script call rather than a MULTI/EXEC (``app.atomic_write`` says why).
+
+        With a ``guard``: ``GuardFailed`` when its key changed, and nothing is written."""
         if self._watermark is not None:
             self._watermark.check()
         if not self._messages.ready:
             # kombu's channel pings Redis when it opens: once, and off the loop.
             await run_in_threadpool(self._open_channel)
         message, commands = self._prepare(name, payload, options, task_id)
+        condition = _guarded(commands, guard)
         # The producer span (open from before_task_publish to after_task_publish) is this
         # write, and no Redis client span says it again: app.atomic_write talks to its
         # connection directly, below the client methods the Redis instrumentation wraps
         # (tests/observability/test_tracing.py checks), so nothing needs suppressing here.
         with _enqueue_errors():
-            written = await write_all(self._aredis, commands, replication=self._replication)
+            written = await write_all(self._aredis, commands, condition, self._replication)
         return self._accepted(message, commands, written)
 
     def _open_channel(self) -> None:
@@ -276,8 +284,8 @@ class TaskQueue:
             )  # fmt: skip
         return message.task_id
 
-    def state(self, task_id: str) -> TaskState:
-        record, raw = self._records.get_with_result(task_id)
+    async def state(self, task_id: str) -> TaskState:
+        record, raw = await self._records.calls.get_with_result(task_id).run_async(self._aredis)
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never issued, or expired)")
         # The raw stored meta: Celery would otherwise re-create exception classes by import.
@@ -316,13 +324,19 @@ class TaskQueue:
             executions=record.executions,
         )
 
-    def cancel(self, task_id: str, terminate: bool) -> TaskState:
+    async def cancel(self, task_id: str, terminate: bool) -> TaskState:
         """Revoke a queued or running task; a running one is only stopped when ``terminate``."""
-        current = self.state(task_id)
+        current = await self.state(task_id)
         if current.status.finished:
             raise TaskAlreadyFinished(current)
-        self._records.mark_revoked(task_id)
+        await self._records.calls.mark_revoked(task_id).run_async(self._aredis)
+        stop = current.status in (TaskStatus.QUEUED, TaskStatus.RETRYING) or terminate
+        await run_in_threadpool(self._revoke, task_id, terminate, stop)
+        return await self.state(task_id)
+
+    def _revoke(self, task_id: str, terminate: bool, store_revoked: bool) -> None:
+        """Celery's broadcast and, for a task that will not run on, its REVOKED state: Celery's
+        own blocking calls, the one part of the API that runs in a thread."""
         self._celery.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
-        if current.status in (TaskStatus.QUEUED, TaskStatus.RETRYING) or terminate:
+        if store_revoked:
             self._celery.backend.mark_as_revoked(task_id, reason="revoked through the API")
-        return self.state(task_id)
