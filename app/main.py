@@ -29,8 +29,8 @@ from app.purge import QueuePurger
 from app.queue import TaskQueue
 from app.users import UserStore
 from worker.celery_config import PRIORITY_STEPS, create_celery_app
-from worker.core.artifacts import ArtifactStore
-from worker.core.dead_letters import DeadLetterStore
+from worker.core.artifacts import ArtifactCalls
+from worker.core.dead_letters import DeadLetterCalls
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
 from worker.core.publish_signals import connect_publisher_signals
@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.redis = client
+    app.state.aredis = aclient
     app.state.queue = TaskQueue(
         celery,
         TaskRecords(client, settings.result_expires),
@@ -97,11 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replication=Replication.from_settings(settings),
         journal=journal,
     )
-    app.state.dead_letters = DeadLetterStore(
-        client, settings.dead_letter_max, settings.dead_letter_max_bytes
+    app.state.dead_letters = DeadLetterCalls(
+        settings.dead_letter_max, settings.dead_letter_max_bytes
     )
-    app.state.purger = QueuePurger(client, celery.backend, settings.result_expires, PRIORITY_STEPS)
-    app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
+    app.state.purger = QueuePurger(aclient, celery.backend, settings.result_expires, PRIORITY_STEPS)
+    app.state.artifacts = ArtifactCalls(settings.artifact_ttl)
     app.state.users = UserStore(aclient)
     app.state.idempotency = IdempotentSubmitter(aclient)
     app.state.api_keys = settings.api_key_list()

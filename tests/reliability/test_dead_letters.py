@@ -283,9 +283,13 @@ def test_a_cut_dead_letter_cannot_be_requeued(tmp_path: Path, own_redis: RedisSe
         "COURIER_REDIS_URL": own_redis.url,
         "COURIER_DEAD_LETTER_MAX_BYTES": "256",
     }
-    with TestClient(create_app(settings_from(env))) as api:
-        store = app_state(api).dead_letters
-        letter = store.add(b"y" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
+    with (
+        TestClient(create_app(settings_from(env))) as api,
+        redis.Redis.from_url(own_redis.url) as client,
+    ):
+        calls = app_state(api).dead_letters
+        add = calls.add(b"y" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
+        letter = add.run(client)
         response = api.post(f"/v1/dead-letters/{letter.id}/requeue")
         assert response.status_code == 409
         assert "COURIER_DEAD_LETTER_MAX_BYTES" in response.json()["detail"]

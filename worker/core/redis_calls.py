@@ -46,14 +46,17 @@ def _same(reply: Any) -> Any:
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """A script call (``script``, ``keys``, ``args``) or ``commands`` in one MULTI/EXEC, and
-    ``parse``, which turns Redis's reply into the operation's result (or raises its error)."""
+    """A script call (``script``, ``keys``, ``args``) or ``commands`` in one round trip (a
+    MULTI/EXEC unless ``transaction`` is False: a full Redis refuses every command queued into
+    a transaction, reads included), and ``parse``, which turns Redis's reply (the commands'
+    replies as a list) into the operation's result, or raises its error."""
 
     parse: Callable[[Any], T] = _same
     script: Lua | None = None
     keys: Sequence[Any] = ()
     args: Sequence[Any] = ()
     commands: Sequence[Command] = ()
+    transaction: bool = True
 
     def _evalsha(self) -> tuple[Any, ...]:
         assert self.script is not None
@@ -66,7 +69,7 @@ class Call(Generic[T]):
     def run(self, client: redis.Redis) -> T:
         """Send on the worker's blocking client."""
         if self.script is None:
-            pipe = client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=self.transaction)
             queue_commands(pipe, self.commands)
             return self.parse(pipe.execute())
         try:
@@ -78,7 +81,7 @@ class Call(Generic[T]):
     async def run_async(self, client: redis.asyncio.Redis) -> T:
         """Send on the API's asyncio client: the same bytes, the same parse."""
         if self.script is None:
-            pipe = client.pipeline(transaction=True)
+            pipe = client.pipeline(transaction=self.transaction)
             queue_commands(pipe, self.commands)
             return self.parse(await pipe.execute())
         try:
