@@ -172,8 +172,8 @@ def _text(value: Any, limit: int = 200) -> str | None:
 
 
 class DeadLetterCalls:
-    """What each operation on the store sends and how its reply reads (``redis_calls``): the
-    worker's ``DeadLetterStore`` runs them on its blocking client, the API on its asyncio one."""
+    """The store: what each operation sends and how its reply reads (``redis_calls``), run on
+    the worker's blocking client (setting a message aside) or the API's asyncio one."""
 
     def __init__(self, max_count: int, max_bytes: int) -> None:
         self.max_count = max_count
@@ -190,7 +190,8 @@ class DeadLetterCalls:
         failure: Callable[[str, str], bytes | str] | None = None,
         result_ttl: int = 0,
     ) -> Call[DeadLetter]:
-        """See ``DeadLetterStore.add``."""
+        """Set ``raw`` aside; in the same step drop its ``unacked`` record (``delivery_tag``)
+        and, with ``failure(task_id, detail)``, store the task's failure."""
         headers = unfit.headers
         task_id = _text(headers.get("id"), 255)
         letter = DeadLetter(
@@ -253,43 +254,6 @@ def _parse(description: bytes, raw: bytes | None) -> DeadLetter:
     return DeadLetter(**json.loads(description), raw=raw or b"")
 
 
-class DeadLetterStore:
-    """The store on a blocking client: the worker sets messages aside with it."""
-
-    def __init__(self, client: redis.Redis, max_count: int, max_bytes: int) -> None:
-        self._redis = client
-        self.calls = DeadLetterCalls(max_count, max_bytes)
-
-    def add(
-        self,
-        raw: bytes,
-        unfit: envelope.Unfit,
-        queue: str,
-        list_key: str,
-        *,
-        delivery_tag: str | None = None,
-        failure: Callable[[str, str], bytes | str] | None = None,
-        result_ttl: int = 0,
-        client: redis.Redis | None = None,
-    ) -> DeadLetter:
-        """Set ``raw`` aside; in the same step drop its ``unacked`` record (``delivery_tag``)
-        and, with ``failure(task_id, detail)``, store the task's failure."""
-        call = self.calls.add(
-            raw, unfit, queue, list_key, delivery_tag=delivery_tag, failure=failure,
-            result_ttl=result_ttl,
-        )  # fmt: skip
-        return call.run(client or self._redis)
-
-    def count(self) -> int:
-        return int(self._redis.zcard(DEAD_LETTERS_INDEX_KEY))
-
-    def list(self, limit: int, offset: int = 0) -> tuple[int, list[DeadLetter]]:
-        return self.calls.list(limit, offset).run(self._redis)
-
-    def get(self, letter_id: str) -> DeadLetter | None:
-        return self.calls.get(letter_id).run(self._redis)
-
-
 class DeadLetterScreen:
     """The transport's ``message_screen``: the envelope to deliver, or None when set aside.
 
@@ -312,7 +276,7 @@ class DeadLetterScreen:
         self._task_names: frozenset[str] | None = None
         self.failure = failure
         self.result_ttl = result_ttl
-        self._store: DeadLetterStore | None = None  # made with the first client it is given
+        self._store = DeadLetterCalls(max_count, max_bytes)
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -349,12 +313,10 @@ class DeadLetterScreen:
         delivery_tag: str | None,
         unfit: envelope.Unfit,
     ) -> None:
-        if self._store is None:
-            self._store = DeadLetterStore(client, self.max_count, self.max_bytes)
         letter = self._store.add(
             raw, unfit, queue, list_key, delivery_tag=delivery_tag, failure=self.failure,
-            result_ttl=self.result_ttl, client=client,
-        )  # fmt: skip
+            result_ttl=self.result_ttl,
+        ).run(client)  # fmt: skip
         logger.error(
             "message dead-lettered: %s",
             unfit.detail,
