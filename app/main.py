@@ -64,16 +64,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client = create_redis(settings)
     aclient = create_async_redis(settings)
     celery = create_celery_app(settings)
-    watermark = MemoryWatermark(client, settings.redis_memory_high_watermark)
+    watermark = MemoryWatermark(aclient, settings.redis_memory_high_watermark)
     journal, auditor = failover_audit(settings, aclient)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
+        watermark.start()
         async with auditing(auditor):
             yield
         app.state.queue.close()
-        watermark.close()
+        await watermark.close()
         client.close()
         await aclient.aclose()
         celery.close()
@@ -87,8 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.settings = settings
-    app.state.redis = client
-    app.state.aredis = aclient
+    app.state.redis = aclient
     app.state.queue = TaskQueue(
         celery,
         TaskRecords(client, settings.result_expires),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import redis
 from fastapi import Depends, Request
 from redis.asyncio import Redis as AsyncRedis
 
@@ -21,12 +20,8 @@ async def app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-async def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> AsyncRedis:
     return request.app.state.redis  # type: ignore[no-any-return]
-
-
-async def get_async_redis(request: Request) -> AsyncRedis:
-    return request.app.state.aredis  # type: ignore[no-any-return]
 
 
 async def get_queue(request: Request) -> TaskQueue:
@@ -42,8 +37,7 @@ async def get_users(request: Request) -> UserStore:
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-RedisDep = Annotated[redis.Redis, Depends(get_redis)]
-AsyncRedisDep = Annotated[AsyncRedis, Depends(get_async_redis)]
+RedisDep = Annotated[AsyncRedis, Depends(get_redis)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 ArtifactsDep = Annotated[ArtifactCalls, Depends(get_artifacts)]
 UsersDep = Annotated[UserStore, Depends(get_users)]

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Path, Request, Response, UploadFile
 
-from app.api.deps import ArtifactsDep, AsyncRedisDep, SettingsDep
+from app.api.deps import ArtifactsDep, RedisDep, SettingsDep
 from app.api.errors import PROTECTED_ERRORS, PayloadTooLarge, error_responses
 from app.api.schemas import ArtifactOut
 from app.api.security import client_identity
@@ -36,7 +36,7 @@ async def upload_artifact(
     request: Request,
     response: Response,
     artifacts: ArtifactsDep,
-    client: AsyncRedisDep,
+    client: RedisDep,
     settings: SettingsDep,
 ) -> ArtifactOut:
     data = await file.read(settings.max_upload_bytes + 1)
@@ -60,7 +60,7 @@ async def upload_artifact(
     responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404)},
 )
 async def download_artifact(
-    artifact_id: ArtifactId, artifacts: ArtifactsDep, client: AsyncRedisDep
+    artifact_id: ArtifactId, artifacts: ArtifactsDep, client: RedisDep
 ) -> Response:
     artifact = await artifacts.get(artifact_id).run_async(client)
     headers = {}

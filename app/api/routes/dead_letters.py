@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from app.api.deps import AsyncRedisDep
+from app.api.deps import RedisDep
 from app.api.errors import PROTECTED_ERRORS, DeadLetterNotFound, NotRequeueable, error_responses
 from app.api.schemas import DeadLetterList, DeadLetterOut, DeadLetterRequeued
 from app.api.security import client_identity
@@ -34,7 +34,7 @@ async def get_store(request: Request) -> DeadLetterCalls:
 StoreDep = Annotated[DeadLetterCalls, Depends(get_store)]
 
 
-async def _found(store: DeadLetterCalls, client: AsyncRedisDep, letter_id: str) -> DeadLetter:
+async def _found(store: DeadLetterCalls, client: RedisDep, letter_id: str) -> DeadLetter:
     letter = await store.get(letter_id).run_async(client)
     if letter is None:
         raise DeadLetterNotFound(f"dead letter {letter_id!r} not found (requeued or deleted?)")
@@ -44,7 +44,7 @@ async def _found(store: DeadLetterCalls, client: AsyncRedisDep, letter_id: str) 
 @router.get("", summary="List dead letters, newest first")
 async def list_dead_letters(
     store: StoreDep,
-    client: AsyncRedisDep,
+    client: RedisDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Skip the newest ones.")] = 0,
 ) -> DeadLetterList:
@@ -56,7 +56,7 @@ async def list_dead_letters(
 
 @router.get("/{letter_id}", summary="One dead letter", responses=error_responses(404))
 async def get_dead_letter(
-    letter_id: DeadLetterId, store: StoreDep, client: AsyncRedisDep
+    letter_id: DeadLetterId, store: StoreDep, client: RedisDep
 ) -> DeadLetterOut:
     letter = await _found(store, client, letter_id)
     return DeadLetterOut(**letter.describe())
@@ -68,7 +68,7 @@ async def get_dead_letter(
     responses=error_responses(404, 409),
 )
 async def requeue_dead_letter(
-    letter_id: DeadLetterId, store: StoreDep, client: AsyncRedisDep, request: Request
+    letter_id: DeadLetterId, store: StoreDep, client: RedisDep, request: Request
 ) -> DeadLetterRequeued:
     letter = await _found(store, client, letter_id)
     if not letter.requeueable:
@@ -95,7 +95,7 @@ async def requeue_dead_letter(
     responses=error_responses(404),
 )
 async def delete_dead_letter(
-    letter_id: DeadLetterId, store: StoreDep, client: AsyncRedisDep
+    letter_id: DeadLetterId, store: StoreDep, client: RedisDep
 ) -> Response:
     if not await store.delete(letter_id).run_async(client):
         raise DeadLetterNotFound(f"dead letter {letter_id!r} not found (requeued or deleted?)")
