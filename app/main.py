@@ -35,7 +35,7 @@ from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
 from worker.core.publish_signals import connect_publisher_signals
 from worker.core.queue_stats import QueueInspector
-from worker.core.records import TaskRecords
+from worker.core.records import RecordCalls
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
 from worker.core.tracing.setup import init_tracing
@@ -61,8 +61,10 @@ def queue_metrics(client: redis.Redis, settings: Settings) -> CollectorRegistry:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    client = create_redis(settings)
     aclient = create_async_redis(settings)
+    # Blocking, for the queue gauges only: prometheus_client collects synchronously, and the
+    # /metrics endpoint runs that collection in a thread (app.middleware.metrics).
+    gauges_client = create_redis(settings)
     celery = create_celery_app(settings)
     watermark = MemoryWatermark(aclient, settings.redis_memory_high_watermark)
     journal, auditor = failover_audit(settings, aclient)
@@ -75,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         app.state.queue.close()
         await watermark.close()
-        client.close()
+        gauges_client.close()
         await aclient.aclose()
         celery.close()
 
@@ -91,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = aclient
     app.state.queue = TaskQueue(
         celery,
-        TaskRecords(client, settings.result_expires),
+        RecordCalls(settings.result_expires),
         settings.default_queue,
         aclient,
         watermark=watermark,
@@ -135,7 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(seed.router)
     if settings.metrics_enabled:
         app.add_route(
-            "/metrics", metrics_endpoint(queue_metrics(client, settings)), include_in_schema=False
+            "/metrics",
+            metrics_endpoint(queue_metrics(gauges_client, settings)),
+            include_in_schema=False,
         )
     # Outermost, so 413s and errors are counted too.
     app.add_middleware(

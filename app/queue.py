@@ -1,7 +1,7 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
 Enqueue writes the task's record and its message in one atomic step (see ``app.messages``):
-one script call (``app.atomic_write``), from the event loop or from a thread, so a 202 is only
+one script call (``app.atomic_write``) from the event loop, so a 202 is only
 returned for a task whose message Redis accepted, and a failed write leaves neither behind; the
 caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task was stored: not when
 Redis refused the write or could not be reached, perhaps when it did not answer after the write
@@ -34,13 +34,12 @@ from app.atomic_write import (
     Replication,
     Written,
     write_all,
-    write_all_sync,
 )
 from app.failover_audit import AcceptedJournal
 from app.memory_watermark import MemoryWatermark
 from app.messages import MessageBuilder, PreparedMessage
 from app.uuid4 import uuid4_text
-from worker.core.records import TaskRecord, TaskRecords
+from worker.core.records import RecordCalls, TaskRecord
 from worker.core.redis_client import REDIS_ERRORS, Command, refusal_code
 from worker.core.status import TaskStatus, from_celery_state
 from worker.core.tracing.setup import current_trace_ids
@@ -167,7 +166,7 @@ class TaskQueue:
     def __init__(
         self,
         celery: Celery,
-        records: TaskRecords,
+        records: RecordCalls,
         default_queue: str,
         aredis: AsyncRedis,
         watermark: MemoryWatermark | None = None,
@@ -180,7 +179,6 @@ class TaskQueue:
         self._watermark = watermark
         self._records = records
         self._default_queue = default_queue
-        self._redis = records.client
         self._aredis = aredis
         self._messages = MessageBuilder(celery)
         self._replication = replication
@@ -205,29 +203,7 @@ class TaskQueue:
         record = self._records.create_commands(task_id, name, queue, ids[0] if ids else None)
         return message, [*record, *message.commands]
 
-    def enqueue(
-        self,
-        name: str,
-        payload: dict[str, Any],
-        options: EnqueueOptions,
-        task_id: str | None = None,
-        guard: Guard | None = None,
-    ) -> str:
-        """Blocking form, for callers already off the event loop (idempotent submits).
-
-        With a ``guard``: ``GuardFailed`` when its key changed, and nothing is written."""
-        if self._watermark is not None:
-            self._watermark.check()
-        if not self._messages.ready:
-            self._open_channel()
-        message, commands = self._prepare(name, payload, options, task_id)
-        condition = _guarded(commands, guard)
-        # As in enqueue_async: no Redis client span (app.atomic_write writes below them).
-        with _enqueue_errors():
-            written = write_all_sync(self._redis, commands, condition, self._replication)
-        return self._accepted(message, commands, written)
-
-    async def enqueue_async(
+    async def enqueue(
         self,
         name: str,
         payload: dict[str, Any],
@@ -285,7 +261,7 @@ class TaskQueue:
         return message.task_id
 
     async def state(self, task_id: str) -> TaskState:
-        record, raw = await self._records.calls.get_with_result(task_id).run_async(self._aredis)
+        record, raw = await self._records.get_with_result(task_id).run_async(self._aredis)
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never issued, or expired)")
         # The raw stored meta: Celery would otherwise re-create exception classes by import.
@@ -329,7 +305,7 @@ class TaskQueue:
         current = await self.state(task_id)
         if current.status.finished:
             raise TaskAlreadyFinished(current)
-        await self._records.calls.mark_revoked(task_id).run_async(self._aredis)
+        await self._records.mark_revoked(task_id).run_async(self._aredis)
         stop = current.status in (TaskStatus.QUEUED, TaskStatus.RETRYING) or terminate
         await run_in_threadpool(self._revoke, task_id, terminate, stop)
         return await self.state(task_id)

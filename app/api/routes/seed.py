@@ -74,7 +74,7 @@ async def delete_user(
     summary="Queue an email (seed form of POST /v1/tasks/send_email)",
     responses=error_responses(429),
 )
-def send_email(
+async def send_email(
     to: Annotated[EmailStr, Query()],
     subject: Annotated[str, Query(min_length=1, max_length=998)],
     body: Annotated[str, Query(max_length=100_000)],
@@ -82,7 +82,7 @@ def send_email(
     _: SubmitterDep,
 ) -> dict[str, str]:
     payload = SendEmailPayload(to=to, subject=subject, body=body).model_dump(mode="json")
-    task_id = queue.enqueue(SEND_EMAIL_TASK, payload, EnqueueOptions())
+    task_id = await queue.enqueue(SEND_EMAIL_TASK, payload, EnqueueOptions())
     return {"task_id": task_id, "status": TaskStatus.QUEUED.value}
 
 

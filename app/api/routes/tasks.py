@@ -175,14 +175,14 @@ async def accept(
     data = (payload or spec.payload()).model_dump(mode="json")
     check_depth(data, settings.max_payload_depth)
     if idempotency_key is None:
-        task_id = await queue.enqueue_async(spec.name, data, options)
+        task_id = await queue.enqueue(spec.name, data, options)
     else:
         fingerprint = request_fingerprint(spec.name, data, asdict(options))
         submission = await state.idempotency.submit(
             client,
             idempotency_key,
             fingerprint,
-            lambda task_id, guard: queue.enqueue_async(spec.name, data, options, task_id, guard),
+            lambda task_id, guard: queue.enqueue(spec.name, data, options, task_id, guard),
         )
         task_id = submission.task_id
         if submission.replayed:
