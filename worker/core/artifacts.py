@@ -58,9 +58,8 @@ class ArtifactCalls:
                 filename=raw.get(b"filename", b"").decode(),
             )
 
-        hgetall = ("hgetall", (_key(artifact_id),))
-        # Not a transaction: an artifact stays readable while a full Redis drains.
-        return Call(lambda replies: parse(replies[0]), commands=[hgetall], transaction=False)
+        # Not in a transaction: an artifact stays readable while a full Redis drains.
+        return Call(parse, command=("hgetall", (_key(artifact_id),)))
 
 
 class ArtifactStore:

@@ -46,17 +46,17 @@ def _same(reply: Any) -> Any:
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """A script call (``script``, ``keys``, ``args``) or ``commands`` in one round trip (a
-    MULTI/EXEC unless ``transaction`` is False: a full Redis refuses every command queued into
-    a transaction, reads included), and ``parse``, which turns Redis's reply (the commands'
-    replies as a list) into the operation's result, or raises its error."""
+    """One round trip: a script call (``script``, ``keys``, ``args``), ``commands`` in one
+    MULTI/EXEC, or one ``command`` on its own (a read that must work while a full Redis refuses
+    every command queued into a transaction); and ``parse``, which turns Redis's reply (a list
+    of the replies, for ``commands``) into the operation's result, or raises its error."""
 
     parse: Callable[[Any], T] = _same
     script: Lua | None = None
     keys: Sequence[Any] = ()
     args: Sequence[Any] = ()
     commands: Sequence[Command] = ()
-    transaction: bool = True
+    command: Command | None = None
 
     def _evalsha(self) -> tuple[Any, ...]:
         assert self.script is not None
@@ -68,8 +68,10 @@ class Call(Generic[T]):
 
     def run(self, client: redis.Redis) -> T:
         """Send on the worker's blocking client."""
+        if self.command is not None:
+            return self.parse(getattr(client, self.command[0])(*self.command[1]))
         if self.script is None:
-            pipe = client.pipeline(transaction=self.transaction)
+            pipe = client.pipeline(transaction=True)
             queue_commands(pipe, self.commands)
             return self.parse(pipe.execute())
         try:
@@ -80,8 +82,10 @@ class Call(Generic[T]):
 
     async def run_async(self, client: redis.asyncio.Redis) -> T:
         """Send on the API's asyncio client: the same bytes, the same parse."""
+        if self.command is not None:
+            return self.parse(await getattr(client, self.command[0])(*self.command[1]))
         if self.script is None:
-            pipe = client.pipeline(transaction=self.transaction)
+            pipe = client.pipeline(transaction=True)
             queue_commands(pipe, self.commands)
             return self.parse(await pipe.execute())
         try:
