@@ -27,6 +27,8 @@ SLOW_SECONDS = 1.0
 FAST_SECONDS = 0.05
 NEAR = 0.1  # of maxmemory, below the watermark: poll fast from here on
 MAX_AGE_SECONDS = 3.0
+# How long ``close`` waits for a poll under way (bounded by Redis's socket timeout) to end.
+CLOSE_SECONDS = 5.0
 
 
 class RedisFull(Exception):
@@ -56,6 +58,7 @@ class MemoryWatermark:
         self.watermark = watermark
         self._reading: tuple[float, RedisMemory] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def check(self) -> None:
         """Raise ``RedisFull`` when the last reading, if recent, is above the watermark."""
@@ -70,12 +73,13 @@ class MemoryWatermark:
         """Poll from the running event loop (the lifespan's, after gunicorn forked) until
         ``close``."""
         if self._poller is None:
+            self._stop = asyncio.Event()  # this loop's: a lifespan may run again on another
             self._poller = asyncio.get_running_loop().create_task(
                 self._poll(), name="redis-memory-watermark"
             )
 
     async def _poll(self) -> None:
-        while True:
+        while not self._stop.is_set():
             interval = SLOW_SECONDS
             try:
                 memory = await read_memory(self._redis)
@@ -85,11 +89,15 @@ class MemoryWatermark:
                 self._reading = (time.monotonic(), memory)
                 if memory.maxmemory and memory.fraction >= self.watermark - NEAR:
                     interval = FAST_SECONDS
-            await asyncio.sleep(interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
 
     async def close(self) -> None:
+        """Stop polling: a poll under way ends first (a command cancelled half-way could leave
+        its connection to the pool's clean-up), for at most ``CLOSE_SECONDS``."""
+        self._stop.set()
         poller, self._poller = self._poller, None
         if poller is not None:
-            poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            _, pending = await asyncio.wait({poller}, timeout=CLOSE_SECONDS)
+            for stuck in pending:
+                stuck.cancel()
