@@ -378,56 +378,5 @@ async def _send(connection: Any, packed: bytes) -> None:
     writer.write(packed)
 
 
-def write_all_sync(
-    client: redis.Redis,
-    commands: Sequence[Command],
-    condition: Condition | None = None,
-    replication: Replication = NO_WAIT,
-) -> Written:
-    """``write_all`` for callers off the event loop (the same script, replies and errors)."""
-    keys, argv = script_arguments(commands, condition)
-    written = _write_script_sync(client, keys, argv, replication)
-    if not written.applied:
-        raise ConditionFailed()
-    return written
-
-
-def _write_script_sync(
-    client: redis.Redis, keys: list[Any], argv: list[Any], replication: Replication
-) -> Written:
-    pool = client.connection_pool
-    try:
-        connection = pool.get_connection()
-    except REDIS_ERRORS as exc:
-        raise NotReached(exc) from exc
-    try:
-        for full in (False, True):
-            connection.send_packed_command(  # type: ignore[no-untyped-call]
-                [_request(keys, argv, replication, connection.encoder, full)]
-            )
-            reply: Any = None
-            error: Exception | None = None
-            try:
-                reply = connection.read_response()
-            except redis.exceptions.NoScriptError:
-                if full:
-                    raise
-                error = _NOSCRIPT
-            except redis.ResponseError as exc:
-                error = exc
-            acked = connection.read_response() if replication.replicas else 0
-            if error is not _NOSCRIPT:
-                applied = _outcome(reply, error, acked, replication)
-                return Written(_address(connection), applied)
-    except (redis.ResponseError, NotReplicated):
-        raise
-    except BaseException:
-        connection.disconnect()  # type: ignore[no-untyped-call]
-        raise
-    finally:
-        pool.release(connection)
-    raise AssertionError("unreachable")
-
-
 # Stands for "the script was not cached": send it in full (NOSCRIPT ran nothing).
 _NOSCRIPT = redis.exceptions.NoScriptError("NOSCRIPT")

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from worker.backends.email import send_email
 from worker.core.names import AUDIT_LOG_KEY, AUDIT_LOG_MAX_ENTRIES
@@ -20,13 +21,13 @@ from worker.core.settings import Settings
 logger = logging.getLogger("courier.audit")
 
 
-def write_audit_log(client: redis.Redis, action: str, **details: Any) -> None:
+async def write_audit_log(client: AsyncRedis, action: str, **details: Any) -> None:
     entry = {"ts": time.time(), "action": action, **details}
     try:
         pipe = client.pipeline(transaction=False)
         pipe.lpush(AUDIT_LOG_KEY, json.dumps(entry))
         pipe.ltrim(AUDIT_LOG_KEY, 0, AUDIT_LOG_MAX_ENTRIES - 1)
-        pipe.execute()
+        await pipe.execute()
         logger.info("audit", extra={"action": action, **details})
     except redis.RedisError:
         logger.exception("audit log entry lost", extra={"action": action, **details})

@@ -12,17 +12,18 @@ another body is a conflict (409).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from app.queue import EnqueueFailed, Guard, GuardFailed
 from worker.core.names import IDEMPOTENCY_KEY
@@ -38,7 +39,7 @@ PENDING_WAIT_SECONDS = PENDING_TTL_SECONDS + 1
 
 T = TypeVar("T")
 # Enqueue the task with this id, on the guard's condition and with its writes.
-Publish = Callable[[str, Guard], object]
+Publish = Callable[[str, Guard], Awaitable[object]]
 
 # KEYS[1] the key's slot; ARGV[1] the claim. Drops the claim only if it is still this one.
 _RELEASE = """
@@ -49,11 +50,11 @@ return 0
 """
 
 
-def _before_publish(call: Callable[[], T]) -> T:
+async def _before_publish(call: Awaitable[T]) -> T:
     """A Redis call on the key before the task's write: its failure stored no task (at most a
     pending claim, which lapses by itself)."""
     try:
-        return call()
+        return await call
     except redis.RedisError as exc:
         raise EnqueueFailed(exc, stored=False) from exc
 
@@ -84,11 +85,13 @@ def key_slot(client_id: str, key: str) -> str:
 
 
 class IdempotentSubmitter:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: AsyncRedis) -> None:
         self._redis = client
         self._release = client.register_script(_RELEASE)
 
-    def submit(self, client_id: str, key: str, fingerprint: str, enqueue: Publish) -> Submission:
+    async def submit(
+        self, client_id: str, key: str, fingerprint: str, enqueue: Publish
+    ) -> Submission:
         if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
             raise IdempotencyKeyInvalid(
                 f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} printable characters"
@@ -98,12 +101,12 @@ class IdempotentSubmitter:
         while True:
             task_id = str(uuid.uuid4())
             claim = json.dumps({"state": "pending", "task_id": task_id, "fp": fingerprint})
-            claimed = partial(self._redis.set, slot, claim, nx=True, ex=PENDING_TTL_SECONDS)
-            if _before_publish(claimed):
-                if self._publish(slot, claim, task_id, fingerprint, enqueue):
+            claimed = self._redis.set(slot, claim, nx=True, ex=PENDING_TTL_SECONDS)
+            if await _before_publish(claimed):
+                if await self._publish(slot, claim, task_id, fingerprint, enqueue):
                     return Submission(task_id, replayed=False)
                 continue  # the claim lapsed and another request took the key: look again
-            raw = _before_publish(partial(self._redis.get, slot))
+            raw = await _before_publish(self._redis.get(slot))
             if raw is None:
                 continue  # the holder gave up (its publish failed) or died: claim it ourselves
             existing = json.loads(raw)
@@ -115,9 +118,9 @@ class IdempotentSubmitter:
                 return Submission(existing["task_id"], replayed=True)
             if time.monotonic() > deadline:
                 raise IdempotencyConflict("a request with this Idempotency-Key is still in flight")
-            time.sleep(0.01)
+            await asyncio.sleep(0.01)  # the event loop serves other requests meanwhile
 
-    def _publish(
+    async def _publish(
         self, slot: str, claim: str, task_id: str, fingerprint: str, enqueue: Publish
     ) -> bool:
         """Enqueue with the done marker in the same transaction; False if the claim lapsed."""
@@ -125,7 +128,7 @@ class IdempotentSubmitter:
         marker = ("set", (slot, done, TTL_SECONDS))  # SET slot done EX TTL (ex is positional)
         guard = Guard(slot, claim.encode(), also=(marker,))
         try:
-            enqueue(task_id, guard)
+            await enqueue(task_id, guard)
         except GuardFailed:
             return False
         except Exception as exc:
@@ -135,6 +138,6 @@ class IdempotentSubmitter:
             # own. The script frees it only if it is still our claim, not a done marker.
             if not isinstance(cause, REDIS_ERRORS):
                 with contextlib.suppress(redis.RedisError):
-                    self._release(keys=[slot], args=[claim])
+                    await self._release(keys=[slot], args=[claim])
             raise
         return True

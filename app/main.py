@@ -29,13 +29,13 @@ from app.purge import QueuePurger
 from app.queue import TaskQueue
 from app.users import UserStore
 from worker.celery_config import PRIORITY_STEPS, create_celery_app
-from worker.core.artifacts import ArtifactStore
-from worker.core.dead_letters import DeadLetterStore
+from worker.core.artifacts import ArtifactCalls
+from worker.core.dead_letters import DeadLetterCalls
 from worker.core.logging import configure_logging
 from worker.core.names import SEND_EMAIL_TASK
 from worker.core.publish_signals import connect_publisher_signals
 from worker.core.queue_stats import QueueInspector
-from worker.core.records import TaskRecords
+from worker.core.records import RecordCalls
 from worker.core.redis_client import create_async_redis, create_redis
 from worker.core.settings import Settings, get_settings
 from worker.core.tracing.setup import init_tracing
@@ -61,20 +61,23 @@ def queue_metrics(client: redis.Redis, settings: Settings) -> CollectorRegistry:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    client = create_redis(settings)
     aclient = create_async_redis(settings)
+    # Blocking, for the queue gauges only: prometheus_client collects synchronously, and the
+    # /metrics endpoint runs that collection in a thread (app.middleware.metrics).
+    gauges_client = create_redis(settings)
     celery = create_celery_app(settings)
-    watermark = MemoryWatermark(client, settings.redis_memory_high_watermark)
+    watermark = MemoryWatermark(aclient, settings.redis_memory_high_watermark)
     journal, auditor = failover_audit(settings, aclient)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         logging.getLogger("courier.api").info("api starting", extra={"queues": settings.queues})
+        watermark.start()
         async with auditing(auditor):
             yield
         app.state.queue.close()
-        watermark.close()
-        client.close()
+        await watermark.close()
+        gauges_client.close()
         await aclient.aclose()
         celery.close()
 
@@ -87,26 +90,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=NATIVE_TELEMETRY_OFF,
     )
     app.state.settings = settings
-    app.state.redis = client
+    app.state.redis = aclient
     app.state.queue = TaskQueue(
         celery,
-        TaskRecords(client, settings.result_expires),
+        RecordCalls(settings.result_expires),
         settings.default_queue,
         aclient,
         watermark=watermark,
         replication=Replication.from_settings(settings),
         journal=journal,
     )
-    app.state.dead_letters = DeadLetterStore(
-        client, settings.dead_letter_max, settings.dead_letter_max_bytes
+    app.state.dead_letters = DeadLetterCalls(
+        settings.dead_letter_max, settings.dead_letter_max_bytes
     )
-    app.state.purger = QueuePurger(client, celery.backend, settings.result_expires, PRIORITY_STEPS)
-    app.state.artifacts = ArtifactStore(client, settings.artifact_ttl)
-    app.state.users = UserStore(client)
-    app.state.idempotency = IdempotentSubmitter(client)
+    app.state.purger = QueuePurger(aclient, celery.backend, settings.result_expires, PRIORITY_STEPS)
+    app.state.artifacts = ArtifactCalls(settings.artifact_ttl)
+    app.state.users = UserStore(aclient)
+    app.state.idempotency = IdempotentSubmitter(aclient)
     app.state.api_keys = settings.api_key_list()
     app.state.rate_limiter = RateLimiter(
-        client, settings.rate_limit_per_second, settings.rate_limit_burst
+        aclient, settings.rate_limit_per_second, settings.rate_limit_burst
     )
     if not app.state.api_keys:
         logging.getLogger("courier.api").warning(
@@ -134,7 +137,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(seed.router)
     if settings.metrics_enabled:
         app.add_route(
-            "/metrics", metrics_endpoint(queue_metrics(client, settings)), include_in_schema=False
+            "/metrics",
+            metrics_endpoint(queue_metrics(gauges_client, settings)),
+            include_in_schema=False,
         )
     # Outermost, so 413s and errors are counted too.
     app.add_middleware(

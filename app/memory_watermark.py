@@ -1,22 +1,25 @@
 """Submits refused above Redis's memory high watermark, so workers keep room to drain the queue.
 
 Reading ``INFO memory`` on every submit would add a round trip to the hottest path. Each API
-process keeps the last reading instead, refreshed by a daemon thread of its own (started on
-first use, so after gunicorn forks): every second while Redis is well below the watermark,
-every 50 ms once it is within ``NEAR`` of it, so a burst of submits cannot run far past it
-between two readings. A reading older than ``MAX_AGE_SECONDS`` (Redis not answering) refuses
-nothing: the submit's own write then fails, or not, on its own.
+process keeps the last reading instead, refreshed by an asyncio task of its own on the event
+loop (started by the lifespan, so after gunicorn forks; no reading yet refuses nothing): every
+second while Redis is well below the watermark, every 50 ms once it is within ``NEAR`` of it,
+so a burst of submits cannot run far past it between two readings. A reading older than
+``MAX_AGE_SECONDS`` (Redis not answering) refuses nothing: the submit's own write then fails,
+or not, on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 import time
 
 import redis
+from redis.asyncio import Redis as AsyncRedis
 
-from worker.core.redis_client import RedisMemory, read_memory
+from worker.core.redis_client import RedisMemory
 
 logger = logging.getLogger("courier.api")
 
@@ -24,6 +27,8 @@ SLOW_SECONDS = 1.0
 FAST_SECONDS = 0.05
 NEAR = 0.1  # of maxmemory, below the watermark: poll fast from here on
 MAX_AGE_SECONDS = 3.0
+# How long ``close`` waits for a poll under way (bounded by Redis's socket timeout) to end.
+CLOSE_SECONDS = 5.0
 
 
 class RedisFull(Exception):
@@ -43,49 +48,56 @@ def check_watermark(memory: RedisMemory, watermark: float) -> None:
         raise RedisFull(memory, watermark)
 
 
+async def read_memory(client: AsyncRedis) -> RedisMemory:
+    return RedisMemory.from_info(await client.info("memory"))
+
+
 class MemoryWatermark:
-    def __init__(self, client: redis.Redis, watermark: float) -> None:
+    def __init__(self, client: AsyncRedis, watermark: float) -> None:
         self._redis = client
         self.watermark = watermark
         self._reading: tuple[float, RedisMemory] | None = None
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._poller: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def check(self) -> None:
         """Raise ``RedisFull`` when the last reading, if recent, is above the watermark."""
         reading = self._reading
         if reading is None:
-            self._start()
             return
         read_at, memory = reading
         if memory.fraction >= self.watermark and time.monotonic() - read_at < MAX_AGE_SECONDS:
             check_watermark(memory, self.watermark)
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._poll, daemon=True, name="redis-memory-watermark"
-                )
-                self._thread.start()
+    def start(self) -> None:
+        """Poll from the running event loop (the lifespan's, after gunicorn forked) until
+        ``close``."""
+        if self._poller is None:
+            self._stop = asyncio.Event()  # this loop's: a lifespan may run again on another
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll(), name="redis-memory-watermark"
+            )
 
-    def _poll(self) -> None:
+    async def _poll(self) -> None:
         while not self._stop.is_set():
             interval = SLOW_SECONDS
             try:
-                memory = read_memory(self._redis)
+                memory = await read_memory(self._redis)
             except redis.RedisError as exc:  # away or refusing: the last reading ages out
                 logger.debug("redis memory unreadable", extra={"error": str(exc)})
             else:
                 self._reading = (time.monotonic(), memory)
                 if memory.maxmemory and memory.fraction >= self.watermark - NEAR:
                     interval = FAST_SECONDS
-            self._stop.wait(interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop polling: a poll under way ends first (a command cancelled half-way could leave
+        its connection to the pool's clean-up), for at most ``CLOSE_SECONDS``."""
         self._stop.set()
-        with self._lock:
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=5)
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            _, pending = await asyncio.wait({poller}, timeout=CLOSE_SECONDS)
+            for stuck in pending:
+                stuck.cancel()

@@ -227,7 +227,7 @@ class MessageBuilder:
         if template is None or template.pid != os.getpid():
             template = self._templates[name] = _HeadersTemplate.learn(self._celery, name)
         headers = _fill(template, task_id, kwargsrepr)
-        # Per thread in Celery (an idempotent submit builds in a worker thread): not templated.
+        # Celery's reply_to is per thread (thread_oid): read per message, not templated.
         properties = {"correlation_id": task_id, "reply_to": self._celery.thread_oid}
         return headers, properties, ((), kwargs, template.embed.copy())
 

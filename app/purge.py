@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery import states
 from celery.exceptions import TaskRevokedError
+from redis.asyncio import Redis as AsyncRedis
 
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
 from worker.core.queue_stats import priority_lists
@@ -67,7 +67,7 @@ class Purged:
 
 class QueuePurger:
     def __init__(
-        self, client: redis.Redis, backend: Any, result_ttl: int, priority_steps: Sequence[int]
+        self, client: AsyncRedis, backend: Any, result_ttl: int, priority_steps: Sequence[int]
     ) -> None:
         self._redis = client
         self._backend = backend  # Courier's result backend: encodes states as Celery does
@@ -75,7 +75,7 @@ class QueuePurger:
         self._steps = list(priority_steps)
         self._purge = client.register_script(_PURGE)
 
-    def purge(self, queue: str, reason: str) -> Purged:
+    async def purge(self, queue: str, reason: str) -> Purged:
         error = self._backend.prepare_exception(TaskRevokedError(reason))
         state = self._backend.encode_meta(_PLACEHOLDER, error, states.REVOKED)
         if isinstance(state, bytes):
@@ -91,7 +91,7 @@ class QueuePurger:
         removed = revoked = 0
         for key in priority_lists(queue, self._steps):
             while True:
-                taken, marked = self._purge(keys=[key], args=args)
+                taken, marked = await self._purge(keys=[key], args=args)
                 removed, revoked = removed + int(taken), revoked + int(marked)
                 if int(taken) < BATCH:
                     break

@@ -1,7 +1,7 @@
 """The producer side: enqueue a registered task, look up its status, cancel it.
 
 Enqueue writes the task's record and its message in one atomic step (see ``app.messages``):
-one script call (``app.atomic_write``), from the event loop or from a thread, so a 202 is only
+one script call (``app.atomic_write``) from the event loop, so a 202 is only
 returned for a task whose message Redis accepted, and a failed write leaves neither behind; the
 caller gets ``EnqueueFailed`` (mapped to 503), which says whether the task was stored: not when
 Redis refused the write or could not be reached, perhaps when it did not answer after the write
@@ -34,13 +34,12 @@ from app.atomic_write import (
     Replication,
     Written,
     write_all,
-    write_all_sync,
 )
 from app.failover_audit import AcceptedJournal
 from app.memory_watermark import MemoryWatermark
 from app.messages import MessageBuilder, PreparedMessage
 from app.uuid4 import uuid4_text
-from worker.core.records import TaskRecord, TaskRecords
+from worker.core.records import RecordCalls, TaskRecord
 from worker.core.redis_client import REDIS_ERRORS, Command, refusal_code
 from worker.core.status import TaskStatus, from_celery_state
 from worker.core.tracing.setup import current_trace_ids
@@ -83,9 +82,12 @@ def _failed_write(exc: Exception) -> EnqueueFailed:
 @contextlib.contextmanager
 def _enqueue_errors() -> Iterator[None]:
     """The write's failures as ``EnqueueFailed``: not stored when Redis was not reached, else
-    unknown unless Redis refused it."""
+    unknown unless Redis refused it; a guard's condition that did not hold as ``GuardFailed``
+    (only a guarded write has a condition)."""
     try:
         yield
+    except ConditionFailed as exc:
+        raise GuardFailed() from exc
     except NotReached as exc:
         raise EnqueueFailed(exc.cause, stored=False) from exc.cause
     except redis.RedisError as exc:
@@ -104,6 +106,14 @@ class Guard:
     key: str
     expected: bytes
     also: tuple[Command, ...] = ()
+
+
+def _guarded(commands: list[Command], guard: Guard | None) -> Condition | None:
+    """The write's condition, with the guard's own writes added to ``commands``."""
+    if guard is None:
+        return None
+    commands += guard.also
+    return Condition(guard.key, guard.expected)
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ class TaskQueue:
     def __init__(
         self,
         celery: Celery,
-        records: TaskRecords,
+        records: RecordCalls,
         default_queue: str,
         aredis: AsyncRedis,
         watermark: MemoryWatermark | None = None,
@@ -169,7 +179,6 @@ class TaskQueue:
         self._watermark = watermark
         self._records = records
         self._default_queue = default_queue
-        self._redis = records.client
         self._aredis = aredis
         self._messages = MessageBuilder(celery)
         self._replication = replication
@@ -194,7 +203,7 @@ class TaskQueue:
         record = self._records.create_commands(task_id, name, queue, ids[0] if ids else None)
         return message, [*record, *message.commands]
 
-    def enqueue(
+    async def enqueue(
         self,
         name: str,
         payload: dict[str, Any],
@@ -202,48 +211,23 @@ class TaskQueue:
         task_id: str | None = None,
         guard: Guard | None = None,
     ) -> str:
-        """Blocking form, for callers already off the event loop (idempotent submits).
+        """Record and message in one round trip from the event loop: no worker thread, and one
+        script call rather than a MULTI/EXEC (``app.atomic_write`` says why).
 
         With a ``guard``: ``GuardFailed`` when its key changed, and nothing is written."""
-        if self._watermark is not None:
-            self._watermark.check()
-        if not self._messages.ready:
-            self._open_channel()
-        message, commands = self._prepare(name, payload, options, task_id)
-        condition = None
-        if guard is not None:
-            commands += guard.also
-            condition = Condition(guard.key, guard.expected)
-        # As in enqueue_async: no Redis client span (app.atomic_write writes below them).
-        try:
-            with _enqueue_errors():
-                written = write_all_sync(self._redis, commands, condition, self._replication)
-        except ConditionFailed as exc:
-            assert guard is not None  # only a guarded write has a condition
-            raise GuardFailed(guard.key) from exc
-        return self._accepted(message, commands, written)
-
-    async def enqueue_async(
-        self,
-        name: str,
-        payload: dict[str, Any],
-        options: EnqueueOptions,
-        task_id: str | None = None,
-    ) -> str:
-        """Record and message in one round trip from the event loop: no worker thread, and one
-        script call rather than a MULTI/EXEC (``app.atomic_write`` says why)."""
         if self._watermark is not None:
             self._watermark.check()
         if not self._messages.ready:
             # kombu's channel pings Redis when it opens: once, and off the loop.
             await run_in_threadpool(self._open_channel)
         message, commands = self._prepare(name, payload, options, task_id)
+        condition = _guarded(commands, guard)
         # The producer span (open from before_task_publish to after_task_publish) is this
         # write, and no Redis client span says it again: app.atomic_write talks to its
         # connection directly, below the client methods the Redis instrumentation wraps
         # (tests/observability/test_tracing.py checks), so nothing needs suppressing here.
         with _enqueue_errors():
-            written = await write_all(self._aredis, commands, replication=self._replication)
+            written = await write_all(self._aredis, commands, condition, self._replication)
         return self._accepted(message, commands, written)
 
     def _open_channel(self) -> None:
@@ -276,8 +260,8 @@ class TaskQueue:
             )  # fmt: skip
         return message.task_id
 
-    def state(self, task_id: str) -> TaskState:
-        record, raw = self._records.get_with_result(task_id)
+    async def state(self, task_id: str) -> TaskState:
+        record, raw = await self._records.get_with_result(task_id).run_async(self._aredis)
         if record is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never issued, or expired)")
         # The raw stored meta: Celery would otherwise re-create exception classes by import.
@@ -316,13 +300,19 @@ class TaskQueue:
             executions=record.executions,
         )
 
-    def cancel(self, task_id: str, terminate: bool) -> TaskState:
+    async def cancel(self, task_id: str, terminate: bool) -> TaskState:
         """Revoke a queued or running task; a running one is only stopped when ``terminate``."""
-        current = self.state(task_id)
+        current = await self.state(task_id)
         if current.status.finished:
             raise TaskAlreadyFinished(current)
-        self._records.mark_revoked(task_id)
+        await self._records.mark_revoked(task_id).run_async(self._aredis)
+        stop = current.status in (TaskStatus.QUEUED, TaskStatus.RETRYING) or terminate
+        await run_in_threadpool(self._revoke, task_id, terminate, stop)
+        return await self.state(task_id)
+
+    def _revoke(self, task_id: str, terminate: bool, store_revoked: bool) -> None:
+        """Celery's broadcast and, for a task that will not run on, its REVOKED state: Celery's
+        own blocking calls, the one part of the API that runs in a thread."""
         self._celery.control.revoke(task_id, terminate=terminate, signal="SIGTERM")
-        if current.status in (TaskStatus.QUEUED, TaskStatus.RETRYING) or terminate:
+        if store_revoked:
             self._celery.backend.mark_as_revoked(task_id, reason="revoked through the API")
-        return self.state(task_id)

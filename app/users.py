@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import redis
+from redis.asyncio import Redis as AsyncRedis
 
 from worker.core.names import USER_ID_SEQ_KEY, USERNAMES_KEY, USERS_KEY
 
@@ -70,21 +70,21 @@ return raw
 
 
 class UserStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: AsyncRedis) -> None:
         self._register = client.register_script(_REGISTER)
         self._delete = client.register_script(_DELETE)
 
-    def register(self, username: str, email: str) -> User:
+    async def register(self, username: str, email: str) -> User:
         created_at = datetime.now(UTC).isoformat()
-        user_id = self._register(
+        user_id = await self._register(
             keys=[USERNAMES_KEY, USER_ID_SEQ_KEY, USERS_KEY], args=[username, email, created_at]
         )
         if user_id is None:
             raise UsernameTaken(f"username {username!r} is already registered")
         return User(int(user_id), username, email, created_at)
 
-    def delete(self, user_id: int) -> User:
-        raw = self._delete(keys=[USERS_KEY, USERNAMES_KEY], args=[user_id])
+    async def delete(self, user_id: int) -> User:
+        raw = await self._delete(keys=[USERS_KEY, USERNAMES_KEY], args=[user_id])
         if raw is None:
             raise UserNotFound(f"no user with id {user_id}")
         return User(**json.loads(raw))

@@ -16,6 +16,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.queue import EnqueueOptions
 from tests.utils.processes import RedisServer, Service, celery_worker, courier_env, wait_until
 from tests.utils.smtp import SmtpServer
 from worker.core.names import DEFAULT_QUEUE
@@ -106,6 +107,21 @@ def app_state(client: TestClient) -> Any:
     """The state of the FastAPI app a test client serves (its queue, settings, stores)."""
     app: Any = client.app  # typed as any ASGI callable; here always create_app's FastAPI
     return app.state
+
+
+def enqueue(
+    client: TestClient,
+    name: str,
+    payload: dict[str, Any],
+    options: EnqueueOptions | None = None,
+) -> str:
+    """The producer's own path (``TaskQueue.enqueue``) past the API's validation, run on the
+    event loop of the app ``client`` serves (its asyncio Redis client belongs to that loop)."""
+    portal = client.portal
+    assert portal is not None, "enter the TestClient first: its event loop serves the app"
+    queue = app_state(client).queue
+    task_id: str = portal.call(queue.enqueue, name, payload, options or EnqueueOptions())
+    return task_id
 
 
 def wait_for_status(

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import redis
 from fastapi import Depends, Request
+from redis.asyncio import Redis as AsyncRedis
 
 from app.queue import TaskQueue
 from app.users import UserStore
-from worker.core.artifacts import ArtifactStore
+from worker.core.artifacts import ArtifactCalls
 from worker.core.settings import Settings
 
 
@@ -20,7 +20,7 @@ async def app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-async def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> AsyncRedis:
     return request.app.state.redis  # type: ignore[no-any-return]
 
 
@@ -28,7 +28,7 @@ async def get_queue(request: Request) -> TaskQueue:
     return request.app.state.queue  # type: ignore[no-any-return]
 
 
-async def get_artifacts(request: Request) -> ArtifactStore:
+async def get_artifacts(request: Request) -> ArtifactCalls:
     return request.app.state.artifacts  # type: ignore[no-any-return]
 
 
@@ -37,7 +37,7 @@ async def get_users(request: Request) -> UserStore:
 
 
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+RedisDep = Annotated[AsyncRedis, Depends(get_redis)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
-ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
+ArtifactsDep = Annotated[ArtifactCalls, Depends(get_artifacts)]
 UsersDep = Annotated[UserStore, Depends(get_users)]

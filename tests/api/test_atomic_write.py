@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from app.atomic_write import (
     pack_command,
     script_arguments,
     write_all,
-    write_all_sync,
 )
 from tests.utils.processes import RedisServer, free_port, wait_until
 from worker.core.names import DEFAULT_QUEUE
@@ -63,20 +62,6 @@ def _write(
             await aclient.aclose()
 
     return asyncio.run(run())
-
-
-def _write_sync(
-    url: str,
-    commands: list[Command],
-    condition: Condition | None = None,
-    replication: Replication = NO_WAIT,
-) -> Written:
-    with redis.Redis.from_url(url) as client:
-        return write_all_sync(client, commands, condition, replication)
-
-
-Writer = Callable[..., Written]
-WRITERS = [pytest.param(_write, id="asyncio"), pytest.param(_write_sync, id="sync")]
 
 
 def test_script_arguments_are_the_commands_arguments() -> None:
@@ -139,10 +124,9 @@ def test_the_script_stores_what_the_transaction_stored(
     assert _stored(client) == by_transaction
 
 
-@pytest.mark.parametrize("write", WRITERS)
 @pytest.mark.parametrize("replicas", [0, 1])
 def test_a_flushed_script_cache_is_refilled_in_the_same_call(
-    write: Writer, replicas: int, tmp_path: Path, client: redis.Redis, own_redis: RedisServer
+    replicas: int, tmp_path: Path, client: redis.Redis, own_redis: RedisServer
 ) -> None:
     """With a WAIT pipelined behind the script too: its reply to the NOSCRIPT attempt is read
     and dropped, not taken for the answer to the EVAL that follows."""
@@ -151,47 +135,40 @@ def test_a_flushed_script_cache_is_refilled_in_the_same_call(
             stack.enter_context(replica_of(own_redis, tmp_path))
         replication = Replication(replicas, 2000)
         client.script_flush()
-        assert write(own_redis.url, COMMANDS, None, replication).applied
+        assert _write(own_redis.url, COMMANDS, None, replication).applied
         assert client.llen("q") == 1
-        write(own_redis.url, COMMANDS, None, replication)  # now by EVALSHA
+        _write(own_redis.url, COMMANDS, None, replication)  # now by EVALSHA
         assert client.llen("q") == 2
 
 
-@pytest.mark.parametrize("write", WRITERS)
-def test_a_refused_write_stores_nothing(
-    write: Writer, client: redis.Redis, own_redis: RedisServer
-) -> None:
+def test_a_refused_write_stores_nothing(client: redis.Redis, own_redis: RedisServer) -> None:
     client.replicaof("127.0.0.1", free_port())
     try:
         with pytest.raises(redis.exceptions.ReadOnlyError):
-            write(own_redis.url, COMMANDS)
+            _write(own_redis.url, COMMANDS)
     finally:
         client.replicaof("NO", "ONE")
     assert _stored(client) == ({}, -2, [])
 
 
-@pytest.mark.parametrize("write", WRITERS)
-def test_an_unreachable_redis_is_not_reached(write: Writer) -> None:
+def test_an_unreachable_redis_is_not_reached() -> None:
     with pytest.raises(NotReached):
-        write(f"redis://127.0.0.1:{free_port()}/0", COMMANDS)
+        _write(f"redis://127.0.0.1:{free_port()}/0", COMMANDS)
 
 
-@pytest.mark.parametrize("write", WRITERS)
-def test_a_condition_writes_all_or_nothing(
-    write: Writer, client: redis.Redis, own_redis: RedisServer
-) -> None:
+def test_a_condition_writes_all_or_nothing(client: redis.Redis, own_redis: RedisServer) -> None:
     client.set("claim", "mine")
     with pytest.raises(ConditionFailed):
-        write(own_redis.url, COMMANDS, Condition("claim", b"theirs"))
+        _write(own_redis.url, COMMANDS, Condition("claim", b"theirs"))
     assert _stored(client) == ({}, -2, [])
-    write(own_redis.url, COMMANDS, Condition("claim", b"mine"))
+    _write(own_redis.url, COMMANDS, Condition("claim", b"mine"))
     assert client.llen("q") == 1
     # '!': only while the key is absent (a re-write after a failover).
     with pytest.raises(ConditionFailed):
-        write(own_redis.url, COMMANDS, Condition("rec"))
+        _write(own_redis.url, COMMANDS, Condition("rec"))
     assert client.llen("q") == 1
     client.delete("rec")
-    write(own_redis.url, COMMANDS, Condition("rec"))
+    _write(own_redis.url, COMMANDS, Condition("rec"))
     assert client.llen("q") == 2
 
 
@@ -211,12 +188,11 @@ def replica_of(primary: RedisServer, tmp_path: Path) -> Iterator[RedisServer]:
         yield replica
 
 
-@pytest.mark.parametrize("write", WRITERS)
 def test_wait_answers_once_a_replica_has_the_write_and_says_when_none_did(
-    write: Writer, tmp_path: Path, client: redis.Redis, own_redis: RedisServer
+    tmp_path: Path, client: redis.Redis, own_redis: RedisServer
 ) -> None:
     with replica_of(own_redis, tmp_path) as replica:
-        written = write(own_redis.url, COMMANDS, None, Replication(1, 2000))
+        written = _write(own_redis.url, COMMANDS, None, Replication(1, 2000))
         assert written.address == ("127.0.0.1", own_redis.port)
         with redis.Redis.from_url(replica.url) as direct:
             assert direct.llen("q") == 1  # WAIT returned: the replica has it
@@ -224,7 +200,7 @@ def test_wait_answers_once_a_replica_has_the_write_and_says_when_none_did(
         os.kill(replica.process.pid, signal.SIGSTOP)
         try:
             with pytest.raises(NotReplicated, match="reached 0 of the 1 replica"):
-                write(own_redis.url, COMMANDS, None, Replication(1, 300))
+                _write(own_redis.url, COMMANDS, None, Replication(1, 300))
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
     assert client.llen("q") == 2  # stored on the primary all the same: "may have been stored"

@@ -39,7 +39,7 @@ from tests.utils.processes import (
 )
 from tests.utils.prom import scrape, total
 from tests.worker.extra_tasks import ALWAYS_TRANSIENT_TASK, INCLUDE
-from worker.core.dead_letters import DeadLetterStore
+from worker.core.dead_letters import DeadLetterCalls
 from worker.core.envelope import Unfit
 from worker.core.names import DEAD_LETTERS_INDEX_KEY, DEFAULT_QUEUE, TASK_RECORD_KEY
 
@@ -261,17 +261,19 @@ def test_a_binary_message_is_kept_as_base64_byte_for_byte(stack: Stack) -> None:
 def test_the_store_is_bounded_in_count_and_bytes(own_redis: RedisServer) -> None:
     """Straight against the store (a real Redis): a flood cannot fill Redis."""
     client = redis.Redis.from_url(own_redis.url)
-    store = DeadLetterStore(client, max_count=3, max_bytes=300)
+    store = DeadLetterCalls(max_count=3, max_bytes=300)
     letters = [
-        store.add(f"message {n}".encode(), Unfit("body", f"bad {n}"), DEFAULT_QUEUE, DEFAULT_QUEUE)
+        store.add(
+            f"message {n}".encode(), Unfit("body", f"bad {n}"), DEFAULT_QUEUE, DEFAULT_QUEUE
+        ).run(client)
         for n in range(5)
     ]
-    count, kept = store.list(10)
+    count, kept = store.list(10).run(client)
     assert count == 3
     assert [letter.id for letter in kept] == [letter.id for letter in letters[:1:-1]]
     assert client.hlen("courier:dead-letters") == client.hlen("courier:dead-letters:raw") == 3
-    big = store.add(b"x" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
-    stored = store.get(big.id)
+    big = store.add(b"x" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE).run(client)
+    stored = store.get(big.id).run(client)
     assert stored is not None and stored.truncated and stored.size == 1000
     assert stored.raw == b"x" * 300 and not stored.requeueable
     assert client.zcard(DEAD_LETTERS_INDEX_KEY) == 3
@@ -283,9 +285,13 @@ def test_a_cut_dead_letter_cannot_be_requeued(tmp_path: Path, own_redis: RedisSe
         "COURIER_REDIS_URL": own_redis.url,
         "COURIER_DEAD_LETTER_MAX_BYTES": "256",
     }
-    with TestClient(create_app(settings_from(env))) as api:
-        store = app_state(api).dead_letters
-        letter = store.add(b"y" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
+    with (
+        TestClient(create_app(settings_from(env))) as api,
+        redis.Redis.from_url(own_redis.url) as client,
+    ):
+        calls = app_state(api).dead_letters
+        add = calls.add(b"y" * 1000, Unfit("body", "big"), DEFAULT_QUEUE, DEFAULT_QUEUE)
+        letter = add.run(client)
         response = api.post(f"/v1/dead-letters/{letter.id}/requeue")
         assert response.status_code == 409
         assert "COURIER_DEAD_LETTER_MAX_BYTES" in response.json()["detail"]

@@ -122,17 +122,18 @@ TEST_CLIENT = "addr:testclient"
 # Stands in for a process killed between claim and publish: the real claim code, an enqueue
 # that never returns, then SIGKILL.
 CLAIM_AND_HANG = """
-import sys, time
-import redis
+import asyncio, sys
+import redis.asyncio
 from app.idempotency import IdempotentSubmitter
 
 url, client_id, key, fingerprint = sys.argv[1:]
 
-def hang(*_):
+async def hang(*_):
     print("claimed", flush=True)
-    time.sleep(600)
+    await asyncio.sleep(600)
 
-IdempotentSubmitter(redis.Redis.from_url(url)).submit(client_id, key, fingerprint, hang)
+submitter = IdempotentSubmitter(redis.asyncio.Redis.from_url(url))
+asyncio.run(submitter.submit(client_id, key, fingerprint, hang))
 """
 
 

@@ -16,8 +16,7 @@ from celery import Celery
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.queue import EnqueueOptions
-from tests.conftest import app_state, settings_from, wait_for_status
+from tests.conftest import enqueue, settings_from, wait_for_status
 from tests.utils.messages import envelope
 from tests.utils.processes import (
     POOLS,
@@ -144,8 +143,7 @@ def test_a_message_without_a_task_is_rejected_and_counted_under_bounded_labels(
 def test_a_payload_the_worker_cannot_validate_fails_without_retry(stack: PoisonStack) -> None:
     # Bypass the API's validation: the producer's own path (record + message), with a payload
     # no submit route would have let through.
-    queue = app_state(stack.api).queue
-    task_id = queue.enqueue("noop", {"sleep_seconds": "soon"}, EnqueueOptions())
+    task_id = enqueue(stack.api, "noop", {"sleep_seconds": "soon"})
     done = wait_for_status(stack.api, task_id)
     assert done["status"] == "failed"
     assert done["error"]["type"] == "InvalidPayload"

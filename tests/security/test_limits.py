@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections.abc import Callable
 
 import pytest
-import redis
+import redis.asyncio
 from fastapi.testclient import TestClient
 
 from app.api.security import RateLimited, RateLimiter
 from app.main import create_app
 from tests.conftest import settings_from, wait_for_status
+from tests.utils.processes import RedisServer
 
 
 def test_submissions_over_the_rate_get_429_with_retry_after(courier_vars: dict[str, str]) -> None:
@@ -71,41 +73,49 @@ def test_an_oversized_result_fails_the_task_and_the_worker_keeps_serving(
     assert wait_for_status(live_api, submit("noop", {"echo": "small"}))["result"] == "small"
 
 
-def allowed(limiter: RateLimiter, identity: str, attempts: int = 1) -> list[bool]:
-    outcomes = []
-    for _ in range(attempts):
-        try:
-            limiter.check(identity)
-            outcomes.append(True)
-        except RateLimited:
-            outcomes.append(False)
-    return outcomes
+def allowed(
+    server: RedisServer, per_second: float, burst: int, identity: str, attempts: int = 1
+) -> list[bool]:
+    """Ask a ``RateLimiter`` ``attempts`` times, as one API process (its own asyncio client)."""
+
+    async def ask() -> list[bool]:
+        outcomes = []
+        async with redis.asyncio.Redis.from_url(server.url) as client:
+            limiter = RateLimiter(client, per_second, burst)
+            for _ in range(attempts):
+                try:
+                    await limiter.check(identity)
+                    outcomes.append(True)
+                except RateLimited:
+                    outcomes.append(False)
+        return outcomes
+
+    return asyncio.run(ask())
 
 
 def test_a_clock_running_ahead_does_not_refill_the_bucket(
-    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, unique: Callable[[str], str]
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, unique: Callable[[str], str]
 ) -> None:
     # Each call from a "pod" whose clock is another hour ahead: with the caller's time in the
     # script, every call found an hour's worth of tokens.
-    limiter = RateLimiter(redis_client, per_second=0.001, burst=2)
     identity = unique("ahead")
     real_time, skew = time.time, itertools.count(0, 3600)
     monkeypatch.setattr(time, "time", lambda: real_time() + next(skew))
-    outcomes = allowed(limiter, identity, 4)
+    outcomes = allowed(redis_server, 0.001, 2, identity, 4)
     monkeypatch.undo()
     assert outcomes == [True, True, False, False]
 
 
 def test_a_pod_whose_clock_is_behind_still_sees_the_bucket_refill(
-    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch, unique: Callable[[str], str]
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, unique: Callable[[str], str]
 ) -> None:
     # One pod an hour ahead takes the only token; a pod on time asks a moment later. With the
     # callers' clocks the bucket was an hour in the future for it: no refill for an hour.
     identity = unique("behind")
-    limiter = RateLimiter(redis_client, per_second=20, burst=1)  # a token every 50 ms
+    limit = (20, 1)  # a token every 50 ms
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
-    ahead = allowed(limiter, identity)
+    ahead = allowed(redis_server, *limit, identity)
     monkeypatch.undo()
     time.sleep(0.2)  # at least four tokens' time by any clock; the bucket holds one
-    assert ahead + allowed(limiter, identity) == [True, True]
+    assert ahead + allowed(redis_server, *limit, identity) == [True, True]

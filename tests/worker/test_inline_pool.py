@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.queue import EnqueueOptions
-from tests.conftest import app_state, wait_for_status
+from tests.conftest import enqueue as enqueue_on
+from tests.conftest import wait_for_status
 from tests.utils.processes import (
     POOLS,
     RedisServer,
@@ -56,7 +56,7 @@ def stack(
 
 
 def enqueue(stack: WorkerStack, name: str, payload: dict[str, object]) -> str:
-    return str(app_state(stack.api).queue.enqueue(name, payload, EnqueueOptions()))
+    return enqueue_on(stack.api, name, payload)
 
 
 def assert_serves_on(stack: WorkerStack) -> None:

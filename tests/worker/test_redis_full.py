@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from app.queue import EnqueueOptions
-from tests.conftest import app_state, wait_for_status
+from tests.conftest import enqueue, wait_for_status
 from tests.reliability.chaos import fill_past_maxmemory
 from tests.utils.processes import wait_until
 from tests.utils.prom import total
@@ -52,11 +52,7 @@ def worker_errors(stack: WorkerStack) -> list[str]:
 def test_a_running_worker_finishes_its_tasks_when_redis_becomes_full(
     stack: WorkerStack,
 ) -> None:
-    queue = app_state(stack.api).queue
-    ids = [
-        queue.enqueue(NOOP_TASK, {"echo": n, "sleep_seconds": 0.3}, EnqueueOptions())
-        for n in range(8)
-    ]
+    ids = [enqueue(stack.api, NOOP_TASK, {"echo": n, "sleep_seconds": 0.3}) for n in range(8)]
     wait_for_status(stack.api, ids[0], {"started", "succeeded"}, timeout=30)
     fill_past_maxmemory(stack.redis, EXCESS)
     assert_full(stack.redis)
@@ -88,7 +84,7 @@ def test_a_retry_refused_by_a_full_redis_is_published_and_the_task_finishes(
 ) -> None:
     # Held by the worker until its countdown (fetched, unacknowledged) while Redis fills up.
     options = EnqueueOptions(countdown=3)
-    task_id = app_state(stack.api).queue.enqueue(ALWAYS_TRANSIENT_TASK, {}, options)
+    task_id = enqueue(stack.api, ALWAYS_TRANSIENT_TASK, {}, options)
     wait_until(lambda: stack.redis.hlen("unacked") == 1, 30, "the worker to hold the task")
     fill_past_maxmemory(stack.redis, EXCESS)
     assert_full(stack.redis)

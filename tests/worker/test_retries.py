@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.queue import EnqueueOptions
-from tests.conftest import app_state, wait_for_status
+from tests.conftest import enqueue, wait_for_status
 from tests.utils.prom import label_values, total
 from tests.worker.extra_tasks import (
     ALWAYS_TRANSIENT_RETRIES,
@@ -29,7 +28,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerStack]:
 
 def test_transient_error_is_retried_without_retry_on_then_fails(stack: WorkerStack) -> None:
     # The producer's own path (record + message), as for any task the API knows.
-    task_id = app_state(stack.api).queue.enqueue(ALWAYS_TRANSIENT_TASK, {}, EnqueueOptions())
+    task_id = enqueue(stack.api, ALWAYS_TRANSIENT_TASK, {})
     done = wait_for_status(stack.api, task_id, timeout=30)
     assert done["status"] == "failed"
     assert done["error"] == {
@@ -55,7 +54,7 @@ def test_a_failure_with_a_new_exception_counts_on_a_series_that_existed_at_zero(
     existing = [v for (n, ls), v in before.items() if n == FAILURES and ls >= labels.items()]
     assert existing == [0]
     assert "ValueError" not in label_values(before, "celery_task_failed_total", "exception")
-    task_id = app_state(stack.api).queue.enqueue(RAISES_VALUE_ERROR_TASK, {}, EnqueueOptions())
+    task_id = enqueue(stack.api, RAISES_VALUE_ERROR_TASK, {})
     done = wait_for_status(stack.api, task_id, timeout=30)
     assert done["error"] == {"type": "ValueError", "message": "a bug in the handler"}
     after = stack.metrics()

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import cast
 
 import redis
 
 from worker.core.names import ARTIFACT_KEY
+from worker.core.redis_calls import Call
 
 
 @dataclass(frozen=True)
@@ -31,29 +31,46 @@ def _key(artifact_id: str) -> str:
     return ARTIFACT_KEY.format(artifact_id=artifact_id)
 
 
+class ArtifactCalls:
+    """What each operation sends and how its reply reads (``redis_calls``): the worker's
+    ``ArtifactStore`` runs them on its blocking client, the API on its asyncio one."""
+
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
+
+    def put(self, data: bytes, content_type: str, filename: str = "") -> Call[str]:
+        """Store an artifact under a new id, which the call returns."""
+        artifact_id = uuid.uuid4().hex
+        fields = {"data": data, "content_type": content_type, "filename": filename}
+        key = _key(artifact_id)
+        commands = [("hset", (key, None, None, fields)), ("expire", (key, self.ttl))]
+        return Call(lambda _: artifact_id, commands=commands)
+
+    @staticmethod
+    def get(artifact_id: str) -> Call[Artifact]:
+        def parse(raw: dict[bytes, bytes]) -> Artifact:
+            if not raw:
+                raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or has expired")
+            return Artifact(
+                artifact_id=artifact_id,
+                data=raw[b"data"],
+                content_type=raw.get(b"content_type", b"application/octet-stream").decode(),
+                filename=raw.get(b"filename", b"").decode(),
+            )
+
+        # Not in a transaction: an artifact stays readable while a full Redis drains.
+        return Call(parse, command=("hgetall", (_key(artifact_id),)))
+
+
 class ArtifactStore:
+    """Artifacts on a blocking client (the worker's tasks read and write them)."""
+
     def __init__(self, client: redis.Redis, ttl: int) -> None:
         self._redis = client
-        self._ttl = ttl
+        self.calls = ArtifactCalls(ttl)
 
     def put(self, data: bytes, content_type: str, filename: str = "") -> str:
-        artifact_id = uuid.uuid4().hex
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(
-            _key(artifact_id),
-            mapping={"data": data, "content_type": content_type, "filename": filename},
-        )
-        pipe.expire(_key(artifact_id), self._ttl)
-        pipe.execute()
-        return artifact_id
+        return self.calls.put(data, content_type, filename).run(self._redis)
 
     def get(self, artifact_id: str) -> Artifact:
-        raw = cast(dict[bytes, bytes], self._redis.hgetall(_key(artifact_id)))
-        if not raw:
-            raise ArtifactNotFound(f"artifact {artifact_id!r} does not exist or has expired")
-        return Artifact(
-            artifact_id=artifact_id,
-            data=raw[b"data"],
-            content_type=raw.get(b"content_type", b"application/octet-stream").decode(),
-            filename=raw.get(b"filename", b"").decode(),
-        )
+        return self.calls.get(artifact_id).run(self._redis)

@@ -39,7 +39,8 @@ from worker.core.names import (
     DEAD_LETTERS_RAW_KEY,
     KOMBU_UNACKED_KEY,
 )
-from worker.core.redis_client import ALLOW_OOM
+from worker.core.redis_calls import Call, Lua
+from worker.core.redis_client import ALLOW_OOM, NO_WRITES
 from worker.core.result_backend import LUA_STATE_HELPERS
 
 logger = logging.getLogger("courier.dead_letters")
@@ -54,7 +55,7 @@ STORE_KEYS = [DEAD_LETTERS_KEY, DEAD_LETTERS_RAW_KEY, DEAD_LETTERS_INDEX_KEY]
 # KEYS: the three store keys, unacked, unacked_index, the task's result ('' key unused).
 # ARGV: id, description (JSON), raw, now, max entries, delivery tag ('' none), failure state
 # ('' none), its TTL. Returns the number of old entries dropped to stay within the bound.
-_ADD = (
+_ADD = Lua(
     ALLOW_OOM
     + LUA_STATE_HELPERS
     + """
@@ -82,7 +83,7 @@ return excess
 # KEYS: the three store keys, the list to push onto, the task's result. ARGV: id. Pushes the raw
 # message where a producer would (LPUSH: the back of the line) and clears the DeadLettered
 # failure stored for it, so the task can run. Returns 1, or 0 when the entry is gone.
-_REQUEUE = (
+_REQUEUE = Lua(
     ALLOW_OOM
     + """
 local raw = redis.call('HGET', KEYS[2], ARGV[1])
@@ -104,12 +105,25 @@ return 1
 )
 
 # KEYS: the three store keys. ARGV: id. Returns 1 when it was there.
-_DELETE = (
+_DELETE = Lua(
     ALLOW_OOM
     + """
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: the three store keys. ARGV: the first and last rank, newest first. Returns {the total,
+# the descriptions, the raw messages} of the entries in that range, read in one atomic step (a
+# full Redis still runs it: it only reads).
+_LIST = Lua(
+    NO_WRITES
+    + """
+local ids = redis.call('ZREVRANGE', KEYS[3], ARGV[1], ARGV[2])
+local total = redis.call('ZCARD', KEYS[3])
+if #ids == 0 then return {total, {}, {}} end
+return {total, redis.call('HMGET', KEYS[1], unpack(ids)), redis.call('HMGET', KEYS[2], unpack(ids))}
 """
 )
 
@@ -157,14 +171,13 @@ def _text(value: Any, limit: int = 200) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
-class DeadLetterStore:
-    def __init__(self, client: redis.Redis, max_count: int, max_bytes: int) -> None:
-        self._redis = client
+class DeadLetterCalls:
+    """The store: what each operation sends and how its reply reads (``redis_calls``), run on
+    the worker's blocking client (setting a message aside) or the API's asyncio one."""
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
         self.max_count = max_count
         self.max_bytes = max_bytes
-        self._add = client.register_script(_ADD)
-        self._requeue = client.register_script(_REQUEUE)
-        self._delete = client.register_script(_DELETE)
 
     def add(
         self,
@@ -176,8 +189,7 @@ class DeadLetterStore:
         delivery_tag: str | None = None,
         failure: Callable[[str, str], bytes | str] | None = None,
         result_ttl: int = 0,
-        client: redis.Redis | None = None,
-    ) -> DeadLetter:
+    ) -> Call[DeadLetter]:
         """Set ``raw`` aside; in the same step drop its ``unacked`` record (``delivery_tag``)
         and, with ``failure(task_id, detail)``, store the task's failure."""
         headers = unfit.headers
@@ -197,54 +209,49 @@ class DeadLetterStore:
         description = {k: v for k, v in letter.__dict__.items() if k != "raw"}
         state = failure(task_id, letter.detail) if failure is not None and task_id else ""
         result_key = CELERY_RESULT_KEY.format(task_id=task_id or "")
-        self._add(
-            keys=[*STORE_KEYS, KOMBU_UNACKED_KEY, UNACKED_INDEX_KEY, result_key],
-            args=[
-                *(letter.id, json.dumps(description), raw[: self.max_bytes]),
-                *(letter.dead_lettered_at, self.max_count, delivery_tag or "", state, result_ttl),
-            ],
-            client=client or self._redis,
-        )
-        return letter
-
-    def count(self) -> int:
-        return int(self._redis.zcard(DEAD_LETTERS_INDEX_KEY))
-
-    def list(self, limit: int, offset: int = 0) -> tuple[int, list[DeadLetter]]:
-        """The total, and up to ``limit`` entries newest first from ``offset``."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.zcard(DEAD_LETTERS_INDEX_KEY)
-        pipe.zrevrange(DEAD_LETTERS_INDEX_KEY, offset, offset + limit - 1)
-        total, ids = pipe.execute()
-        if not ids:
-            return int(total), []
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hmget(DEAD_LETTERS_KEY, ids)
-        pipe.hmget(DEAD_LETTERS_RAW_KEY, ids)
-        descriptions, raws = pipe.execute()
-        letters = [
-            self._parse(d, r) for d, r in zip(descriptions, raws, strict=True) if d is not None
+        keys = [*STORE_KEYS, KOMBU_UNACKED_KEY, UNACKED_INDEX_KEY, result_key]
+        args = [
+            *(letter.id, json.dumps(description), raw[: self.max_bytes]),
+            *(letter.dead_lettered_at, self.max_count, delivery_tag or "", state, result_ttl),
         ]
-        return int(total), letters
-
-    def get(self, letter_id: str) -> DeadLetter | None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hget(DEAD_LETTERS_KEY, letter_id)
-        pipe.hget(DEAD_LETTERS_RAW_KEY, letter_id)
-        description, raw = pipe.execute()
-        return None if description is None else self._parse(description, raw)
-
-    def requeue(self, letter: DeadLetter) -> bool:
-        """Push it back onto the list it came from; False when it is gone meanwhile."""
-        result_key = CELERY_RESULT_KEY.format(task_id=letter.task_id or "")
-        return bool(self._requeue(keys=[*STORE_KEYS, letter.list, result_key], args=[letter.id]))
-
-    def delete(self, letter_id: str) -> bool:
-        return bool(self._delete(keys=STORE_KEYS, args=[letter_id]))
+        return Call(lambda _: letter, _ADD, keys, args)
 
     @staticmethod
-    def _parse(description: bytes, raw: bytes | None) -> DeadLetter:
-        return DeadLetter(**json.loads(description), raw=raw or b"")
+    def list(limit: int, offset: int = 0) -> Call[tuple[int, list[DeadLetter]]]:
+        """The total, and up to ``limit`` entries newest first from ``offset``."""
+
+        def parse(reply: Any) -> tuple[int, list[DeadLetter]]:
+            total, descriptions, raws = reply
+            pairs = zip(descriptions, raws, strict=True)
+            return int(total), [_parse(d, r) for d, r in pairs if d is not None]
+
+        return Call(parse, _LIST, STORE_KEYS, [offset, offset + limit - 1])
+
+    @staticmethod
+    def get(letter_id: str) -> Call[DeadLetter | None]:
+        def parse(reply: Any) -> DeadLetter | None:
+            description, raw = reply
+            return None if description is None else _parse(description, raw)
+
+        commands = [
+            ("hget", (DEAD_LETTERS_KEY, letter_id)),
+            ("hget", (DEAD_LETTERS_RAW_KEY, letter_id)),
+        ]
+        return Call(parse, commands=commands)
+
+    @staticmethod
+    def requeue(letter: DeadLetter) -> Call[bool]:
+        """Push it back onto the list it came from; False when it is gone meanwhile."""
+        result_key = CELERY_RESULT_KEY.format(task_id=letter.task_id or "")
+        return Call(bool, _REQUEUE, [*STORE_KEYS, letter.list, result_key], [letter.id])
+
+    @staticmethod
+    def delete(letter_id: str) -> Call[bool]:
+        return Call(bool, _DELETE, STORE_KEYS, [letter_id])
+
+
+def _parse(description: bytes, raw: bytes | None) -> DeadLetter:
+    return DeadLetter(**json.loads(description), raw=raw or b"")
 
 
 class DeadLetterScreen:
@@ -269,7 +276,7 @@ class DeadLetterScreen:
         self._task_names: frozenset[str] | None = None
         self.failure = failure
         self.result_ttl = result_ttl
-        self._store: DeadLetterStore | None = None  # made with the first client it is given
+        self._store = DeadLetterCalls(max_count, max_bytes)
 
     @property
     def tasks(self) -> frozenset[str]:
@@ -306,12 +313,10 @@ class DeadLetterScreen:
         delivery_tag: str | None,
         unfit: envelope.Unfit,
     ) -> None:
-        if self._store is None:
-            self._store = DeadLetterStore(client, self.max_count, self.max_bytes)
         letter = self._store.add(
             raw, unfit, queue, list_key, delivery_tag=delivery_tag, failure=self.failure,
-            result_ttl=self.result_ttl, client=client,
-        )  # fmt: skip
+            result_ttl=self.result_ttl,
+        ).run(client)  # fmt: skip
         logger.error(
             "message dead-lettered: %s",
             unfit.detail,

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from worker.core.names import CELERY_RESULT_KEY, TASK_RECORD_KEY
+from worker.core.redis_calls import Call, Lua
 from worker.core.redis_client import ALLOW_OOM, NO_WRITES, Command
 from worker.core.result_backend import LUA_STATE_HELPERS
 
@@ -76,7 +78,7 @@ end
 # TTL, the task's name and queue ('' for none). Returns {revoked flag, 1 when the task already
 # finished}. allow-oom: a full Redis must still let an accepted task start, or the queue could
 # never drain (``redis_client.ALLOW_OOM``).
-_MARK_STARTED = (
+_MARK_STARTED = Lua(
     ALLOW_OOM
     + LUA_STATE_HELPERS
     + STAMP_START_LUA
@@ -90,7 +92,7 @@ return {revoked, finished and 1 or 0}
 # KEYS: the record, Celery's result. Returns {the record's fields and values, the stored state}.
 # A script, not MULTI/EXEC: both are atomic, but a full Redis refuses every command queued into
 # a transaction, reads included, and the status of a task must stay readable while it drains.
-_GET_WITH_RESULT = (
+_GET_WITH_RESULT = Lua(
     NO_WRITES
     + """
 return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
@@ -100,17 +102,19 @@ return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2])}
 
 # KEYS: the record. Flags it revoked only if it still exists: an HSET on an expired record
 # would recreate it without a TTL (a key kept forever). Returns 1 when flagged.
-_MARK_REVOKED = """
+_MARK_REVOKED = Lua(
+    """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'revoked', '1')
 return 1
 """
+)
 
 
 # KEYS: the record, Celery's result. ARGV: the FAILURE state to store, its TTL. Stores it only
 # while the task is still queued (record there, not revoked, no state stored by any worker):
 # a message that turns up after all is never failed under its worker. Returns 1 when stored.
-_MARK_LOST = (
+_MARK_LOST = Lua(
     LUA_STATE_HELPERS
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'revoked') == '1' then
@@ -133,18 +137,12 @@ def _key(task_id: str) -> str:
     return TASK_RECORD_KEY.format(task_id=task_id)
 
 
-class TaskRecords:
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
-        self._redis = client
-        self._ttl = ttl
-        self._mark_started = client.register_script(_MARK_STARTED)
-        self._mark_revoked = client.register_script(_MARK_REVOKED)
-        self._mark_lost = client.register_script(_MARK_LOST)
-        self._get_with_result = client.register_script(_GET_WITH_RESULT)
+class RecordCalls:
+    """What each operation on a record sends and how its reply reads (``redis_calls``): the
+    worker's ``TaskRecords`` runs these on its blocking client, the API on its asyncio one."""
 
-    @property
-    def client(self) -> redis.Redis:
-        return self._redis
+    def __init__(self, ttl: int) -> None:
+        self.ttl = ttl
 
     def create_commands(
         self, task_id: str, name: str, queue: str, trace_id: str | None = None
@@ -154,15 +152,63 @@ class TaskRecords:
         if trace_id:
             fields["trace_id"] = trace_id
         key = _key(task_id)
-        return [("hset", (key, None, None, fields)), ("expire", (key, self._ttl))]
+        return [("hset", (key, None, None, fields)), ("expire", (key, self.ttl))]
 
-    def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
+    @staticmethod
+    def get_with_result(task_id: str) -> Call[tuple[TaskRecord | None, bytes | None]]:
         """The record and Celery's stored state, read in one atomic step: a worker writes both
         in one script, so two separate reads could see STARTED without its start time."""
+
+        def parse(reply: Any) -> tuple[TaskRecord | None, bytes | None]:
+            flat, result = reply
+            raw = dict(zip(flat[::2], flat[1::2], strict=True))
+            return TaskRecords.parse(task_id, raw), result
+
         keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
-        flat, result = self._get_with_result(keys=keys)
-        raw = dict(zip(flat[::2], flat[1::2], strict=True))
-        return self.parse(task_id, raw), result
+        return Call(parse, _GET_WITH_RESULT, keys)
+
+    def mark_started(
+        self, task_id: str, started_state: bytes | str = b"", name: str = "", queue: str = ""
+    ) -> Call[StartCheck]:
+        """See ``TaskRecords.mark_started``."""
+
+        def parse(reply: Any) -> StartCheck:
+            revoked, finished = reply
+            return StartCheck(revoked=revoked == b"1", finished=bool(finished))
+
+        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
+        args = [time.time(), started_state, self.ttl, name, queue]
+        return Call(parse, _MARK_STARTED, keys, args)
+
+    def mark_lost(self, task_id: str, failure_state: bytes | str) -> Call[bool]:
+        """See ``TaskRecords.mark_lost``."""
+        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
+        return Call(bool, _MARK_LOST, keys, [failure_state, self.ttl])
+
+    @staticmethod
+    def mark_revoked(task_id: str) -> Call[bool]:
+        """Flag the record revoked, keeping its TTL; False when it no longer exists."""
+        return Call(bool, _MARK_REVOKED, [_key(task_id)])
+
+
+class TaskRecords:
+    """The records on a blocking client (the worker's)."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._redis = client
+        self.calls = RecordCalls(ttl)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._redis
+
+    def create_commands(
+        self, task_id: str, name: str, queue: str, trace_id: str | None = None
+    ) -> list[Command]:
+        return self.calls.create_commands(task_id, name, queue, trace_id)
+
+    def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
+        return self.calls.get_with_result(task_id).run(self._redis)
 
     @staticmethod
     def parse(task_id: str, raw: dict[bytes, bytes]) -> TaskRecord | None:
@@ -190,17 +236,12 @@ class TaskRecords:
         A script keeps it to one round trip, never leaves a record without a TTL and never
         puts STARTED over a finished state; with ``name``, a missing record is created.
         """
-        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
-        args = [time.time(), started_state, self._ttl, name, queue]
-        revoked, finished = self._mark_started(keys=keys, args=args)
-        return StartCheck(revoked=revoked == b"1", finished=bool(finished))
+        return self.calls.mark_started(task_id, started_state, name, queue).run(self._redis)
 
     def mark_lost(self, task_id: str, failure_state: bytes | str) -> bool:
         """Store ``failure_state`` (Celery's FAILURE, encoded) for a task still queued; False
         when a worker stored a state meanwhile, or the task was revoked or expired."""
-        keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
-        return bool(self._mark_lost(keys=keys, args=[failure_state, self._ttl]))
+        return self.calls.mark_lost(task_id, failure_state).run(self._redis)
 
     def mark_revoked(self, task_id: str) -> bool:
-        """Flag the record revoked, keeping its TTL; False when it no longer exists."""
-        return bool(self._mark_revoked(keys=[_key(task_id)]))
+        return self.calls.mark_revoked(task_id).run(self._redis)

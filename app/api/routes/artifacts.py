@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, File, Path, Request, Response, UploadFile
 
-from app.api.deps import ArtifactsDep, SettingsDep
+from app.api.deps import ArtifactsDep, RedisDep, SettingsDep
 from app.api.errors import PROTECTED_ERRORS, PayloadTooLarge, error_responses
 from app.api.schemas import ArtifactOut
 from app.api.security import client_identity
@@ -31,19 +31,20 @@ ArtifactId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]
     summary="Upload a file (multipart field 'file'); it is kept for COURIER_ARTIFACT_TTL seconds",
     responses=error_responses(413),
 )
-def upload_artifact(
+async def upload_artifact(
     file: Annotated[UploadFile, File(description="The file to store.")],
     request: Request,
     response: Response,
     artifacts: ArtifactsDep,
+    client: RedisDep,
     settings: SettingsDep,
 ) -> ArtifactOut:
-    data = file.file.read(settings.max_upload_bytes + 1)
+    data = await file.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"file exceeds the limit of {settings.max_upload_bytes} bytes")
     content_type = file.content_type or "application/octet-stream"
     filename = file.filename or ""
-    artifact_id = artifacts.put(data, content_type, filename)
+    artifact_id = await artifacts.put(data, content_type, filename).run_async(client)
     url = str(request.url_for("download_artifact", artifact_id=artifact_id))
     response.headers["Location"] = url
     return ArtifactOut(
@@ -58,8 +59,10 @@ def upload_artifact(
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(404)},
 )
-def download_artifact(artifact_id: ArtifactId, artifacts: ArtifactsDep) -> Response:
-    artifact = artifacts.get(artifact_id)
+async def download_artifact(
+    artifact_id: ArtifactId, artifacts: ArtifactsDep, client: RedisDep
+) -> Response:
+    artifact = await artifacts.get(artifact_id).run_async(client)
     headers = {}
     if artifact.filename:
         headers["Content-Disposition"] = content_disposition(artifact.filename)

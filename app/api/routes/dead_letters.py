@@ -11,10 +11,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
+from app.api.deps import RedisDep
 from app.api.errors import PROTECTED_ERRORS, DeadLetterNotFound, NotRequeueable, error_responses
 from app.api.schemas import DeadLetterList, DeadLetterOut, DeadLetterRequeued
 from app.api.security import client_identity
-from worker.core.dead_letters import DeadLetter, DeadLetterStore
+from worker.core.dead_letters import DeadLetter, DeadLetterCalls
 
 router = APIRouter(
     prefix="/v1/dead-letters",
@@ -26,35 +27,39 @@ router = APIRouter(
 DeadLetterId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="A dead letter's id.")]
 
 
-async def get_store(request: Request) -> DeadLetterStore:
+async def get_store(request: Request) -> DeadLetterCalls:
     return request.app.state.dead_letters  # type: ignore[no-any-return]
 
 
-StoreDep = Annotated[DeadLetterStore, Depends(get_store)]
+StoreDep = Annotated[DeadLetterCalls, Depends(get_store)]
 
 
-def _found(store: DeadLetterStore, letter_id: str) -> DeadLetter:
-    letter = store.get(letter_id)
+async def _found(store: DeadLetterCalls, client: RedisDep, letter_id: str) -> DeadLetter:
+    letter = await store.get(letter_id).run_async(client)
     if letter is None:
         raise DeadLetterNotFound(f"dead letter {letter_id!r} not found (requeued or deleted?)")
     return letter
 
 
 @router.get("", summary="List dead letters, newest first")
-def list_dead_letters(
+async def list_dead_letters(
     store: StoreDep,
+    client: RedisDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Skip the newest ones.")] = 0,
 ) -> DeadLetterList:
-    total, letters = store.list(limit, offset)
+    total, letters = await store.list(limit, offset).run_async(client)
     return DeadLetterList(
         total=total, dead_letters=[DeadLetterOut(**letter.describe()) for letter in letters]
     )
 
 
 @router.get("/{letter_id}", summary="One dead letter", responses=error_responses(404))
-def get_dead_letter(letter_id: DeadLetterId, store: StoreDep) -> DeadLetterOut:
-    return DeadLetterOut(**_found(store, letter_id).describe())
+async def get_dead_letter(
+    letter_id: DeadLetterId, store: StoreDep, client: RedisDep
+) -> DeadLetterOut:
+    letter = await _found(store, client, letter_id)
+    return DeadLetterOut(**letter.describe())
 
 
 @router.post(
@@ -62,16 +67,16 @@ def get_dead_letter(letter_id: DeadLetterId, store: StoreDep) -> DeadLetterOut:
     summary="Push a dead letter back onto the queue list it came from",
     responses=error_responses(404, 409),
 )
-def requeue_dead_letter(
-    letter_id: DeadLetterId, store: StoreDep, request: Request
+async def requeue_dead_letter(
+    letter_id: DeadLetterId, store: StoreDep, client: RedisDep, request: Request
 ) -> DeadLetterRequeued:
-    letter = _found(store, letter_id)
+    letter = await _found(store, client, letter_id)
     if not letter.requeueable:
         raise NotRequeueable(
             f"dead letter {letter_id!r} was kept cut to {store.max_bytes} of its {letter.size} "
             "bytes (COURIER_DEAD_LETTER_MAX_BYTES): it cannot be requeued"
         )
-    if not store.requeue(letter):
+    if not await store.requeue(letter).run_async(client):
         raise DeadLetterNotFound(f"dead letter {letter_id!r} not found (requeued or deleted?)")
     base = str(request.base_url).rstrip("/")
     return DeadLetterRequeued(
@@ -89,7 +94,9 @@ def requeue_dead_letter(
     response_class=Response,
     responses=error_responses(404),
 )
-def delete_dead_letter(letter_id: DeadLetterId, store: StoreDep) -> Response:
-    if not store.delete(letter_id):
+async def delete_dead_letter(
+    letter_id: DeadLetterId, store: StoreDep, client: RedisDep
+) -> Response:
+    if not await store.delete(letter_id).run_async(client):
         raise DeadLetterNotFound(f"dead letter {letter_id!r} not found (requeued or deleted?)")
     return Response(status_code=204)

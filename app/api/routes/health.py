@@ -7,8 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.api.deps import RedisDep, SettingsDep
-from app.memory_watermark import RedisFull, check_watermark
-from worker.core.redis_client import read_memory
+from app.memory_watermark import RedisFull, check_watermark, read_memory
 
 router = APIRouter(tags=["health"])
 
@@ -27,10 +26,10 @@ def _unavailable(detail: str) -> JSONResponse:
     summary="Readiness: Redis is reachable and below its memory high watermark",
     responses={503: {"description": "Redis unreachable, or full: the detail says which"}},
 )
-def readyz(client: RedisDep, settings: SettingsDep) -> JSONResponse:
+async def readyz(client: RedisDep, settings: SettingsDep) -> JSONResponse:
     try:
         # A fresh reading, unlike submits' cached one: a probe comes every few seconds.
-        memory = read_memory(client)
+        memory = await read_memory(client)
         check_watermark(memory, settings.redis_memory_high_watermark)
     except RedisFull as exc:
         return _unavailable(str(exc))

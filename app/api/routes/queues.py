@@ -32,13 +32,13 @@ async def get_purger(request: Request) -> QueuePurger:
     summary="Purge the messages waiting in a queue; each removed task reads revoked",
     responses=error_responses(404),
 )
-def purge_queue(
+async def purge_queue(
     name: QueueName,
     settings: SettingsDep,
     purger: Annotated[QueuePurger, Depends(get_purger)],
 ) -> QueuePurged:
     if name not in settings.queues:
         raise UnknownQueue(f"unknown queue {name!r}; configured queues: {settings.queues}")
-    purged = purger.purge(name, reason=f"purged through DELETE /v1/queues/{name}/messages")
+    purged = await purger.purge(name, reason=f"purged through DELETE /v1/queues/{name}/messages")
     metrics.TASKS_PURGED.labels(name).inc(purged.removed)
     return QueuePurged(queue=name, removed=purged.removed, revoked=purged.revoked)

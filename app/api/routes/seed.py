@@ -34,7 +34,7 @@ Username = Annotated[str, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0
     "in background",
     responses=error_responses(409),
 )
-def register_user(
+async def register_user(
     username: Username,
     email: Annotated[EmailStr, Query()],
     background: BackgroundTasks,
@@ -42,7 +42,7 @@ def register_user(
     client: RedisDep,
     settings: SettingsDep,
 ) -> UserRegistered:
-    user = users.register(username, str(email))
+    user = await users.register(username, str(email))
     background.add_task(send_welcome_email, settings, user.username, user.email)
     background.add_task(write_audit_log, client, "user.registered", user_id=user.user_id)
     return UserRegistered(
@@ -58,13 +58,13 @@ def register_user(
     summary="Delete a user; audit entry in background",
     responses=error_responses(404),
 )
-def delete_user(
+async def delete_user(
     user_id: Annotated[int, Path(ge=1)],
     background: BackgroundTasks,
     users: UsersDep,
     client: RedisDep,
 ) -> UserDeleted:
-    user = users.delete(user_id)
+    user = await users.delete(user_id)
     background.add_task(write_audit_log, client, "user.deleted", user_id=user.user_id)
     return UserDeleted(message=f"User {user.user_id} deleted", user_id=user.user_id)
 
@@ -74,7 +74,7 @@ def delete_user(
     summary="Queue an email (seed form of POST /v1/tasks/send_email)",
     responses=error_responses(429),
 )
-def send_email(
+async def send_email(
     to: Annotated[EmailStr, Query()],
     subject: Annotated[str, Query(min_length=1, max_length=998)],
     body: Annotated[str, Query(max_length=100_000)],
@@ -82,7 +82,7 @@ def send_email(
     _: SubmitterDep,
 ) -> dict[str, str]:
     payload = SendEmailPayload(to=to, subject=subject, body=body).model_dump(mode="json")
-    task_id = queue.enqueue(SEND_EMAIL_TASK, payload, EnqueueOptions())
+    task_id = await queue.enqueue(SEND_EMAIL_TASK, payload, EnqueueOptions())
     return {"task_id": task_id, "status": TaskStatus.QUEUED.value}
 
 
@@ -91,8 +91,10 @@ def send_email(
     summary="Seed status: Celery state names, result when ready",
     responses=error_responses(404),
 )
-def task_status(task_id: Annotated[str, Path(max_length=64)], queue: QueueDep) -> dict[str, Any]:
-    state = queue.state(task_id)
+async def task_status(
+    task_id: Annotated[str, Path(max_length=64)], queue: QueueDep
+) -> dict[str, Any]:
+    state = await queue.state(task_id)
     result: Any = state.result
     if state.error is not None:
         result = f"{state.error.type}: {state.error.message}"

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from app.api.deps import QueueDep
@@ -176,11 +175,10 @@ async def accept(
     data = (payload or spec.payload()).model_dump(mode="json")
     check_depth(data, settings.max_payload_depth)
     if idempotency_key is None:
-        task_id = await queue.enqueue_async(spec.name, data, options)
+        task_id = await queue.enqueue(spec.name, data, options)
     else:
         fingerprint = request_fingerprint(spec.name, data, asdict(options))
-        submission = await run_in_threadpool(
-            state.idempotency.submit,
+        submission = await state.idempotency.submit(
             client,
             idempotency_key,
             fingerprint,
@@ -282,8 +280,8 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
         summary="Status, result or error of a task",
         responses=error_responses(404),
     )
-    def get_task(task_id: TaskId, queue: QueueDep) -> TaskStatusOut:
-        return TaskStatusOut.from_state(queue.state(task_id))
+    async def get_task(task_id: TaskId, queue: QueueDep) -> TaskStatusOut:
+        return TaskStatusOut.from_state(await queue.state(task_id))
 
     @router.delete(
         "/{task_id}",
@@ -291,11 +289,11 @@ def build_router(specs: Mapping[str, TaskSpec]) -> APIRouter:
         summary="Cancel a queued task, or a running one with terminate=true",
         responses=error_responses(404, 409),
     )
-    def cancel_task(
+    async def cancel_task(
         task_id: TaskId,
         queue: QueueDep,
         terminate: Annotated[bool, Query(description="Also kill a running execution.")] = False,
     ) -> TaskStatusOut:
-        return TaskStatusOut.from_state(queue.cancel(task_id, terminate))
+        return TaskStatusOut.from_state(await queue.cancel(task_id, terminate))
 
     return router
