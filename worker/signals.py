@@ -46,7 +46,7 @@ from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
 from worker.core.dead_letters import DeadLetter, message_dead_lettered
 from worker.core.envelope import REASONS
-from worker.core.logging import configure_logging
+from worker.core.logging import configure_logging, skip_unlogged_record_fields
 from worker.core.metrics import UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.publish_signals import connect_publisher_signals
@@ -75,6 +75,7 @@ class _MainProcess:
 def _setup_logging(**_: Any) -> None:
     # Connecting to setup_logging stops Celery from installing its own plain-text handlers.
     configure_logging(get_settings().log_level)
+    skip_unlogged_record_fields()
 
 
 # --- main process --------------------------------------------------------------------------
