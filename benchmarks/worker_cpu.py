@@ -52,11 +52,18 @@ _TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ms(pid: int) -> float:
-    """utime + stime of ``pid`` and of its live children (prefork's pool), in milliseconds."""
+    """utime + stime of ``pid``, of its live children (prefork's pool) and of those it reaped
+    (cutime + cstime), in milliseconds."""
     total = 0
     for proc in (pid, *child_pids(pid)):
-        fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            stat = Path(f"/proc/{proc}/stat").read_text()
+        except FileNotFoundError:  # a child gone since it was listed: reaped, its parent's
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (stat fields 14, 15)
+        if proc == pid:
+            total += int(fields[13]) + int(fields[14])  # cutime, cstime
     return total * _TICK_MS
 
 
