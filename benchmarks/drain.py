@@ -33,6 +33,7 @@ from benchmarks.plan import Plan
 from benchmarks.procs import Stack, log, stack
 from benchmarks.services import (
     Redis,
+    Worker,
     start_bare_worker,
     start_courier_api,
     start_courier_worker,
@@ -113,36 +114,52 @@ def fill_courier(s: Stack, r: Redis, variant: Courier, tasks: int) -> None:
     enqueue_raw(capture_template(app, r.client(), DEFAULT_QUEUE), r.client(), DEFAULT_QUEUE, tasks)
 
 
+def start_courier_workers(s: Stack, r: Redis, variant: Courier) -> list[Worker]:
+    """The worker(s) of ``variant``, not waited for: they take messages as soon as they can."""
+    env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
+    if not variant.processes:
+        return [
+            start_courier_worker(
+                s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel
+            )
+        ]
+    # inline is chosen by its setting: Celery's --pool takes only Celery's own names.
+    args = ["--concurrency=1"]
+    if variant.pool == "inline":
+        env["COURIER_WORKER_POOL"] = "inline"
+    else:
+        args.insert(0, f"--pool={variant.pool}")
+    return [
+        start_courier_worker(
+            s, r, args, env, name=f"{variant.pool}{i}",
+            metrics=False, wait=False, app=variant.app, loglevel=variant.loglevel,
+        )
+        for i in range(variant.processes)
+    ]  # fmt: skip
+
+
 def drain_courier(variant: Courier, plan: Plan) -> float:
     with stack("drain-courier") as s:
         r = start_redis(s)
         fill_courier(s, r, variant, plan.tasks)
-        env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
-        if variant.processes:
-            # inline is chosen by its setting: Celery's --pool takes only Celery's own names.
-            args = ["--concurrency=1"]
-            if variant.pool == "inline":
-                env["COURIER_WORKER_POOL"] = "inline"
-            else:
-                args.insert(0, f"--pool={variant.pool}")
-            for i in range(variant.processes):
-                start_courier_worker(
-                    s, r, args, env, name=f"{variant.pool}{i}",
-                    metrics=False, wait=False, app=variant.app, loglevel=variant.loglevel,
-                )  # fmt: skip
-        else:
-            start_courier_worker(
-                s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel
-            )
+        start_courier_workers(s, r, variant)
         return steady_rate(r.client(), DEFAULT_QUEUE, plan.tasks, plan.drain_timeout)
+
+
+def fill_celery(r: Redis, variant: Celery, tasks: int) -> None:
+    app = make_app(r.url, track_started=variant.track_started)
+    enqueue_raw(capture_template(app, r.client(), "celery"), r.client(), "celery", tasks)
+
+
+def start_celery_worker(s: Stack, r: Redis, variant: Celery) -> Worker:
+    return start_bare_worker(s, r, track_started=variant.track_started, loglevel=variant.loglevel)
 
 
 def drain_celery(variant: Celery, plan: Plan) -> float:
     with stack("drain-celery") as s:
         r = start_redis(s)
-        app = make_app(r.url, track_started=variant.track_started)
-        enqueue_raw(capture_template(app, r.client(), "celery"), r.client(), "celery", plan.tasks)
-        start_bare_worker(s, r, track_started=variant.track_started, loglevel=variant.loglevel)
+        fill_celery(r, variant, plan.tasks)
+        start_celery_worker(s, r, variant)
         return steady_rate(r.client(), "celery", plan.tasks, plan.drain_timeout)
 
 

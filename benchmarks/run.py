@@ -26,6 +26,7 @@ from benchmarks import (
     redis_work,
     sentinel_submit,
     submit,
+    worker_cpu,
 )
 from benchmarks.load import require_wrk
 from benchmarks.plan import FULL, QUICK, Plan
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Callable[[Plan], list[Figure]]] = {
     "submit-sentinel": sentinel_submit.run,
     "execution": execution.run,
     "drain": drain.run,
+    "worker-cpu": worker_cpu.run,
     "peers": peers.run,
     "redis-work": redis_work.run,
     "latency": latency.run,

@@ -87,12 +87,12 @@ def _queue_wait(task: Task, now: float, queues: Collection[str]) -> float | None
     queue = metrics.queue_label((request.delivery_info or {}).get("routing_key"), queues)
     due = due_time(getattr(request, ENQUEUED_AT_HEADER, None), request.eta)
     if due is None:
-        metrics.QUEUE_WAIT_UNMEASURED.labels(name, queue).inc()
+        metrics.labelled(metrics.QUEUE_WAIT_UNMEASURED, name, queue).inc()
         return None
     wait = max(0.0, now - due)
-    metrics.COURIER_QUEUE_WAIT.labels(name, queue).observe(wait)
+    metrics.labelled(metrics.COURIER_QUEUE_WAIT, name, queue).observe(wait)
     hostname = metrics.host_label(request.hostname or "")
-    metrics.TASK_QUEUE_WAIT_TIME.labels(name, hostname, queue).observe(wait)
+    metrics.labelled(metrics.TASK_QUEUE_WAIT_TIME, name, hostname, queue).observe(wait)
     return wait
 
 

@@ -46,7 +46,7 @@ from worker.celery_config import PRIORITY_STEPS
 from worker.core import metrics
 from worker.core.dead_letters import DeadLetter, message_dead_lettered
 from worker.core.envelope import REASONS
-from worker.core.logging import configure_logging
+from worker.core.logging import configure_logging, skip_unlogged_record_fields
 from worker.core.metrics import UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.publish_signals import connect_publisher_signals
@@ -59,6 +59,7 @@ from worker.metrics_server import MetricsServer, QueueCollector, RedisProbe
 logger = logging.getLogger(__name__)
 WORKER_SERVICE_NAME = "courier-worker"
 _STARTED_AT = "courier_started_at"
+_LABELS = "courier_metric_labels"  # the request attribute keeping its labels (name, host, queue)
 
 
 class _MainProcess:
@@ -75,6 +76,7 @@ class _MainProcess:
 def _setup_logging(**_: Any) -> None:
     # Connecting to setup_logging stops Celery from installing its own plain-text handlers.
     configure_logging(get_settings().log_level)
+    skip_unlogged_record_fields()
 
 
 # --- main process --------------------------------------------------------------------------
@@ -192,7 +194,7 @@ def _request_labels(request: Any, task: Any = None) -> tuple[str, str, str]:
 
 
 def _count_received(request: Any, **_: Any) -> None:
-    metrics.TASK_RECEIVED.labels(*_request_labels(request)).inc()
+    metrics.labelled(metrics.TASK_RECEIVED, *_request_labels(request)).inc()
 
 
 def _count_revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -247,40 +249,45 @@ def _queue_label(routing_key: object) -> str:
 
 
 def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
+    """Worked out once per execution, at its start, and kept on the request for its end."""
     request = task.request
-    delivery = request.delivery_info or {}
-    host = metrics.host_label(request.hostname or "")
-    return task.name, host, _queue_label(delivery.get("routing_key"))
+    labels: tuple[str, str, str] | None = getattr(request, _LABELS, None)
+    if labels is None:
+        delivery = request.delivery_info or {}
+        host = metrics.host_label(request.hostname or "")
+        labels = (task.name, host, _queue_label(delivery.get("routing_key")))
+        setattr(request, _LABELS, labels)
+    return labels
 
 
 def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
     # The queue wait is measured with the start stamp, in order (worker/lifecycle.py).
-    name, hostname, queue = _task_labels(sender)
+    labels = _task_labels(sender)
     setattr(sender.request, _STARTED_AT, time.perf_counter())
-    metrics.TASK_STARTED.labels(name, hostname, queue).inc()
-    metrics.WORKER_TASKS_ACTIVE.labels(hostname).inc()
+    metrics.labelled(metrics.TASK_STARTED, *labels).inc()
+    metrics.labelled(metrics.WORKER_TASKS_ACTIVE, labels[1]).inc()
 
 
 def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.WORKER_TASKS_ACTIVE.labels(metrics.host_label(sender.request.hostname or "")).dec()
+    metrics.labelled(metrics.WORKER_TASKS_ACTIVE, _task_labels(sender)[1]).dec()
 
 
 def _task_succeeded(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
     labels = _task_labels(sender)
-    metrics.TASK_SUCCEEDED.labels(*labels).inc()
+    metrics.labelled(metrics.TASK_SUCCEEDED, *labels).inc()
     started = getattr(sender.request, _STARTED_AT, None)
     if started is not None:
-        metrics.TASK_RUNTIME.labels(*labels).observe(time.perf_counter() - started)
+        metrics.labelled(metrics.TASK_RUNTIME, *labels).observe(time.perf_counter() - started)
 
 
 def _task_failed(sender: Task, exception: BaseException | None = None, **_: Any) -> None:  # type: ignore[type-arg]
     labels = _task_labels(sender)
-    metrics.TASK_FAILED.labels(*labels, type(exception).__name__).inc()
-    metrics.TASK_FAILURES.labels(*labels).inc()
+    metrics.labelled(metrics.TASK_FAILED, *labels, type(exception).__name__).inc()
+    metrics.labelled(metrics.TASK_FAILURES, *labels).inc()
 
 
 def _task_retried(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.TASK_RETRIED.labels(*_task_labels(sender)).inc()
+    metrics.labelled(metrics.TASK_RETRIED, *_task_labels(sender)).inc()
 
 
 def connect_signals(app: Celery) -> None:

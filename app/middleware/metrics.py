@@ -66,17 +66,10 @@ class MetricsMiddleware:
         self.templates = templates
         self.enqueue_paths = enqueue_paths
         self._match: Callable[[str], str] | None = None
-        # The enqueue counter's children, kept: one labels() fewer per submit. Bounded by the
-        # registry (task names, or "unknown") times the three outcomes.
-        self._enqueued_children: dict[tuple[str, str], Any] = {}
 
     def _enqueued(self, task: str, outcome: str) -> Any:
-        child = self._enqueued_children.get((task, outcome))
-        if child is None:
-            child = self._enqueued_children[(task, outcome)] = metrics.TASKS_ENQUEUED.labels(
-                task, outcome
-            )
-        return child
+        # Bounded by the registry (task names, or "unknown") times the three outcomes.
+        return metrics.labelled(metrics.TASKS_ENQUEUED, task, outcome)
 
     def _route_of(self, scope: Scope) -> str:
         route = scope.get("route")

@@ -131,3 +131,24 @@ def test_a_task_that_does_not_stop_is_reported_stuck_after_the_grace(
         clock.end(job)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # the pending signal is ignored
+
+
+def _thread_cpu_seconds(thread: threading.Thread) -> float:
+    assert thread.ident is not None  # a pthread_t, which pthread_getcpuclockid takes
+    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+
+
+def test_a_task_without_limits_costs_the_timekeeper_thread_nothing(clock: Timekeeper) -> None:
+    """No limit, no deadline: the thread sleeps through every task (a wake-up per task was a
+    thread switch and a GIL hand-over per task on the drain's path)."""
+    keeper = next(t for t in threading.enumerate() if t.name == "courier-pool-timekeeper")
+    time.sleep(0.05)  # started and asleep
+    before = _thread_cpu_seconds(keeper)
+    for i in range(2000):
+        job = Job(str(i), None, None)
+        clock.begin(job)
+        clock.enter(job)
+        job.running = False
+        clock.end(job)
+        time.sleep(0)  # the GIL free, as a task's I/O leaves it: a woken thread would run
+    assert _thread_cpu_seconds(keeper) - before < 0.002

@@ -19,6 +19,10 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
 }
 
 
+# One encoder for every record: ``json.dumps(..., default=str)`` builds a new one per call.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -27,15 +31,24 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        fields = record.__dict__
+        # The extras found by one set difference in C, not a test per attribute: most records
+        # have none or one (Celery's task lines carry ``data``); several keep their order.
+        extras = fields.keys() - _STANDARD
+        if len(extras) == 1:
+            (key,) = extras
+            if not key.startswith("_"):
+                entry[key] = fields[key]
+        elif extras:
+            for key, value in fields.items():
+                if key in extras and not key.startswith("_"):
+                    entry[key] = value
         ids = current_trace_ids()
         if ids:
             entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 def configure_logging(level: str) -> None:
@@ -44,3 +57,15 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def skip_unlogged_record_fields() -> None:
+    """Stop every record from looking up what ``JsonFormatter`` never writes: the caller's file,
+    line and function (a walk up the stack), thread, process and process name. The logging
+    HOWTO's "Optimization" section names these switches. For a process whose only handler is
+    ``configure_logging``'s (a worker: two records per task at INFO); process-wide, so not for
+    one that shares its logging with other formatters."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

@@ -11,9 +11,11 @@ Processes that fork (gunicorn, Celery prefork) run prometheus-client in multipro
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 
 from worker.core.queue_stats import QueueStats, QueueWorkers
 
@@ -48,6 +50,26 @@ def host_label(nodename: str) -> str:
     """The ``hostname`` label as celery-exporter writes it: the host of a Celery node name
     (``celery@vm`` -> ``vm``), so the API's sent counter and the worker's metrics agree."""
     return nodename.rpartition("@")[2]
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
+# Children kept by ``labelled``: label values are bounded (registered tasks, configured queues,
+# this worker's host), the bound guards against a caller that would pass anything else.
+_CHILDREN: dict[tuple[int, tuple[str, ...]], MetricWrapperBase] = {}
+_CHILDREN_KEPT = 4096
+
+
+def labelled(metric: M, *values: str) -> M:
+    """``metric.labels(*values)``, remembered: prometheus-client's ``labels`` checks, converts
+    and locks on every call to find the child it already holds, several times per task. The
+    child is the same object (its value follows a fork: it reopens its file in a new pid)."""
+    key = (id(metric), values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = metric.labels(*values)
+        if len(_CHILDREN) < _CHILDREN_KEPT:
+            _CHILDREN[key] = child
+    return child  # type: ignore[return-value]
 
 
 # --- task lifecycle (celery-exporter names) ---

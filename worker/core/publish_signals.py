@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
+from functools import cache
 from typing import Any
 
 from celery.signals import after_task_publish, before_task_publish
@@ -23,18 +24,14 @@ def _stamp_enqueue_time(headers: dict[str, Any] | None = None, **_: Any) -> None
 
 
 def _count_sent(sender: str, routing_key: str = "", **_: Any) -> None:
-    # The counter's child per task and queue, kept: labels() checks and builds its key on
-    # every call, and the API publishes once per submit. The host is this process's.
-    child = _SENT_COUNTERS.get((sender, routing_key))
-    if child is None:
-        child = metrics.TASK_SENT.labels(sender, socket.gethostname(), routing_key)
-        if len(_SENT_COUNTERS) < _SENT_COUNTERS_KEPT:
-            _SENT_COUNTERS[(sender, routing_key)] = child
-    child.inc()
+    # The API publishes once per submit: its child is kept (``labelled``), as is the host.
+    metrics.labelled(metrics.TASK_SENT, sender, _hostname(), routing_key).inc()
 
 
-_SENT_COUNTERS: dict[tuple[str, str], Any] = {}
-_SENT_COUNTERS_KEPT = 1024
+@cache
+def _hostname() -> str:
+    """This process's host, the ``hostname`` label of what it publishes."""
+    return socket.gethostname()
 
 
 def connect_publisher_signals() -> None:

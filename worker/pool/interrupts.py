@@ -149,9 +149,11 @@ class Timekeeper:
     # --- the main thread: the job's life ---
 
     def begin(self, job: Job) -> None:
+        # No wake-up: a job being accepted has nothing due (``_due``); ``enter`` wakes the
+        # thread when the job's first deadline comes before its next look, ``_interrupt`` when
+        # there is an interrupt to watch. A wake-up here cost a thread switch per task.
         with self._lock:
             self._job = job
-            self._lock.notify_all()
 
     def enter(self, job: Job) -> None:
         """The task body starts now: the limits count from here (prefork's from the child's
