@@ -55,6 +55,8 @@ BEAT_QUEUE = "beat-only"
 FLOWER_LOGIN = ("courier", "flower-sentinel-test")
 WORKER_NAME = "clients"
 TIMEOUT = 30.0
+# The worker option that gives the demotion test its minute-long peek.
+LONG_PEEK = "--include=tests.reliability.long_peek_worker"
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -419,7 +421,9 @@ def test_a_primary_demoted_by_replicaof_under_a_blocked_peek_is_left_for_the_new
         cluster = stack.enter_context(SentinelCluster(tmp_path / "cluster"))
         env = courier_env(cluster.courier_vars())
         worker = stack.enter_context(
-            celery_worker(env, tmp_path / "worker.log", WORKER_NAME, concurrency=1)
+            celery_worker(
+                env, tmp_path / "worker.log", WORKER_NAME, concurrency=1, extra_args=(LONG_PEEK,)
+            )
         )
         api = stack.enter_context(TestClient(create_app(settings_from(cluster.courier_vars()))))
         # The pool child has used every client it has (records, start stamp, results): each
