@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.conftest import settings_from
+from tests.utils.celery_apps import close_app
 from tests.utils.processes import RedisServer
 from worker.core.names import DEFAULT_QUEUE, KOMBU_PRIORITY_SEP
 
@@ -66,6 +67,7 @@ def test_purge_removes_every_waiting_message_and_revokes_each_task(
     assert str(stock.AsyncResult(foreign).state) == "REVOKED"  # what a stock client reads
     backend: Any = stock.backend  # the Redis backend's get (not in celery-types' Backend)
     assert json.loads(backend.get(f"celery-task-meta-{foreign}"))["task_id"] == foreign
+    close_app(stock)
     again = api.delete(f"/v1/queues/{DEFAULT_QUEUE}/messages")
     assert again.json() == {"queue": DEFAULT_QUEUE, "removed": 0, "revoked": 0}
 

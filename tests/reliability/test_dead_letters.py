@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 
 from app.main import create_app
 from tests.conftest import app_state, settings_from, wait_for_status
+from tests.utils.celery_apps import close_app
 from tests.utils.messages import MALFORMED, envelope
 from tests.utils.processes import (
     RedisServer,
@@ -109,10 +110,15 @@ def dead_lettered(stack: Stack, raw: bytes | str) -> dict[str, Any]:
     return found[0]
 
 
-def stock_client(stack: Stack) -> Celery:
+@contextlib.contextmanager
+def stock_client(stack: Stack) -> Iterator[Celery]:
     """Celery as a team's own producer builds it: no Courier code."""
     url = stack.env["COURIER_REDIS_URL"]
-    return Celery("stock", broker=url, backend=url)
+    app = Celery("stock", broker=url, backend=url)
+    try:
+        yield app
+    finally:
+        close_app(app)
 
 
 def counted(stack: Stack, reason: str) -> float:
@@ -171,10 +177,11 @@ def test_the_task_a_dead_letter_names_reads_failed_and_a_stock_client_is_answere
     assert status["status"] == "failed"
     assert status["error"]["type"] == "DeadLettered"
     assert "kwargs" in status["error"]["message"]
-    result = stock_client(stack).AsyncResult(task_id)
-    assert result.state == "FAILURE"
-    with pytest.raises(Exception, match="dead-lettered"):
-        result.get(timeout=5, propagate=True)
+    with stock_client(stack) as stock:
+        result = stock.AsyncResult(task_id)
+        assert result.state == "FAILURE"
+        with pytest.raises(Exception, match="dead-lettered"):
+            result.get(timeout=5, propagate=True)
 
 
 def test_an_unknown_task_is_kept_and_runs_once_requeued_to_a_worker_that_has_it(
@@ -198,9 +205,10 @@ def test_an_unknown_task_is_kept_and_runs_once_requeued_to_a_worker_that_has_it(
         assert response.json()["task_id"] == task_id
         assert response.json()["status_url"].endswith(f"/v1/tasks/{task_id}")
         # It ran there: the always-transient task fails after its retries, as that task does.
-        result = stock_client(stack).AsyncResult(task_id)
-        wait_until(lambda: result.state == "FAILURE", 60, "the requeued task to run")
-        assert type(result.result).__name__ == "TransientError"
+        with stock_client(stack) as stock:
+            result = stock.AsyncResult(task_id)
+            wait_until(lambda: result.state == "FAILURE", 60, "the requeued task to run")
+            assert type(result.result).__name__ == "TransientError"
         assert deployed.process.poll() is None
     assert stack.api.get(f"/v1/dead-letters/{letter['id']}").status_code == 404
     # The module's worker back for the tests after this one.

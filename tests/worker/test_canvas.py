@@ -18,6 +18,7 @@ from celery.result import GroupResult
 from fastapi.testclient import TestClient
 
 from tests.conftest import settings_from
+from tests.utils.celery_apps import close_app
 from tests.utils.processes import RedisServer
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE
@@ -29,7 +30,7 @@ TIMEOUT = 30
 def stock(redis_server: RedisServer, live_api: TestClient) -> Iterator[Celery]:
     app = Celery("stock", broker=redis_server.url, backend=redis_server.url)  # Celery's defaults
     yield app
-    app.close()
+    close_app(app)
 
 
 def test_a_stock_client_that_names_no_queue_reaches_the_workers(

@@ -11,6 +11,7 @@ import pytest
 import redis
 from celery import Celery, states
 
+from tests.utils.celery_apps import close_app, close_backend
 from tests.utils.processes import RedisServer
 from worker.core.names import CELERY_RESULT_KEY, UNACKED_KEY
 from worker.core.result_backend import _SET_WHERE_DELIVERED, CourierRedisBackend
@@ -21,8 +22,10 @@ EXPIRES = 300
 @pytest.fixture
 def backend(own_redis: RedisServer) -> Iterator[CourierRedisBackend]:
     app = Celery("results", backend=own_redis.url)
-    yield CourierRedisBackend(app=app, url=own_redis.url, expires=EXPIRES)
-    app.close()
+    backend = CourierRedisBackend(app=app, url=own_redis.url, expires=EXPIRES)
+    yield backend
+    close_backend(backend)
+    close_app(app)
 
 
 @pytest.fixture
@@ -92,7 +95,8 @@ def test_without_expiry_a_finished_state_is_kept_without_one(
     task_id = str(uuid.uuid4())
     backend.store_result(task_id, "done", states.SUCCESS)
     backend.store_result(task_id, None, states.FAILURE)
-    app.close()
+    close_backend(backend)
+    close_app(app)
     assert stored_status(client, task_id) == states.SUCCESS
     assert client.ttl(CELERY_RESULT_KEY.format(task_id=task_id)) == -1
 
