@@ -139,7 +139,7 @@ def test_a_run_over_its_scan_budget_resumes_where_it_stopped(
     ids = [str(uuid.uuid4()) for _ in range(20)]
     pipe = stack.redis.pipeline(transaction=True)
     for task_id in ids:
-        queue_commands(pipe, records.create_commands(task_id, "noop", "reports"))
+        queue_commands(pipe, records.calls.create_commands(task_id, "noop", "reports"))
         pipe.hset(TASK_RECORD_KEY.format(task_id=task_id), "enqueued_at", time.time() - 3600)
     pipe.execute()
     app = create_celery_app(app_state(stack.api).settings)

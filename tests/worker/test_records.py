@@ -20,7 +20,7 @@ TTL = 300
 def create_record(records: TaskRecords, task_id: str) -> None:
     """As the producer writes it: the record's commands in one MULTI."""
     pipe = records.client.pipeline(transaction=True)
-    queue_commands(pipe, records.create_commands(task_id, "noop", DEFAULT_QUEUE))
+    queue_commands(pipe, records.calls.create_commands(task_id, "noop", DEFAULT_QUEUE))
     pipe.execute()
 
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.utils.processes import RedisServer, free_port, wait_until
-from worker.core.redis_client import RedisMemory, is_transient, read_memory, refusal_code
+from worker.core.redis_client import RedisMemory, is_transient, refusal_code
 
 
 def refused(client: redis.Redis) -> list[BaseException]:
@@ -102,7 +102,7 @@ def test_other_error_replies_are_not_refusals(own_redis: RedisServer) -> None:
 def test_memory_is_read_as_redis_counts_it_when_refusing_writes(own_redis: RedisServer) -> None:
     with redis.Redis.from_url(own_redis.url) as client:
         client.config_set("maxmemory", 64 * 2**20)
-        memory = read_memory(client)
+        memory = RedisMemory.from_info(client.info("memory"))
     assert memory.maxmemory == 64 * 2**20
     assert 0 < memory.fraction < 0.5
     assert "of maxmemory 64.0 MiB" in memory.describe()

@@ -397,7 +397,7 @@ def test_the_fetch_check_says_revoked_or_finished_and_never_stores_over_a_final_
     revoked, finished = str(uuid.uuid4()), str(uuid.uuid4())
     for task_id in (revoked, finished):
         pipe = client.pipeline(transaction=True)
-        queue_commands(pipe, records.create_commands(task_id, "noop", QUEUE.name))
+        queue_commands(pipe, records.calls.create_commands(task_id, "noop", QUEUE.name))
         pipe.execute()
     records.mark_revoked(revoked)
     done = json.dumps({"status": states.SUCCESS, "result": 1, "task_id": finished})
@@ -418,7 +418,7 @@ def test_a_task_enqueued_after_the_fetch_read_its_clock_never_reads_started_befo
     records = TaskRecords(client, STAMP.ttl)
     task_id = str(uuid.uuid4())
     pipe = client.pipeline(transaction=True)
-    queue_commands(pipe, records.create_commands(task_id, "noop", QUEUE.name))
+    queue_commands(pipe, records.calls.create_commands(task_id, "noop", QUEUE.name))
     pipe.execute()
     enqueued_at = time.time() + 30
     client.hset(TASK_RECORD_KEY.format(task_id=task_id), "enqueued_at", enqueued_at)

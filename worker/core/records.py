@@ -137,6 +137,24 @@ def _key(task_id: str) -> str:
     return TASK_RECORD_KEY.format(task_id=task_id)
 
 
+def _parse(task_id: str, raw: dict[bytes, bytes]) -> TaskRecord | None:
+    """A record's hash as read (``HGETALL``); None for a missing one."""
+    if not raw:
+        return None
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    started = fields.get("started_at")
+    return TaskRecord(
+        task_id=task_id,
+        name=fields.get("name", ""),
+        queue=fields.get("queue", ""),
+        enqueued_at=float(fields.get("enqueued_at", 0.0)),
+        started_at=float(started) if started else None,
+        revoked=fields.get("revoked") == "1",
+        trace_id=fields.get("trace_id"),
+        executions=int(fields.get("executions", 0)),
+    )
+
+
 class RecordCalls:
     """What each operation on a record sends and how its reply reads (``redis_calls``): the
     worker's ``TaskRecords`` runs these on its blocking client, the API on its asyncio one."""
@@ -162,7 +180,7 @@ class RecordCalls:
         def parse(reply: Any) -> tuple[TaskRecord | None, bytes | None]:
             flat, result = reply
             raw = dict(zip(flat[::2], flat[1::2], strict=True))
-            return TaskRecords.parse(task_id, raw), result
+            return _parse(task_id, raw), result
 
         keys = [_key(task_id), CELERY_RESULT_KEY.format(task_id=task_id)]
         return Call(parse, _GET_WITH_RESULT, keys)
@@ -202,30 +220,8 @@ class TaskRecords:
     def client(self) -> redis.Redis:
         return self._redis
 
-    def create_commands(
-        self, task_id: str, name: str, queue: str, trace_id: str | None = None
-    ) -> list[Command]:
-        return self.calls.create_commands(task_id, name, queue, trace_id)
-
     def get_with_result(self, task_id: str) -> tuple[TaskRecord | None, bytes | None]:
         return self.calls.get_with_result(task_id).run(self._redis)
-
-    @staticmethod
-    def parse(task_id: str, raw: dict[bytes, bytes]) -> TaskRecord | None:
-        if not raw:
-            return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
-        started = fields.get("started_at")
-        return TaskRecord(
-            task_id=task_id,
-            name=fields.get("name", ""),
-            queue=fields.get("queue", ""),
-            enqueued_at=float(fields.get("enqueued_at", 0.0)),
-            started_at=float(started) if started else None,
-            revoked=fields.get("revoked") == "1",
-            trace_id=fields.get("trace_id"),
-            executions=int(fields.get("executions", 0)),
-        )
 
     def mark_started(
         self, task_id: str, started_state: bytes | str = b"", name: str = "", queue: str = ""

@@ -351,7 +351,3 @@ class RedisMemory:
 
 def _mib(size: int) -> str:
     return f"{size / 2**20:.1f} MiB"
-
-
-def read_memory(client: redis.Redis) -> RedisMemory:
-    return RedisMemory.from_info(client.info("memory"))
