@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,8 +56,11 @@ def _callgrind(tmp: str) -> list[str]:
     return [require_valgrind(), "--tool=callgrind", f"--callgrind-out-file={tmp}/cg.%p"]
 
 
-def _collected(output: str) -> int:
-    match = _COLLECTED.search(output)
+def _collected(output: str, pid: int | None = None) -> int:
+    """callgrind's total, of process ``pid`` when the output holds several (prefork's
+    children are forks, each counted and reported on its own)."""
+    pattern = _COLLECTED if pid is None else re.compile(rf"=={pid}== Collected : (\d+)")
+    match = pattern.search(output)
     if match is None:
         raise RuntimeError(f"no callgrind total in:\n{output[-2000:]}")
     return int(match.group(1))
@@ -106,6 +110,15 @@ def api_decided(ratio: float) -> Callable[[], str]:
     return traceparent
 
 
+# How each pool is selected; for prefork, only the main process is counted (the consumer: fetch,
+# screen, Celery's strategy, the hand-over to the children), its children apart.
+POOL_FLAGS = {
+    "solo": ["--pool=solo"],
+    "inline": [],  # COURIER_WORKER_POOL=inline in the environment: Celery's --pool takes names
+    "prefork": ["--pool=prefork", "--concurrency=2"],
+}
+
+
 def _executions(
     env: dict[str, str],
     count: int,
@@ -113,6 +126,7 @@ def _executions(
     template: dict[str, Any],
     queue: str,
     traceparent: Callable[[], str] | None,
+    pool: str = "solo",
 ) -> int:
     if env.get("COURIER_WORKER_METRICS_PORT") != "0":  # two workers at once: not both on 9808
         env = {**env, "COURIER_WORKER_METRICS_PORT": str(free_port())}
@@ -122,7 +136,7 @@ def _executions(
     log_path = Path(tmp) / f"worker-{count}.log"
     args = [
         *_callgrind(tmp), str(VENV_BIN / "python"), "-m", "celery", "-A", "worker.celery_app",
-        "worker", "--pool=solo", *WORKER_FAST_FLAGS, "--loglevel=INFO", "-n", f"cpu{count}@%h",
+        "worker", *POOL_FLAGS[pool], *WORKER_FAST_FLAGS, "--loglevel=INFO", "-n", f"cpu{count}@%h",
     ]  # fmt: skip
     with log_path.open("wb") as out:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -139,7 +153,7 @@ def _executions(
             proc.send_signal(signal.SIGTERM)
             proc.wait(600)
             client.close()
-    return _collected(log_path.read_text())
+    return _collected(log_path.read_text(), proc.pid if pool == "prefork" else None)
 
 
 def per_submit(
@@ -160,15 +174,18 @@ def per_task(
     template: dict[str, Any],
     queue: str,
     traceparent: Callable[[], str] | None = None,
+    pool: str = "solo",
 ) -> float:
     """Both runs at once, each on its own Redis database."""
     envs = [_env(r.url.rsplit("/", 1)[0] + f"/{db}", extra) for db in (1, 2)]
+    if pool == "inline":
+        envs = [{**env, "COURIER_WORKER_POOL": "inline"} for env in envs]
 
     def execute(env: dict[str, str], n: int) -> int:
-        return _executions(env, n, tmp, template, queue, traceparent)
+        return _executions(env, n, tmp, template, queue, traceparent, pool)
 
-    with ThreadPoolExecutor(2) as pool:
-        empty, full = pool.map(execute, envs, (0, count))
+    with ThreadPoolExecutor(2) as runs:
+        empty, full = runs.map(execute, envs, (0, count))
     return (full - empty) / count
 
 
@@ -240,3 +257,20 @@ def _figures(what: str, counts: dict[str, list[float]]) -> list[Figure]:
             )
         )  # fmt: skip
     return figures
+
+
+def main(argv: list[str]) -> None:
+    """``python -m benchmarks.instrumentation_cpu POOL [TASKS]``: instructions per executed raw
+    no-op (metrics on, tracing off, ``--loglevel=INFO``) for ``POOL`` (``POOL_FLAGS``; prefork:
+    its main process only), one run."""
+    pool, count = argv[0], int(argv[1]) if len(argv) > 1 else 1_500
+    with stack("cpu") as s:
+        r = start_redis(s)
+        producer, queue = producer_app(COURIER, r)
+        template = capture_template(producer, r.client(), queue)
+        per = per_task(r, METRICS_ONLY, count, str(s.tmp), template, queue, pool=pool)
+        print(f"{pool}: {per:,.0f} instructions per task")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -24,7 +24,8 @@ from celery import Celery, current_app, states
 from kombu import Queue
 
 from worker import lifecycle
-from worker.core.dead_letters import DeadLetterScreen
+from worker.core.dead_letters import Connect, DeadLetterScreen
+from worker.core.envelope import Checked
 from worker.core.errors import DeadLettered
 from worker.core.names import RECONCILE_TASK
 from worker.core.redis_client import TCP_KEEPALIVE_OPTIONS, sentinel_options
@@ -156,8 +157,8 @@ def start_stamp() -> StartStamp | None:
 
 
 def screen_message(
-    client: Any, raw: bytes, queue: str, *, source: str | None, delivery_tag: str | None
-) -> dict[str, Any] | None:
+    connect: Connect, raw: bytes, queue: str, *, source: str | None, delivery_tag: str | None
+) -> Checked | None:
     """The transport's ``message_screen``: the screen of the app this worker runs. Named by
     its path, not given as the object, because ``celery inspect conf``, ``stats`` and Flower
     serialize the transport options to JSON."""
@@ -165,9 +166,7 @@ def screen_message(
     screen = getattr(app, "courier_screen", None)
     if screen is None:  # an app built without create_celery_app: from the environment
         screen = app.courier_screen = dead_letter_screen(app, get_settings())
-    result: dict[str, Any] | None = screen(
-        client, raw, queue, source=source, delivery_tag=delivery_tag
-    )
+    result: Checked | None = screen(connect, raw, queue, source=source, delivery_tag=delivery_tag)
     return result
 
 

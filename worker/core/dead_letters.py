@@ -24,6 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,9 @@ logger = logging.getLogger("courier.dead_letters")
 message_dead_lettered = Signal(name="message_dead_lettered")
 
 UNACKED_INDEX_KEY = KOMBU_UNACKED_KEY + "_index"
+# What the screen is given to reach Redis: a context giving a client (the channel's
+# ``conn_or_acquire``), entered only when a message is set aside.
+Connect = Callable[[], AbstractContextManager[redis.Redis]]
 STORE_KEYS = [DEAD_LETTERS_KEY, DEAD_LETTERS_RAW_KEY, DEAD_LETTERS_INDEX_KEY]
 
 # KEYS: the three store keys, unacked, unacked_index, the task's result ('' key unused).
@@ -286,37 +290,41 @@ class DeadLetterScreen:
 
     def __call__(
         self,
-        client: redis.Redis,
+        connect: Connect,
         raw: bytes,
         queue: str,
         *,
         source: str | None = None,
         delivery_tag: str | None = None,
-    ) -> dict[str, Any] | None:
+    ) -> envelope.Checked | None:
+        """``connect()``: a context giving a Redis client, entered only to set a message aside
+        (the consumer's per-message path makes no client for a well-formed one)."""
         try:
-            return envelope.check(raw, self.tasks).envelope
+            return envelope.check(raw, self.tasks)
         except envelope.Unfit as unfit:
-            self._set_aside(client, raw, queue, source or queue, delivery_tag, unfit)
+            self._set_aside(connect, raw, queue, source or queue, delivery_tag, unfit)
         except Exception as exc:  # a gap in the check must not be what stops the worker
             logger.exception("message check failed; dead-lettering the message")
             detail = f"the message could not be checked ({type(exc).__name__}: {exc})"[:300]
             unchecked = envelope.Unfit(envelope.ENVELOPE, detail)
-            self._set_aside(client, raw, queue, source or queue, delivery_tag, unchecked)
+            self._set_aside(connect, raw, queue, source or queue, delivery_tag, unchecked)
         return None
 
     def _set_aside(
         self,
-        client: redis.Redis,
+        connect: Connect,
         raw: bytes,
         queue: str,
         list_key: str,
         delivery_tag: str | None,
         unfit: envelope.Unfit,
     ) -> None:
-        letter = self._store.add(
+        call = self._store.add(
             raw, unfit, queue, list_key, delivery_tag=delivery_tag, failure=self.failure,
             result_ttl=self.result_ttl,
-        ).run(client)  # fmt: skip
+        )  # fmt: skip
+        with connect() as client:
+            letter = call.run(client)
         logger.error(
             "message dead-lettered: %s",
             unfit.detail,

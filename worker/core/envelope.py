@@ -26,6 +26,7 @@ from typing import Any
 
 from celery.utils.time import maybe_iso8601
 from kombu.compression import decompress
+from kombu.utils import json as kombu_json
 
 # Bounded reasons: the label values of ``courier_dead_letters_total``.
 ENVELOPE = "envelope"  # not kombu's JSON envelope
@@ -72,6 +73,9 @@ class Checked:
     envelope: dict[str, Any]  # what kombu delivers (the decoded JSON envelope, untouched)
     task: str
     task_id: str
+    # The body as kombu's Message would decode it ([args, kwargs, embed]): the channel hands it
+    # to that Message, which then does not decode it again (``worker/transport/channel.py``).
+    body: Any = None
 
 
 def _type(value: Any) -> str:
@@ -136,8 +140,12 @@ def _decode_body(envelope: dict[str, Any]) -> Any:
     if not isinstance(encoding, str) or encoding.lower() not in ("utf-8", "utf8"):
         raise Unfit(BODY, f"content-encoding {str(encoding)[:40]!r} is not utf-8", envelope)
     try:
-        return json.loads(_body_bytes(envelope).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # kombu's JSON, as the Message will decode it: its object hook turns tagged objects
+        # ({"__type__": "datetime", ...}) into values, and a tag it cannot read raises anything.
+        return kombu_json.loads(_body_bytes(envelope).decode("utf-8"))
+    except Unfit:
+        raise
+    except Exception as exc:
         raise Unfit(BODY, f"the body cannot be decoded as JSON ({exc})"[:200], envelope) from None
 
 
@@ -230,7 +238,8 @@ def check(raw: bytes | str, tasks: Collection[str] | None = None) -> Checked:
     if not isinstance(headers, dict):
         raise Unfit(HEADERS, "the envelope has no 'headers' object", envelope)
     task, task_id = _check_headers(headers, envelope)
-    _check_body(_decode_body(envelope), envelope)
+    body = _decode_body(envelope)
+    _check_body(body, envelope)
     if tasks is not None and task not in tasks:
         raise Unfit(UNKNOWN_TASK, f"task {task[:200]!r} is not registered here", envelope)
-    return Checked(envelope, task, task_id)
+    return Checked(envelope, task, task_id, body)

@@ -29,6 +29,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.imports import symbol_by_name
 from kombu.utils.json import dumps, loads
 
+from worker.core.envelope import Checked
 from worker.core.names import DELIVERY_TAG_HEADER
 from worker.core.redis_client import refusal_code
 from worker.transport import headroom, scripts
@@ -37,16 +38,21 @@ from worker.transport.stamp import START_CHECK_HEADER, StampSource
 logger = logging.getLogger(__name__)
 
 FETCH = "FETCH"
+_NOT_SCREENED = object()  # a Message whose body the screen did not decode
 FETCHED_FIELDS = 4  # per message in FETCH's reply: list position, tag, raw message, start check
-# Screens a fetched message before delivery: ``screen(client, raw, queue, *, source,
-# delivery_tag)`` returns the decoded envelope, or None when it took the message out of the way
-# (``worker.core.dead_letters.screen``); raises a Redis error when it could not (the message
-# stays in ``unacked``).
-Screen = Callable[..., dict[str, Any] | None]
+# Packed fetches kept per channel: one per order of its lists (queues rotate), a few in practice.
+MAX_PACKINGS = 64
+# Screens a fetched message before delivery: ``screen(connect, raw, queue, *, source,
+# delivery_tag)`` returns the message checked (``envelope.Checked``: the decoded envelope and
+# body), or None when it took the message out of the way, through a client from ``connect()``
+# (``worker.core.dead_letters.DeadLetterScreen``); raises a Redis error when it could not (the
+# message stays in ``unacked``).
+Screen = Callable[..., Checked | None]
 
 # kombu's stubs describe its public API; these classes extend its internals, so they are
 # subclassed as what they are at run time, untyped.
 _KombuQoS: Any = kombu_redis.QoS
+_KombuMessage: Any = virtual.Message
 _KombuChannel: Any = kombu_redis.Channel
 _socket_readable: Callable[[Any], bool] = kombu_redis._socket_readable  # type: ignore[attr-defined]
 
@@ -63,6 +69,31 @@ def with_fetch_headers(payload: Any, check: bytes | str, delivery_tag: str = "")
             else:
                 headers.pop(name, None)
     return payload
+
+
+class Message(_KombuMessage):  # type: ignore[misc]
+    """kombu's message, taking the body the screen decoded instead of decoding it again.
+
+    The dead-letter screen decodes every task message's body as kombu does (base64, kombu's
+    JSON) to check it; Celery's strategy then reads ``message.payload``, which decoded the same
+    bytes a second time in the worker's main process. The channel hands the screen's body over
+    with the envelope it delivers (``Channel._screened_body``: the envelope, by identity, and its
+    body); ``_decode`` returns it once, after the same ``accept`` check kombu's would make.
+    """
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        super().__init__(payload, channel=channel, **kwargs)
+        self._screened = _NOT_SCREENED
+        handed = getattr(channel, "_screened_body", None)
+        if handed is not None and handed[0] is payload:
+            self._screened = handed[1]
+            channel._screened_body = None
+
+    def _decode(self) -> Any:
+        body, self._screened = self._screened, _NOT_SCREENED
+        if body is not _NOT_SCREENED and (self.accept is None or self.content_type in self.accept):
+            return body
+        return super()._decode()
 
 
 class QoS(_KombuQoS):  # type: ignore[misc]
@@ -112,6 +143,46 @@ class QoS(_KombuQoS):  # type: ignore[misc]
             client.transaction(restore_transaction, self.unacked_key)
 
 
+def _bulk(value: bytes) -> bytes:
+    """One argument in the Redis protocol (RESP's bulk string)."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _encoded(value: str | int) -> bytes:
+    """As redis-py encodes a str or an int argument."""
+    return value.encode() if isinstance(value, str) else str(value).encode()
+
+
+class FetchPacking:
+    """``FETCH``'s EVALSHA in the Redis protocol, its constant part packed once.
+
+    Why: of its arguments (the keys, one spec per list, the start stamp's JSON settings: ~12
+    with one queue), only the limit, the delivery time and the carried acknowledgements change
+    between fetches; redis-py encoded and packed all of them again at every fetch, about one per
+    task at concurrency 2 (a tenth of the main process's CPU by cProfile).
+    """
+
+    def __init__(self, keys: list[str], constants: list[str]) -> None:
+        command: list[str | int] = ["EVALSHA", scripts.FETCH_SHA, len(keys), *keys]
+        self._head = b"".join(_bulk(_encoded(part)) for part in command)
+        self._constants = b"".join(_bulk(_encoded(arg)) for arg in constants)
+        self._fixed_count = 3 + len(keys) + 2 + len(constants)  # all but the acks
+
+    def command(self, limit: int, now: float, acks: list[str]) -> bytes:
+        """The whole command: ``limit`` and ``now`` (ARGV[1], ARGV[2]) and the acks after the
+        constants, as redis-py would write them (a float as its ``repr``)."""
+        return b"".join(
+            (
+                b"*%d\r\n" % (self._fixed_count + len(acks)),
+                self._head,
+                _bulk(b"%d" % limit),
+                _bulk(repr(now).encode()),
+                self._constants,
+                *(_bulk(tag.encode()) for tag in acks),
+            )
+        )
+
+
 @dataclass
 class Waiter:
     """One list's blocking peek: its own connection, and when its BLMOVE was sent."""
@@ -127,6 +198,7 @@ class Waiter:
 
 class Channel(_KombuChannel):  # type: ignore[misc]
     QoS = QoS
+    Message = Message
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
@@ -158,7 +230,11 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         self.pending_acks: list[str] = []
         self._fetch_sent_at: float | None = None
         self._maybe_ready = True  # messages may be waiting: fetch before waiting
-        self._no_ack_queues: set[str] = set()
+        # Replaced, never changed in place: the fetch's packing compares it (``_fetch_packing``).
+        self._no_ack_queues: frozenset[str] = frozenset()
+        self._packings: dict[tuple[Any, ...], FetchPacking] = {}
+        # The last screened envelope and its decoded body, until its Message takes the body.
+        self._screened_body: tuple[dict[str, Any], Any] | None = None
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ValueError("Courier's transport does not support global_keyprefix")
@@ -301,6 +377,18 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         specs = [("-" if q in self._no_ack_queues else "+") + q for _, q in lists]
         return keys, [limit, time(), *specs, self._stamp_argument(), *(acks or [])]
 
+    def _fetch_packing(self, lists: list[tuple[str, str]]) -> FetchPacking:
+        """The fetch's constant part for these lists (their order: the queues rotate), their
+        no-ack flags and the start stamp's settings, packed once (``FetchPacking``)."""
+        key = (tuple(lists), self._no_ack_queues, self._stamp_argument())
+        packing = self._packings.get(key)
+        if packing is None:
+            if len(self._packings) >= MAX_PACKINGS:
+                self._packings.clear()
+            keys, args = self._fetch_args(lists, 0)
+            packing = self._packings[key] = FetchPacking(keys, args[2:])
+        return packing
+
     def _stamp_argument(self) -> str:
         source = cast(StampSource | None, self.start_stamp)
         stamp = source() if source is not None else None
@@ -316,15 +404,13 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             return False
         credit = self.qos.can_consume_max_estimate()
         limit = self.fetch_limit if credit is None else max(1, min(self.fetch_limit, credit))
-        keys, args = self._fetch_args(lists, limit, acks)
         cycle = self.connection.cycle
         if not cycle._client_registered(self, self.client, FETCH):
             cycle._register(self, self.client, FETCH)
         self._fetch_acks = list(acks or [])
+        command = self._fetch_packing(lists).command(limit, time(), self._fetch_acks)
         try:
-            self.client.connection.send_command(
-                "EVALSHA", scripts.FETCH_SHA, len(keys), *keys, *args
-            )
+            self.client.connection.send_packed_command([command])
         except self.connection_errors:
             self._resend_acks()
             raise
@@ -379,8 +465,11 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         screen = cast(Screen | None, self.message_screen)
         if screen is not None and tag:
             source = key if key != queue else None
-            with self.conn_or_acquire() as client:
-                return screen(client, raw, queue, source=source, delivery_tag=tag or None)
+            checked = screen(self.conn_or_acquire, raw, queue, source=source, delivery_tag=tag)
+            if checked is None:
+                return None
+            self._screened_body = (checked.envelope, checked.body)  # for its Message
+            return checked.envelope
         try:
             payload = loads(bytes_to_str(raw))
             properties = payload.get("properties") if isinstance(payload, dict) else None
@@ -458,9 +547,9 @@ class Channel(_KombuChannel):  # type: ignore[misc]
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         if kwargs.get("no_ack", args[0] if args else False):
-            self._no_ack_queues.add(queue)
+            self._no_ack_queues = self._no_ack_queues | {queue}
         else:
-            self._no_ack_queues.discard(queue)
+            self._no_ack_queues = self._no_ack_queues - {queue}
         self._maybe_ready = True
         return super().basic_consume(queue, *args, **kwargs)
 
