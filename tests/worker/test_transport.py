@@ -3,6 +3,7 @@ API: where a message is at each step, how the consumer waits, what kombu and Cel
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -13,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +24,25 @@ from celery import Celery, states
 from celery.app.task import Context
 from fastapi.testclient import TestClient
 from kombu import Connection, Consumer, Producer, Queue
+from kombu import message as kombu_message
+from kombu import serialization as kombu_serialization
+from kombu.exceptions import ContentDisallowed
+from kombu.utils import json as kombu_json
 
 from app.main import create_app
 from tests.conftest import settings_from, wait_for_status
+from tests.utils import messages
 from tests.utils.processes import RedisServer, celery_worker, courier_env, wait_until
 from tests.worker.stack import worker_stack
 from worker.celery_config import TRANSPORT
-from worker.core.names import CELERY_RESULT_KEY, DEFAULT_QUEUE, DELIVERY_TAG_HEADER, TASK_RECORD_KEY
+from worker.core.dead_letters import DeadLetterScreen
+from worker.core.names import (
+    CELERY_RESULT_KEY,
+    DEAD_LETTERS_KEY,
+    DEFAULT_QUEUE,
+    DELIVERY_TAG_HEADER,
+    TASK_RECORD_KEY,
+)
 from worker.core.records import TaskRecords
 from worker.core.redis_client import queue_commands
 from worker.core.result_backend import CourierRedisBackend
@@ -225,6 +239,59 @@ def test_a_message_kombu_cannot_read_neither_stops_the_consumer_nor_vanishes_uns
         connection.drain_events(timeout=10)
     assert received == [{"behind": "it"}]
     assert (client.llen(QUEUE.name), client.hlen("unacked")) == (0, 0)
+
+
+def _screened_task_message(client: redis.Redis, body: Any) -> None:
+    """A task message whose body is kombu's JSON (tagged values included), onto the list."""
+    encoded = base64.b64encode(kombu_json.dumps(body).encode()).decode()
+    client.lpush(QUEUE.name, json.dumps(messages.envelope(raw_body=encoded)))
+
+
+@pytest.mark.parametrize("accept", [["json"], ["pickle"]])
+def test_the_screen_decodes_a_body_once_for_kombu_and_its_accept_check_still_holds(
+    own_redis: RedisServer, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, accept: list[str]
+) -> None:
+    # The screen decodes every task message's body to check it; the channel hands that body to
+    # kombu's Message instead of letting it decode the same bytes again, which must change
+    # nothing a consumer sees: the same value (kombu's JSON: a tagged datetime comes back as a
+    # datetime), and a content type the consumer does not accept still refused.
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    body = [[1], {"when": datetime(2026, 12, 7, 21, 0, tzinfo=UTC)}, embed]
+    _screened_task_message(client, body)
+    kombu_decodes: list[Any] = []
+
+    def counted_loads(*args: Any, **kwargs: Any) -> Any:
+        kombu_decodes.append(args)
+        return kombu_serialization.loads(*args, **kwargs)
+
+    monkeypatch.setattr(kombu_message, "loads", counted_loads)
+    received: list[Any] = []
+    refused: list[Exception] = []
+
+    def on_message(decoded: Any, message: Any) -> None:
+        received.append(decoded)
+        message.ack()
+
+    def on_decode_error(message: Any, exc: Exception) -> None:
+        refused.append(exc)
+        message.ack()
+
+    screen = DeadLetterScreen(max_count=10, max_bytes=10_000, tasks=lambda: {"noop"})
+    with (
+        courier_connection(own_redis.url, message_screen=screen) as connection,
+        Consumer(
+            connection, [QUEUE], callbacks=[on_message], accept=accept,
+            on_decode_error=on_decode_error,
+        ),
+    ):  # fmt: skip
+        connection.drain_events(timeout=10)
+    if accept == ["json"]:
+        assert received == [body]
+        assert kombu_decodes == []  # the screen's decoding only
+    else:
+        assert received == []
+        assert [type(exc) for exc in refused] == [ContentDisallowed]
+    assert client.hlen(DEAD_LETTERS_KEY) == 0
 
 
 def test_an_unreadable_message_taken_by_a_fetch_whose_reply_is_lost_comes_back_as_it_was(
