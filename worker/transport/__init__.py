@@ -31,7 +31,11 @@ What it does instead (``channel.py``):
   time, STARTED) and returns its check, which the channel puts in the ``courier_start_check``
   header (removed from every message otherwise); the pool child then skips its round trip.
 - Every fetched message goes through ``message_screen`` (Courier's dead-letter screen) before
-  kombu decodes it; a message with no usable delivery tag is recorded under one of its own.
+  kombu decodes it; a message with no usable delivery tag is recorded under one of its own. The
+  body the screen decoded to check it is handed to kombu's ``Message`` (``channel.Message``),
+  which does not decode it again.
+- ``FETCH`` is sent as bytes whose constant part (keys, list specs, the start stamp's settings)
+  was packed once per order of the lists (``channel.FetchPacking``), not by redis-py per fetch.
 - A channel closed under a task (a reconnect) raises a connection error, not AttributeError, when
   the task's acknowledgement reaches it: Celery logs it, the message returns after the
   visibility timeout and the runner skips it as finished.
