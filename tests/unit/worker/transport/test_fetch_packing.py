@@ -29,7 +29,8 @@ STAMP = StartStamp(hostname="w1@hôte", pid=41, ttl=86_400, tasks=["noop", "gén
 
 
 def _redis_py(*args: Any) -> bytes:
-    return b"".join(Connection()._command_packer.pack(*args))
+    connection: Any = Connection  # redis-py's constructor is untyped
+    return b"".join(connection()._command_packer.pack(*args))
 
 
 @pytest.mark.parametrize(
