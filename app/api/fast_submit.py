@@ -15,6 +15,11 @@ FastAPI's own handler with the body replayed, before anything is written: its er
 FastAPI's. An error raised after that point (429, 503, a payload nested too deep) is raised by
 the same function in the same order as on FastAPI's path, so the same exception handler
 answers it. ``tests/api/test_fast_submit.py`` compares both paths byte for byte.
+
+The route's handler offers each request to ``fast_path``; so does
+``app.middleware.submit_dispatch``, before FastAPI's routing, for a path whose route it has
+learnt (a request it declined is marked ``DECLINED`` and goes to FastAPI's handler without a
+second offer).
 """
 
 from __future__ import annotations
