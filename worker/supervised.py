@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.bootsteps import RUN  # type: ignore[attr-defined]
 from celery.signals import task_postrun, task_prerun, worker_ready
@@ -35,7 +35,9 @@ from worker.core.heartbeat import (
     slot_path,
     write_beat,
 )
-from worker.pool.interrupts import Job
+
+if TYPE_CHECKING:
+    from worker.pool.interrupts import Job
 
 
 class _Worker:
