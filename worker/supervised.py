@@ -4,13 +4,14 @@ Connected by ``worker/celery_app.py``; it does nothing unless the supervisor nam
 (``HEARTBEAT_ENV``). The beat thread starts with the app, before the worker is ready, so a
 child that hangs while starting is seen too; from ``worker_ready`` on it reports whether the
 consumer is connected (what a worker's own ``/readyz`` reports, ``worker/metrics_server.py``).
-``task_prerun``/``task_postrun`` keep the task slot: the task that runs and when the inline pool
+``task_prerun`` writes the task slot: the task that starts, when, and when the inline pool
 would end it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery.bootsteps import RUN  # type: ignore[attr-defined]
-from celery.signals import task_postrun, task_prerun, worker_ready
+from celery.signals import task_prerun, worker_ready
 
 from worker.core.heartbeat import (
     BEAT_INTERVAL,
@@ -30,7 +31,6 @@ from worker.core.heartbeat import (
     STARTING,
     STOPPED,
     Beat,
-    RunningTask,
     TaskSlot,
     slot_path,
     write_beat,
@@ -66,23 +66,18 @@ def _ready(sender: Any, **_: Any) -> None:
         _Worker.grace = float(pool.grace)
 
 
-def give_up_at(job: Job, grace: float) -> float | None:
+def give_up_at(job: Job, grace: float) -> float:
     """When the inline pool ends ``job`` at the latest: its hard limit, then ``grace`` to stop
-    and ``grace`` to record the outcome before the process exits."""
+    and ``grace`` to record the outcome before the process exits; NaN without a hard limit."""
     if job.hard is None:
-        return None
+        return math.nan
     return job.started + job.hard + 2 * grace
 
 
 def _task_started(task_id: str, **_: Any) -> None:
     job = _Worker.job()
     if _Worker.slot is not None and job is not None:
-        _Worker.slot.set(RunningTask(task_id, give_up_at(job, _Worker.grace)))
-
-
-def _task_ended(**_: Any) -> None:
-    if _Worker.slot is not None:
-        _Worker.slot.clear()
+        _Worker.slot.set(task_id, job.started, give_up_at(job, _Worker.grace))
 
 
 def _beat(path: Path, parent: int) -> None:
@@ -93,7 +88,10 @@ def _beat(path: Path, parent: int) -> None:
             # as it would be with the pod, rather than an orphan consuming on.
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):  # the supervisor sees a stale beat
-            write_beat(path, Beat(pid=pid, at=time.monotonic(), state=_Worker.state()))
+            job = _Worker.job()
+            task_id = job.task_id if job is not None else None
+            beat = Beat(pid=pid, at=time.monotonic(), state=_Worker.state(), task_id=task_id)
+            write_beat(path, beat)
         time.sleep(BEAT_INTERVAL)
 
 
@@ -104,7 +102,6 @@ def connect_supervised() -> None:
     _Worker.slot = TaskSlot(slot_path(Path(path)))
     worker_ready.connect(_ready, weak=False, dispatch_uid="courier.supervised_ready")
     task_prerun.connect(_task_started, weak=False, dispatch_uid="courier.supervised_started")
-    task_postrun.connect(_task_ended, weak=False, dispatch_uid="courier.supervised_ended")
     beat = threading.Thread(
         target=_beat, args=(Path(path), os.getppid()), daemon=True, name="supervisor-heartbeat"
     )

@@ -63,6 +63,9 @@ FIRST_BEAT_SECONDS = 120.0
 # Restart backoff: 1 s, doubling to 30 s; reset once a child has run this long.
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 30.0
 TICK = 0.2
+# A child silent this long between tasks is taken as hung (a liveness probe's minute): a busy
+# node may starve a healthy child's beat for seconds, and no task limit applies there.
+IDLE_SILENT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -230,21 +233,23 @@ class Supervisor:
         if now - beat.at <= self.stale:
             child.warned_unbounded = False
             return
-        task = read_slot(slot_path(child.heartbeat))
-        if task is not None and task.give_up_at is None:
+        last = read_slot(slot_path(child.heartbeat))
+        if last is None or not last.running_at(beat):
+            # Silent between tasks: its event loop itself hangs (or the node is starved).
+            if now - beat.at > IDLE_SILENT_SECONDS:
+                self._kill(child, None, f"no heartbeat for {now - beat.at:.1f}s, between tasks")
+            return
+        if last.give_up_at is None:
             # As under prefork, nothing stops a task without a hard limit.
             if not child.warned_unbounded:
                 child.warned_unbounded = True
                 logger.warning(
                     "worker child silent, its task has no hard time limit: left running",
-                    extra={"child": child.index, "task_id": task.task_id, "silent": now - beat.at},
+                    extra={"child": child.index, "task_id": last.task_id, "silent": now - beat.at},
                 )
             return
-        why = f"no heartbeat for {now - beat.at:.1f}s"
-        if task is None:  # idle: its event loop itself is stuck
-            self._kill(child, None, why)
-        elif task.give_up_at is not None and now > task.give_up_at:
-            self._kill(child, task.task_id, why)
+        if now > last.give_up_at:
+            self._kill(child, last.task_id, f"no heartbeat for {now - beat.at:.1f}s")
 
     def _kill(self, child: Child, task_id: str | None, why: str) -> None:
         assert child.process is not None

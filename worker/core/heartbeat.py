@@ -2,14 +2,16 @@
 children: two small files per child.
 
 - The beat, a JSON file a thread of the child rewrites every second: its state (starting,
-  consuming or not, for the pod's ``/readyz``) and, by its age, whether the process runs Python
-  at all. A task in C code that holds the GIL stops every thread of its process, the inline
-  pool's timekeeper included, so the pool cannot stop it; the beat stops too, and that is what
-  the supervisor sees from outside.
-- The task slot, a fixed-size file the child maps into memory and writes at each task's start
-  and end (a memory write, no system call: it costs a task about a microsecond): the task
-  running, and when the pool itself would have ended it. A task holding the GIL a while within
-  its time limit is left alone, and the one past it is named when its child is killed.
+  consuming or not, for the pod's ``/readyz``), the task running then, and, by its age, whether
+  the process runs Python at all. A task in C code that holds the GIL stops every thread of its
+  process, the inline pool's timekeeper included, so the pool cannot stop it; the beat stops
+  too, and that is what the supervisor sees from outside.
+- The task slot, a fixed-size file the child maps into memory and overwrites as each task
+  starts (one pack and one memory write, no system call): the last task started, when, and
+  when the pool itself would have ended it. Such a task started after the last beat, or named
+  by it, is the one running: a task holding the GIL a while within its time limit is left
+  alone, and the one past it is named when its child is killed. Nothing is written when a task
+  ends (the beat tells the rest), which keeps the cost to one signal receiver per task.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ BEAT_INTERVAL = 1.0
 
 STARTING, READY, RECONNECTING, STOPPED = "starting", "ready", "reconnecting", "stopped"
 
-# give_up_at (NaN: no hard limit), then the task id (empty: no task).
-_SLOT = struct.Struct("<d64s")
+# started, give_up_at (NaN: no hard limit), the task id (empty: none yet).
+_SLOT = struct.Struct("<dd64s")
+_PACK = _SLOT.pack
 
 
 @dataclass(frozen=True)
 class Beat:
-    """One heartbeat. ``at`` is ``time.monotonic()``: system-wide on Linux, so comparable
+    """One heartbeat. Times are ``time.monotonic()``: system-wide on Linux, so comparable
     between the child and the supervisor, and immune to clock steps."""
 
     pid: int
@@ -46,13 +49,23 @@ class Beat:
     # STARTING until the worker is ready; READY while it consumes; RECONNECTING while its
     # consumer has no broker connection; STOPPED once its blueprint stopped running.
     state: str
+    # The task running at the beat, if any.
+    task_id: str | None = None
 
 
 @dataclass(frozen=True)
-class RunningTask:
+class StartedTask:
+    """The last task a child started."""
+
     task_id: str
-    # When the pool ends the task at the latest (monotonic); None: it has no hard limit.
+    started: float
+    # When the pool ends the task at the latest; None: it has no hard limit.
     give_up_at: float | None
+
+    def running_at(self, beat: Beat) -> bool:
+        """Still running, as far as the last beat can tell: named by it, or started after it
+        (a task holding the GIL from its start lets no beat through)."""
+        return self.task_id == beat.task_id or self.started > beat.at
 
 
 def supervised() -> bool:
@@ -78,27 +91,24 @@ def read_beat(path: Path) -> Beat | None:
 
 
 class TaskSlot:
-    """The child's side of the task slot, mapped once."""
+    """The child's side of the task slot, mapped once; written on every task's path, so it is
+    a pack and a slice assignment, nothing more."""
 
     def __init__(self, path: Path) -> None:
         with path.open("w+b") as file:
             file.truncate(_SLOT.size)
             self._map = mmap.mmap(file.fileno(), _SLOT.size)
-        self.clear()
 
-    def set(self, task: RunningTask) -> None:
-        deadline = math.nan if task.give_up_at is None else task.give_up_at
-        self._map[:] = _SLOT.pack(deadline, task.task_id.encode()[:64])
-
-    def clear(self) -> None:
-        self._map[:] = _SLOT.pack(math.nan, b"")
+    def set(self, task_id: str, started: float, give_up_at: float) -> None:
+        """``give_up_at``: NaN for a task without a hard limit."""
+        self._map[:] = _PACK(started, give_up_at, task_id.encode())
 
 
-def read_slot(path: Path) -> RunningTask | None:
-    """The task the child runs, or None (idle, or no slot)."""
+def read_slot(path: Path) -> StartedTask | None:
+    """The last task the child started, or None (none yet, or no slot)."""
     with contextlib.suppress(OSError, struct.error, UnicodeDecodeError):
-        deadline, raw = _SLOT.unpack(path.read_bytes()[: _SLOT.size])
-        task_id = raw.rstrip(b"\0").decode()
+        started, deadline, raw = _SLOT.unpack(path.read_bytes()[: _SLOT.size])
+        task_id = raw.partition(b"\0")[0].decode()
         if task_id:
-            return RunningTask(task_id, None if math.isnan(deadline) else deadline)
+            return StartedTask(task_id, started, None if math.isnan(deadline) else deadline)
     return None
