@@ -63,6 +63,10 @@ FIRST_BEAT_SECONDS = 120.0
 # Restart backoff: 1 s, doubling to 30 s; reset once a child has run this long.
 BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_RESET = 1.0, 30.0, 30.0
 TICK = 0.2
+# A child that exits this many times in a row before it was ever ready cannot start (a bad
+# setting stops a worker at start-up): the supervisor exits, so the pod restarts visibly
+# (CrashLoopBackOff) instead of retrying out of sight.
+GIVE_UP_AFTER_FAILED_STARTS = 5
 # A child silent this long between tasks is taken as hung (a liveness probe's minute): a busy
 # node may starve a healthy child's beat for seconds, and no task limit applies there.
 IDLE_SILENT_SECONDS = 60.0
@@ -112,6 +116,9 @@ class Child:
     started_at: float = 0.0
     restart_at: float = 0.0
     failures: int = 0
+    # Exits in a row before a first READY beat: a child that cannot start (a bad setting).
+    failed_starts: int = 0
+    ready: bool = False
     warned_unbounded: bool = False
     # The stop signal was sent to the current process (one started while the handler ran
     # gets it from the loop).
@@ -128,6 +135,7 @@ class Child:
         )
         self.started_at = time.monotonic()
         self.signalled = False
+        self.ready = False
         logger.info("worker child started", extra={"child": self.index, "pid": self.process.pid})
 
     @property
@@ -146,6 +154,7 @@ class Supervisor:
     def __init__(self, args: WorkerArgs, settings: Settings, workdir: Path) -> None:
         self.settings = settings
         self.stopping = False
+        self.gave_up = False
         self.stop_signal = signal.SIGTERM
         self.grace = settings.worker_pool_stop_grace_seconds
         # A beat older than this is stale: the pool's grace plus a few missed beats.
@@ -168,6 +177,9 @@ class Supervisor:
             signal.signal(signum, self._forward)
 
     def _forward(self, signum: int, frame: FrameType | None) -> None:
+        self.stop(signum)
+
+    def stop(self, signum: int) -> None:
         self.stopping = True
         self.stop_signal = signal.Signals(signum)
         logger.info("stopping the worker children", extra={"signal": self.stop_signal.name})
@@ -193,7 +205,7 @@ class Supervisor:
                 break
             time.sleep(TICK)
         failed = [code for child in self.children for code in child.exits if code != 0]
-        return 1 if failed else 0
+        return 1 if failed or self.gave_up else 0
 
     def _check(self, child: Child, now: float) -> None:
         process = child.process
@@ -214,6 +226,15 @@ class Supervisor:
             child.exits.append(code)
             logger.info("worker child exited", extra={"child": child.index, "status": code})
             return
+        child.failed_starts = 0 if child.ready else child.failed_starts + 1
+        if child.failed_starts >= GIVE_UP_AFTER_FAILED_STARTS:
+            logger.error(
+                "worker child cannot start: stopping the supervisor",
+                extra={"child": child.index, "status": code, "attempts": child.failed_starts},
+            )
+            self.gave_up = True
+            self.stop(signal.SIGTERM)
+            return
         ran = now - child.started_at
         child.failures = 1 if ran >= BACKOFF_RESET else child.failures + 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (child.failures - 1))
@@ -230,6 +251,7 @@ class Supervisor:
             if now - child.started_at > FIRST_BEAT_SECONDS:
                 self._kill(child, None, "no heartbeat since its start")
             return
+        child.ready = child.ready or beat.state == READY
         if now - beat.at <= self.stale:
             child.warned_unbounded = False
             return

@@ -173,6 +173,13 @@ def test_a_child_stuck_in_c_code_holding_the_gil_is_killed_and_replaced(shared: 
     )
     for after in shared.submit(4):
         assert wait_for_status(shared.api, after, timeout=60)["status"] == "succeeded"
+    # Nothing lost: its message waits, unacknowledged, for the visibility timeout; redelivered,
+    # it is skipped as finished (its failure is stored).
+    wait_until(
+        lambda: [task_id.encode() in raw for raw in shared.redis.hvals("unacked")] == [True],
+        10,
+        "the stuck task's message alone unacknowledged",
+    )
 
 
 def test_readyz_follows_redis(shared: Pod) -> None:
@@ -223,3 +230,20 @@ def test_with_prefork_the_supervisor_is_replaced_by_celery(tmp_path: Path) -> No
             argv = Path(f"/proc/{worker.pid}/cmdline").read_bytes().split(b"\0")
             assert b"celery" in argv and b"worker.supervisor" not in argv
             assert len(child_pids(worker.pid)) == 1  # prefork's one pool process
+
+
+def test_a_child_that_cannot_start_stops_the_supervisor_with_a_failure(tmp_path: Path) -> None:
+    """A setting that stops every worker at start-up (an unknown task in the limits): after five
+    failed starts in a row the supervisor exits non-zero, so the pod restarts where it shows."""
+    with RedisServer(tmp_path / "redis") as server:
+        variables = {
+            "COURIER_REDIS_URL": server.url,
+            "COURIER_WORKER_METRICS_PORT": "0",
+            "COURIER_WORKER_POOL": "inline",
+            "COURIER_TASK_TIME_LIMITS": '{"no_such_task": {"hard": 1}}',
+        }
+        args = [sys.executable, "-m", "worker.supervisor", "--concurrency=1"]
+        with Service(args, courier_env(variables), tmp_path / "supervisor.log") as supervisor:
+            # Backoff 1 + 2 + 4 + 8 s between five starts of a few seconds each.
+            assert supervisor.process.wait(timeout=120) == 1
+            assert "worker child cannot start: stopping the supervisor" in supervisor.output()
