@@ -59,6 +59,30 @@ end
 return #KEYS - first_key + 1
 """
 WRITE_ALL_SHA = hashlib.sha1(WRITE_ALL.encode()).hexdigest()
+# The common write, a new task's record and message with no condition: WRITE_ALL's writes for
+# that one shape, without its loop and the tables it builds per command. KEYS: the record, the
+# queue's list; ARGV: the record's time to live, the message, then the record's fields and
+# values. Measured with redis-server's own CPU time (/proc) over 20,000 writes, 1.2 KB
+# messages: 13-15 us a write against WRITE_ALL's 17-19 us.
+WRITE_TASK = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[2])
+return 3
+"""
+WRITE_TASK_SHA = hashlib.sha1(WRITE_TASK.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Script:
+    """A script's text, and its SHA1 as ``EVALSHA`` names it."""
+
+    text: str
+    sha: str
+
+
+ALL = Script(WRITE_ALL, WRITE_ALL_SHA)
+TASK = Script(WRITE_TASK, WRITE_TASK_SHA)
 
 
 @dataclass(frozen=True)
@@ -156,6 +180,22 @@ def script_arguments(
     return keys, argv
 
 
+def task_arguments(commands: Sequence[Command]) -> tuple[list[Any], list[Any]] | None:
+    """KEYS and ARGV of ``WRITE_TASK`` when ``commands`` are a record's ``hset`` of a mapping,
+    its ``expire`` in whole seconds and a message's ``lpush``, in that order (what a submit
+    without a guard writes); None for anything else, which ``WRITE_ALL`` writes."""
+    if len(commands) != 3:
+        return None
+    (hset, record), (expire, timed), (lpush, pushed) = commands
+    if hset != "hset" or expire != "expire" or lpush != "lpush" or len(pushed) != 2:
+        return None
+    fields = _sent_directly(hset, record)
+    ttl = _sent_directly(expire, timed)
+    if fields is None or ttl is None or ttl[1] != fields[1]:
+        return None
+    return [fields[1], pushed[0]], [ttl[2], pushed[1], *fields[2:]]
+
+
 def _sent_directly(method: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
     """What redis-py's method sends for a submit's own writes (a record's ``hset`` of a
     mapping and its ``expire`` in whole seconds, a message's ``lpush``), without calling it
@@ -211,11 +251,16 @@ _PACKED_COUNT = 1024
 
 
 def _request(
-    keys: Sequence[Any], argv: Sequence[Any], replication: Replication, encoder: Encoder, full: bool
+    script: Script,
+    keys: Sequence[Any],
+    argv: Sequence[Any],
+    replication: Replication,
+    encoder: Encoder,
+    full: bool,
 ) -> bytes:
     """The script call, and its ``WAIT`` pipelined behind it: still one round trip."""
-    script = ("EVAL", WRITE_ALL) if full else ("EVALSHA", WRITE_ALL_SHA)
-    packed = pack_command((*script, len(keys), *keys, *argv), encoder)
+    call = ("EVAL", script.text) if full else ("EVALSHA", script.sha)
+    packed = pack_command((*call, len(keys), *keys, *argv), encoder)
     if replication.replicas:
         packed += pack_command(("WAIT", replication.replicas, replication.timeout_ms), encoder)
     return packed
@@ -247,15 +292,22 @@ async def write_all(
     ``NotReached`` when Redis could not be reached (nothing sent); ``ConditionFailed`` when
     ``condition`` did not hold (nothing written); ``NotReplicated`` when written on the primary
     but not acknowledged by enough replicas; any other error was raised after sending."""
-    keys, argv = script_arguments(commands, condition)
-    written = await write_script(client, keys, argv, replication)
+    task = None if condition is not None else task_arguments(commands)
+    if task is None:
+        written = await write_script(client, *script_arguments(commands, condition), replication)
+    else:
+        written = await write_script(client, *task, replication, TASK)
     if not written.applied:
         raise ConditionFailed()
     return written
 
 
 async def write_script(
-    client: AsyncRedis, keys: list[Any], argv: list[Any], replication: Replication
+    client: AsyncRedis,
+    keys: list[Any],
+    argv: list[Any],
+    replication: Replication,
+    script: Script = ALL,
 ) -> Written:
     """``write_all`` with its script arguments already made (a write made again, as it was);
     a condition that did not hold is ``Written.applied`` False, not an error."""
@@ -263,7 +315,8 @@ async def write_script(
     connection = await _take_connection(pool)
     try:
         for full in (False, True):
-            await _send(connection, _request(keys, argv, replication, connection.encoder, full))
+            packed = _request(script, keys, argv, replication, connection.encoder, full)
+            await _send(connection, packed)
             reply: Any = None
             error: Exception | None = None
             try:

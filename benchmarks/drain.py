@@ -19,6 +19,7 @@ within a run, so machine noise hits them alike.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ from benchmarks.peers import PEERS, measure_peer
 from benchmarks.plan import Plan
 from benchmarks.procs import Stack, log, stack
 from benchmarks.services import (
+    WORKER_FAST_FLAGS,
     Redis,
     Worker,
+    courier_env,
     start_bare_worker,
     start_courier_api,
     start_courier_worker,
@@ -58,7 +61,9 @@ class Courier:
     env: dict[str, str] = field(default_factory=dict)
     # Same total concurrency as the chart's one prefork worker of 2: two one-process workers
     # (``pool`` "solo", Celery's, or "inline", Courier's with time limits and terminate), each
-    # consuming and executing in one process (no hand-over to a pool child).
+    # consuming and executing in one process (no hand-over to a pool child). "inline" runs as
+    # the chart runs it with ``worker.pool: inline``: one supervisor (``python -m
+    # worker.supervisor --concurrency=2``) starting the two.
     processes: int = 0
     pool: str = "solo"
 
@@ -78,7 +83,7 @@ KNOBS = [
     Courier("courier, no task records (raw messages)", through_api=False),
     Courier("courier, 2 x --pool=solo (same concurrency, no pool child)", processes=2),
     Courier(
-        "courier, 2 x inline pool (COURIER_WORKER_POOL=inline: solo with time limits)",
+        "courier, inline pool, supervisor --concurrency=2 (chart's worker.pool: inline)",
         processes=2,
         pool="inline",
     ),
@@ -123,12 +128,9 @@ def start_courier_workers(s: Stack, r: Redis, variant: Courier) -> list[Worker]:
                 s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel
             )
         ]
-    # inline is chosen by its setting: Celery's --pool takes only Celery's own names.
-    args = ["--concurrency=1"]
     if variant.pool == "inline":
-        env["COURIER_WORKER_POOL"] = "inline"
-    else:
-        args.insert(0, f"--pool={variant.pool}")
+        return [start_supervisor(s, r, variant, env)]
+    args = [f"--pool={variant.pool}", "--concurrency=1"]
     return [
         start_courier_worker(
             s, r, args, env, name=f"{variant.pool}{i}",
@@ -136,6 +138,18 @@ def start_courier_workers(s: Stack, r: Redis, variant: Courier) -> list[Worker]:
         )
         for i in range(variant.processes)
     ]  # fmt: skip
+
+
+def start_supervisor(s: Stack, r: Redis, variant: Courier, env: dict[str, str]) -> Worker:
+    """The inline pool as the chart runs it: the supervisor and its ``processes`` children
+    (the pool is chosen by its setting: Celery's --pool takes only Celery's own names)."""
+    env = courier_env(r, {**env, "COURIER_WORKER_POOL": "inline"})
+    env["COURIER_WORKER_METRICS_PORT"] = "0"  # as the two-worker variants: no metrics server
+    args = [
+        sys.executable, "-m", "worker.supervisor", f"--concurrency={variant.processes}",
+        *WORKER_FAST_FLAGS, f"--loglevel={variant.loglevel}", "-n", "inline@%h",
+    ]  # fmt: skip
+    return Worker(s.spawn(args, env))
 
 
 def drain_courier(variant: Courier, plan: Plan) -> float:

@@ -13,6 +13,7 @@ ensure_multiproc_dir("courier-worker-metrics-")
 from worker.celery_config import create_celery_app  # noqa: E402
 from worker.core.settings import get_settings  # noqa: E402
 from worker.signals import connect_signals  # noqa: E402
+from worker.supervised import connect_supervised  # noqa: E402
 
 celery_app = create_celery_app(get_settings())
 # Workers wait out a Redis restart when storing states and results, rather than failing the
@@ -24,3 +25,5 @@ celery_app.conf.update(
     result_backend_max_sleep_between_retries_ms=1000,
 )
 connect_signals(celery_app)
+# A child of the inline supervisor (worker/supervisor.py) reports its heartbeat to it.
+connect_supervised()

@@ -15,11 +15,18 @@ FastAPI's own handler with the body replayed, before anything is written: its er
 FastAPI's. An error raised after that point (429, 503, a payload nested too deep) is raised by
 the same function in the same order as on FastAPI's path, so the same exception handler
 answers it. ``tests/api/test_fast_submit.py`` compares both paths byte for byte.
+
+The route's handler offers each request to ``fast_path``; so does
+``app.middleware.submit_dispatch``, before FastAPI's routing, for a path whose route it has
+learnt (a request it declined is marked ``DECLINED`` and goes to FastAPI's handler without a
+second offer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request, Response
@@ -34,7 +41,7 @@ from app.api.security import client_identity_from_headers, rate_limited_client
 _JSON = b"application/json"
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
+def replay(first: Message, receive: Receive) -> Receive:
     """``receive`` that gives ``first`` again before the rest: FastAPI reads the body anew."""
     pending = [first]
 
@@ -47,7 +54,7 @@ def _replay(first: Message, receive: Receive) -> Receive:
 def _replayed(request: Request, first: Message) -> Request:
     """The request for FastAPI's handler, its body's first message given again: made only
     when the fast path hands a request over."""
-    return Request(request.scope, _replay(first, request.receive))
+    return Request(request.scope, replay(first, request.receive))
 
 
 def _is_common(request: Request) -> bool:
@@ -63,6 +70,17 @@ def _is_common(request: Request) -> bool:
         elif name == b"idempotency-key":
             return False
     return content_type == _JSON
+
+
+class PrebuiltResponse(Response):
+    """A response whose body and headers are already made (``content-length`` and
+    ``content-type`` included): Starlette's ``Response`` sends them as they are."""
+
+    def __init__(self, status_code: int, body: bytes, raw_headers: list[tuple[bytes, bytes]]):
+        self.status_code = status_code
+        self.body = body
+        self.raw_headers = raw_headers
+        self.background = None
 
 
 class _SubResponse(Response):
@@ -84,6 +102,19 @@ def _validated_as_is(response_type: Any) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class HandOver:
+    """The fast path declined: FastAPI answers, with ``first`` (the body's first message, when
+    it was read) given again before the rest of the body."""
+
+    first: Message | None = None
+
+
+# Set in the scope of a request the dispatch (``app.middleware.submit_dispatch``) offered to
+# the fast path and that was declined: the route's handler then goes straight to FastAPI's.
+DECLINED = "courier.fast_submit.declined"
+
+
 class FastSubmitRoute(StandardJsonRoute):
     """A submit route that offers each request to its fast path first.
 
@@ -92,11 +123,15 @@ class FastSubmitRoute(StandardJsonRoute):
 
     async def submit(
         self, request: Request, response: Response, payload: BaseModel | None, client: str
-    ) -> BaseModel:
+    ) -> BaseModel | Response:
+        """The 202's model (its headers set on ``response``), or the whole 202 already made."""
         raise NotImplementedError
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    @functools.cached_property
+    def fast_path(self) -> Callable[[Request], Awaitable[Response | HandOver]] | None:
+        """The fast path: a common submit's 202 (or an error raised after its side effects,
+        as FastAPI's path raises it), or ``HandOver``; None when this route's shape is not the
+        one it reproduces."""
         body_field, response_field = self.body_field, self.response_field
         status_code = self.status_code
         if (
@@ -105,7 +140,7 @@ class FastSubmitRoute(StandardJsonRoute):
             or status_code is None
             or not isinstance(self.response_class, DefaultPlaceholder)
         ):
-            return handler  # not the shape the fast path reproduces
+            return None
         response_type = response_field.field_info.annotation
         as_is = _validated_as_is(response_type)
         serialized: dict[str, Any] = {
@@ -117,12 +152,12 @@ class FastSubmitRoute(StandardJsonRoute):
             "exclude_none": self.response_model_exclude_none,
         }
 
-        async def fast_or_full(request: Request) -> Response:
+        async def fast(request: Request) -> Response | HandOver:
             if not _is_common(request):
-                return await handler(request)
+                return _NOTHING_READ
             first = await request.receive()
             if first["type"] != "http.request" or first.get("more_body", False):
-                return await handler(_replayed(request, first))
+                return HandOver(first)
             try:
                 payload, errors = body_field.validate(
                     loads_standard_json(first.get("body", b"")), {}, loc=("body",)
@@ -131,11 +166,13 @@ class FastSubmitRoute(StandardJsonRoute):
             except Exception:  # FastAPI's path raises it again, and answers it its way
                 client = None
             if client is None:
-                return await handler(_replayed(request, first))
+                return HandOver(first)
             # From here on, as on FastAPI's path: a side effect, then errors as exceptions.
             client = await rate_limited_client(request, client)
             headers = _SubResponse()  # FastAPI's sub-response: the endpoint's headers
             accepted = await self.submit(request, headers, payload, client)
+            if isinstance(accepted, Response):
+                return accepted
             if as_is and type(accepted) is response_type:
                 # serialize_response's validation would return it unchanged
                 content = response_field.serialize_json(accepted, **serialized)
@@ -147,4 +184,25 @@ class FastSubmitRoute(StandardJsonRoute):
             response.raw_headers.extend(headers.raw_headers)
             return response
 
+        return fast
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        fast = self.fast_path
+        if fast is None:
+            return handler  # not the shape the fast path reproduces
+
+        async def fast_or_full(request: Request) -> Response:
+            if DECLINED in request.scope:  # the dispatch's offer was declined already
+                return await handler(request)
+            answer = await fast(request)
+            if isinstance(answer, HandOver):
+                if answer.first is not None:
+                    request = _replayed(request, answer.first)
+                return await handler(request)
+            return answer
+
         return fast_or_full
+
+
+_NOTHING_READ = HandOver()

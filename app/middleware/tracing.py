@@ -52,14 +52,20 @@ def instrument_fastapi(app: FastAPI) -> None:
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
 
 
-def set_trace_headers(response: Response) -> str | None:
-    """Add ``X-Trace-Id`` and a W3C ``traceparent`` for the current span; returns the trace id."""
+def trace_ids() -> tuple[str, str] | None:
+    """The current span's trace id and W3C ``traceparent``; None outside a valid span."""
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None
     trace_id = format(context.trace_id, "032x")
-    response.headers["X-Trace-Id"] = trace_id
-    response.headers["traceparent"] = (
-        f"00-{trace_id}-{format(context.span_id, '016x')}-{int(context.trace_flags):02x}"
-    )
-    return trace_id
+    traceparent = f"00-{trace_id}-{format(context.span_id, '016x')}-{int(context.trace_flags):02x}"
+    return trace_id, traceparent
+
+
+def set_trace_headers(response: Response) -> str | None:
+    """Add ``X-Trace-Id`` and a W3C ``traceparent`` for the current span; returns the trace id."""
+    ids = trace_ids()
+    if ids is None:
+        return None
+    response.headers["X-Trace-Id"], response.headers["traceparent"] = ids
+    return ids[0]

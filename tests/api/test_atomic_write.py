@@ -17,6 +17,8 @@ from redis.asyncio import Redis as AsyncRedis
 
 from app.atomic_write import (
     NO_WAIT,
+    WRITE_ALL_SHA,
+    WRITE_TASK_SHA,
     Condition,
     ConditionFailed,
     NotReached,
@@ -25,7 +27,9 @@ from app.atomic_write import (
     Written,
     pack_command,
     script_arguments,
+    task_arguments,
     write_all,
+    write_script,
 )
 from tests.utils.processes import RedisServer, free_port, wait_until
 from worker.core.names import DEFAULT_QUEUE
@@ -284,3 +288,41 @@ def test_commands_are_sent_as_redis_py_sends_them(command: Command) -> None:
     expected = [b"", len(rest) + 1, sent_name, *rest]
     # Typed: 1 and 1.0 are equal, and packed differently.
     assert [(type(a), a) for a in [*keys, *argv]] == [(type(a), a) for a in [key, *expected]]
+
+
+def test_the_task_script_stores_what_the_general_script_stored(
+    client: redis.Redis, own_redis: RedisServer
+) -> None:
+    """A submit's three writes go by ``WRITE_TASK``; the same keys, values and time to live as
+    by ``WRITE_ALL``, which writes every other shape."""
+    task = task_arguments(COMMANDS)
+    assert task is not None
+    _write(own_redis.url, COMMANDS)
+    by_task = _stored(client)
+    client.flushall()
+
+    async def by_general_script() -> None:
+        aclient = AsyncRedis.from_url(own_redis.url)
+        try:
+            await write_script(aclient, *script_arguments(COMMANDS), NO_WAIT)
+        finally:
+            await aclient.aclose()
+
+    asyncio.run(by_general_script())
+    assert _stored(client) == by_task
+    assert client.script_exists(WRITE_TASK_SHA, WRITE_ALL_SHA) == [True, True]
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        COMMANDS[:2],
+        [COMMANDS[1], COMMANDS[0], COMMANDS[2]],
+        [COMMANDS[0], ("expire", ("other", 86400)), COMMANDS[2]],
+        [COMMANDS[0], ("expire", ("rec", timedelta(days=1))), COMMANDS[2]],
+        [COMMANDS[0], COMMANDS[1], ("lpush", ("q", "a", "b"))],
+        [COMMANDS[0], COMMANDS[1], ("rpush", ("q", "a"))],
+    ],
+)
+def test_any_other_shape_takes_the_general_script(commands: list[Command]) -> None:
+    assert task_arguments(commands) is None

@@ -19,17 +19,21 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import fastapi.routing
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from pydantic import TypeAdapter
 
 from app.api.fast_submit import FastSubmitRoute
 from app.api.json_body import require_json_body
-from app.api.routes.tasks import NO_OPTIONS, enqueue_options
+from app.api.routes.tasks import NO_OPTIONS, accepted, accepted_reply, enqueue_options
+from app.api.schemas import TaskAccepted
 from app.api.security import (
     Forbidden,
     Unauthenticated,
@@ -317,3 +321,71 @@ def test_the_fast_paths_options_are_what_enqueue_options_gives_without_a_query(
 ) -> None:
     scope = {"type": "http", "headers": [], "query_string": b"", "app": client.app}
     assert asyncio.run(enqueue_options(Request(scope))) == NO_OPTIONS
+
+
+HOSTS = [b"testserver", b"example.com:8443", b'quote"d', b"back\\slash", b"h\xe9te", b"tab\there"]
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_the_prebuilt_202_is_fastapis_whatever_the_host(client: TestClient, host: bytes) -> None:
+    """The 202 is made from a template unless its URL would need escaping in JSON; either way
+    it is FastAPI's answer, byte for byte."""
+    headers: dict[str, str | bytes] = {**JSON, "X-API-Key": KEY, "Host": host}
+    assert assert_same_answer(client, "POST", NOOP, content=b"{}", headers=headers) == 202
+
+
+def test_the_prebuilt_202_carries_the_trace_as_fastapi_would() -> None:
+    """Inside a sampled span: the same body and headers as ``accepted``'s model and headers,
+    serialised as FastAPI does."""
+    provider = TracerProvider()
+    app = FastAPI()
+    scope = {
+        "type": "http", "method": "POST", "path": NOOP, "root_path": "", "scheme": "http",
+        "query_string": b"", "headers": [(b"host", b"api.example")], "app": app,
+        "server": ("10.0.0.1", 8000),
+    }  # fmt: skip
+    request = Request(scope)
+    task_id = str(uuid.uuid4())
+    with provider.get_tracer("test").start_as_current_span("submit"):
+        reply = accepted_reply(request, "noop", task_id)
+        sub = Response()
+        sub.raw_headers.clear()
+        model = accepted(request, sub, "noop", task_id)
+    assert reply is not None and model.trace_id is not None
+    body = TypeAdapter(TaskAccepted).dump_json(model)
+    full = Response(body, 202, media_type="application/json")
+    full.raw_headers.extend(sub.raw_headers)
+    assert (reply.status_code, reply.raw_headers, reply.body) == (202, full.raw_headers, body)
+    assert dict(reply.raw_headers)[b"x-trace-id"] == model.trace_id.encode()
+
+
+def test_a_known_submit_path_skips_the_router(
+    courier_vars: dict[str, str], fast_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first submit to a path goes through FastAPI's router, which names its route; later
+    common submits to it go straight to that route's fast path, with the route in the scope
+    as the router puts it there (the metrics label requests by it)."""
+    headers = {**JSON, "X-API-Key": KEY}
+    app = _app(courier_vars, fast_redis)
+    routes: list[object] = []
+    routed: list[str] = []
+    selected = fastapi.routing._IncludedRouter._handle_selected  # an included router's route
+
+    async def counted(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        routed.append(scope["path"])
+        await selected(self, scope, receive, send)
+
+    monkeypatch.setattr(fastapi.routing._IncludedRouter, "_handle_selected", counted)
+
+    async def spying(scope: Any, receive: Any, send: Any) -> None:
+        await app(scope, receive, send)
+        if scope["type"] == "http":
+            routes.append(scope.get("route"))
+
+    with TestClient(spying) as fresh:
+        first = fresh.post(NOOP, content=b"{}", headers=headers)
+        second = fresh.post(NOOP, content=b"{}", headers=headers)
+        keyed = fresh.post(NOOP, content=b"{}", headers={**headers, "Idempotency-Key": "k-1"})
+    assert (first.status_code, second.status_code, keyed.status_code) == (202, 202, 202)
+    assert routed == [NOOP, NOOP]  # the first, and the one the fast path declined
+    assert isinstance(routes[0], FastSubmitRoute) and routes == [routes[0]] * 3

@@ -279,10 +279,22 @@ def test_mode_none_sets_the_replica_count_and_no_autoscaler(render: Render) -> N
 
 
 def test_the_worker_pool_is_prefork_unless_inline_is_chosen(render: Render) -> None:
-    for values, pool in (({}, "prefork"), ({"worker": {"pool": "inline"}}, "inline")):
-        (worker,) = containers(one(render(values), "Deployment", "courier-worker"))
-        assert env_of(worker)["COURIER_WORKER_POOL"]["value"] == pool
-        assert not any(arg.startswith("--pool") for arg in worker["args"])
+    """Prefork (the default): celery is PID 1. Inline: the supervisor runs `concurrency`
+    inline workers, so `worker.concurrency` keeps its meaning with both pools."""
+    (default,) = containers(one(render(), "Deployment", "courier-worker"))
+    assert env_of(default)["COURIER_WORKER_POOL"]["value"] == "prefork"
+    commands = {
+        "prefork": ["celery", "-A", "worker.celery_app", "worker"],
+        "inline": ["python", "-m", "worker.supervisor"],
+    }
+    for pool in ("prefork", "inline"):
+        for concurrency in (1, 3):
+            values = {"worker": {"pool": pool, "concurrency": concurrency}}
+            (worker,) = containers(one(render(values), "Deployment", "courier-worker"))
+            assert env_of(worker)["COURIER_WORKER_POOL"]["value"] == pool
+            assert [*worker["command"], *worker["args"]][: len(commands[pool])] == commands[pool]
+            assert f"--concurrency={concurrency}" in worker["args"]
+            assert not any(arg.startswith("--pool") for arg in worker["args"])
 
 
 def test_beat_runs_exactly_one_replica_with_recreate(default_manifests: list[Manifest]) -> None:

@@ -24,8 +24,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.conftest import Manifest, expand_vars, find, one, pod_spec
-from tests.utils.processes import RedisServer, Service, courier_env, free_port, wait_until
+from tests.deploy.conftest import VALUE_MATRIX, Manifest, Render, expand_vars, find, one, pod_spec
+from tests.utils.processes import (
+    RedisServer,
+    Service,
+    child_pids,
+    courier_env,
+    free_port,
+    wait_until,
+)
+from worker.celery_config import create_celery_app
+from worker.core.settings import Settings
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="needs redis-server (.ci/run installs it)"
@@ -228,6 +237,40 @@ def test_rendered_worker_answers_its_probes(
             partial(ok_response, url), 30, f"the worker's {url} ({running.worker.log})"
         )
         assert health.status_code == 200
+
+
+def test_rendered_inline_worker_runs_concurrency_children_that_run_tasks(
+    running: Stack, render: Render
+) -> None:
+    """``worker.pool: inline``: the rendered supervisor starts one inline worker per
+    ``worker.concurrency``, each a Celery node of its own, and its pod port says ready."""
+    inline = Stack(render(VALUE_MATRIX["inline-pool"]), running.workdir)
+    inline.redis_port = running.redis_port
+    port = free_port()
+    _, prefork_env = running.env_for("Deployment", "courier-worker")
+    argv, env = inline.env_for(
+        "Deployment",
+        "courier-worker",
+        COURIER_REDIS_URL=prefork_env["COURIER_REDIS_URL"],  # the running Redis's password
+        COURIER_WORKER_METRICS_PORT=str(port),
+        PROMETHEUS_MULTIPROC_DIR=str(_mkdir(running.workdir / "inline-metrics")),
+    )
+    assert argv[:3] == ["python", "-m", "worker.supervisor"]
+    assert "--concurrency=3" in argv
+    supervisor = inline.start(argv, env, "inline-worker.log")
+    try:
+        url = f"http://127.0.0.1:{port}/readyz"
+        wait_until(partial(ok_response, url), 90, f"the inline pod's /readyz ({supervisor.log})")
+        assert len(child_pids(supervisor.pid)) == 3
+        app = create_celery_app(Settings(redis_url=env["COURIER_REDIS_URL"]))
+        try:
+            nodes = {node.partition("@")[0] for node in app.control.inspect(timeout=3).ping() or {}}
+        finally:
+            app.close()
+        assert {"celery-1", "celery-2", "celery-3"} <= nodes
+    finally:
+        inline.stop()
+    assert supervisor.process.returncode == 0, supervisor.output()[-2000:]
 
 
 def test_rendered_beat_starts_and_stays_up(running: Stack) -> None:

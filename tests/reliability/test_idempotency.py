@@ -188,6 +188,9 @@ def cut_api(own_redis: RedisServer) -> Iterator[tuple[TestClient, RedisLink]]:
         TestClient(create_app(settings_from({"COURIER_REDIS_URL": link.url}))) as api,
     ):
         assert api.post("/v1/tasks/noop", json={}).status_code == 202  # connections open
+        # A keyed submit too: its guarded write is another script than a common submit's, and
+        # a first EVALSHA of it would be refused NOSCRIPT and sent again in full, after the cut.
+        assert keyed_noop(api, f"warm-{uuid.uuid4()}", "warm").status_code == 202
         yield api, link
 
 

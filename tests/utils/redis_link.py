@@ -17,12 +17,12 @@ import threading
 from types import TracebackType
 from typing import Self
 
-from app.atomic_write import WRITE_ALL_SHA
+from app.atomic_write import WRITE_ALL_SHA, WRITE_TASK_SHA
 
 # EXEC as a client sends it (RESP): base64 message bodies and JSON cannot contain CRLF; the
-# script's SHA1 as EVALSHA names it.
+# scripts' SHA1 as EVALSHA names them.
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"
-WRITES = (EXEC, WRITE_ALL_SHA.encode())
+WRITES = (EXEC, WRITE_ALL_SHA.encode(), WRITE_TASK_SHA.encode())
 TAIL = max(len(marker) for marker in WRITES)
 
 

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from worker.core.heartbeat import supervised
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -42,9 +44,11 @@ def ensure_multiproc_dir(prefix: str) -> Path:
 
 
 def wipe_multiproc_dir() -> None:
-    """Drop the files of a previous process tree (a restarted container keeps its emptyDir)."""
+    """Drop the files of a previous process tree (a restarted container keeps its emptyDir).
+    Not in a child of the inline supervisor: the supervisor wiped the directory before
+    starting its children, and a restarted child would drop its siblings' counters."""
     directory = os.environ.get(ENV)
-    if directory:
+    if directory and not supervised():
         for stale in Path(directory).glob("*.db"):
             stale.unlink(missing_ok=True)
 

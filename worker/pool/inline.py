@@ -81,6 +81,11 @@ class TaskPool(SoloPool):
     def on_terminate(self) -> None:
         self.on_stop()
 
+    def running_job(self) -> Job | None:
+        """The job the main thread runs, if any: read by a supervised worker's heartbeat
+        (``worker/supervised.py``) from its own thread."""
+        return self._clock.current
+
     def terminate_job(self, pid: int, signal: int | None = None) -> None:
         """Celery's own terminate (a request revoked before its acceptance): the job is
         stopped here and Celery announces the revocation itself."""
