@@ -74,6 +74,21 @@ def test_a_state_is_stored_and_published_without_a_read_before_it(
     assert 0 < client.ttl(CELERY_RESULT_KEY.format(task_id=task_id)) <= EXPIRES
 
 
+def test_a_state_is_stored_after_redis_lost_its_scripts(
+    backend: CourierRedisBackend, client: redis.Redis
+) -> None:
+    """A restarted Redis (or SCRIPT FLUSH) answers NOSCRIPT to the EVALSHA: the script goes
+    once in full and the state is stored, under the same rule."""
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, {"pid": 1}, states.STARTED)
+    client.script_flush()
+    backend.store_result(task_id, "done", states.SUCCESS)
+    assert stored_status(client, task_id) == states.SUCCESS
+    client.script_flush()
+    backend.store_result(task_id, {"pid": 1}, states.STARTED)
+    assert stored_status(client, task_id) == states.SUCCESS
+
+
 def test_a_finished_state_stays_unpublished_over_and_keeps_a_ttl(
     backend: CourierRedisBackend, client: redis.Redis
 ) -> None:

@@ -23,6 +23,7 @@ from kombu.utils import json as kombu_json
 from kombu.utils.encoding import bytes_to_str
 
 from worker.core.names import DELIVERY_TAG_HEADER, UNACKED_KEY
+from worker.core.redis_calls import Call, Lua
 from worker.core.redis_client import ALLOW_OOM, FencedSSLConnection, sentinel_pool
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,10 @@ _SET_UNLESS_FINISHED = (
 return store_state_unless_finished(KEYS[1], ARGV[1], ARGV[2]) and 1 or 0
 """
 )
+# Sent as a ``Call`` (EVALSHA, EVAL when Redis lost it), not through redis-py's
+# ``register_script``, whose ``Script.__call__`` imports two modules and checks for pipelines at
+# every stored state.
+_GUARDED_SET = Lua(_SET_UNLESS_FINISHED)
 
 
 # kombu's JSON serializer builds a new encoder per value (``json.dumps(..., cls=JSONEncoder)``):
@@ -101,7 +106,6 @@ def _kombu_json_serializer() -> bool:
 class CourierRedisBackend(RedisBackend):
     """Selected by the result backend URL ``worker.core.result_backend:CourierRedisBackend+redis://``."""
 
-    _guarded_set: Any = None
     _extended: bool | None = None  # ``result_extended``, read once
 
     def _get_result_meta(
@@ -208,10 +212,8 @@ class CourierRedisBackend(RedisBackend):
         )  # fmt: skip
 
     def _set(self, key: str | bytes, value: str | bytes, expires: int | None = None) -> None:
-        if self._guarded_set is None:
-            self._guarded_set = self.client.register_script(_SET_UNLESS_FINISHED)
         ttl = getattr(self, "expires", None) if expires is None else expires
-        self._guarded_set(keys=[key], args=[value, int(ttl or 0)])
+        Call(script=_GUARDED_SET, keys=(key,), args=(value, int(ttl or 0))).run(self.client)
 
 
 # KEYS[1] the result, KEYS[2] kombu's unacked hash; ARGV: the state, its TTL, the delivery tag.
@@ -224,6 +226,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 0 then return -1 end
 return store_state_unless_finished(KEYS[1], ARGV[1], ARGV[2]) and 1 or 0
 """
 )
+_WHERE_DELIVERED = Lua(_SET_WHERE_DELIVERED)
 
 
 class CourierSentinelBackend(CourierRedisBackend):
@@ -237,7 +240,6 @@ class CourierSentinelBackend(CourierRedisBackend):
     storing a state twice is harmless (the script refuses to overwrite a finished one)."""
 
     connection_class_ssl: Any = FencedSSLConnection
-    _set_where_delivered: Any = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -274,12 +276,12 @@ class CourierSentinelBackend(CourierRedisBackend):
         if delivery is None:
             super()._set(key, value, expires)
             return
-        if self._set_where_delivered is None:
-            self._set_where_delivered = self.client.register_script(_SET_WHERE_DELIVERED)
         ttl = getattr(self, "expires", None) if expires is None else expires
-        stored = self._set_where_delivered(
-            keys=[key, UNACKED_KEY], args=[value, int(ttl or 0), delivery]
-        )
+        stored: Any = Call(
+            script=_WHERE_DELIVERED,
+            keys=(key, UNACKED_KEY),
+            args=(value, int(ttl or 0), delivery),
+        ).run(self.client)
         if stored != -1:
             return
         logger.warning(
