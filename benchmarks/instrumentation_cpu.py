@@ -6,9 +6,13 @@ count whatever else the machine does, so the modes can be told apart at the per-
 Each mode runs ``benchmarks.submit_cpu`` under callgrind twice, with 0 and with N submits; the
 difference over N is the instructions of one submit (server, handler, instrumentation, span
 export), start-up and warm-up cancelled out. The OTLP sink runs in this process, uncounted.
-The execution side is counted the same way: a worker (``--pool=solo``: one process, so one
-count) started on 0 and on N queued no-ops, stopped with SIGTERM once it is ready and the queue
-is drained. The messages carry the trace context the API would have sent with the same sampler
+The execution side is counted the same way: a worker (``--pool=solo``, or Courier's inline pool:
+one process, so one count) started on 0 and on N queued no-ops, both stopped with SIGTERM once
+the second has drained its queue. Stopping them together cancels what a worker does by the clock
+(the revoke listener's and the heartbeat's wake-ups, kombu's timers): an empty worker stopped as
+soon as it was ready left the full one's wall time in its count, which then grew with the load of
+the machine (0.4-0.7 M instructions per second of drain were seen).
+The messages carry the trace context the API would have sent with the same sampler
 (a new trace id each, "sampled" as its ratio decides), so the worker does what it does in
 production: follow the API's verdict. A solo worker also runs the broker's consumer, whose
 Redis housekeeping passes through the Redis instrumentation (which starts no span for it);
@@ -24,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -126,8 +131,10 @@ def _executions(
     template: dict[str, Any],
     queue: str,
     traceparent: Callable[[], str] | None,
-    pool: str = "solo",
+    pool: str,
+    drained: threading.Event,
 ) -> int:
+    """One worker's count; the empty one (``count`` 0) runs until the full one has drained."""
     if env.get("COURIER_WORKER_METRICS_PORT") != "0":  # two workers at once: not both on 9808
         env = {**env, "COURIER_WORKER_METRICS_PORT": str(free_port())}
     client = redis.Redis.from_url(env["COURIER_REDIS_URL"])
@@ -149,6 +156,10 @@ def _executions(
 
             wait_until(ready, 600, "the worker under callgrind", interval=0.5)
             wait_until(lambda: backlog(client, queue) == 0, 1800, "the drain", interval=0.5)
+            if count:
+                drained.set()
+            elif not drained.wait(3600):
+                raise RuntimeError("the full worker did not drain")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(600)
@@ -176,16 +187,20 @@ def per_task(
     traceparent: Callable[[], str] | None = None,
     pool: str = "solo",
 ) -> float:
-    """Both runs at once, each on its own Redis database."""
+    """Both runs at once, each on its own Redis database; ``pool`` "solo" or "inline"."""
     envs = [_env(r.url.rsplit("/", 1)[0] + f"/{db}", extra) for db in (1, 2)]
     if pool == "inline":
         envs = [{**env, "COURIER_WORKER_POOL": "inline"} for env in envs]
+    drained = threading.Event()
 
     def execute(env: dict[str, str], n: int) -> int:
-        return _executions(env, n, tmp, template, queue, traceparent, pool)
+        try:
+            return _executions(env, n, tmp, template, queue, traceparent, pool, drained)
+        finally:
+            drained.set()  # a failed full run must not leave the empty one waiting
 
-    with ThreadPoolExecutor(2) as runs:
-        empty, full = runs.map(execute, envs, (0, count))
+    with ThreadPoolExecutor(2) as workers:
+        empty, full = workers.map(execute, envs, (0, count))
     return (full - empty) / count
 
 
@@ -260,16 +275,20 @@ def _figures(what: str, counts: dict[str, list[float]]) -> list[Figure]:
 
 
 def main(argv: list[str]) -> None:
-    """``python -m benchmarks.instrumentation_cpu POOL [TASKS]``: instructions per executed raw
-    no-op (metrics on, tracing off, ``--loglevel=INFO``) for ``POOL`` (``POOL_FLAGS``; prefork:
-    its main process only), one run."""
-    pool, count = argv[0], int(argv[1]) if len(argv) > 1 else 1_500
+    """``python -m benchmarks.instrumentation_cpu [solo|inline|prefork] [TASKS] [RUNS]``:
+    instructions per executed no-op with metrics on and tracing off (the configuration the
+    worker's CPU cuts in docs/performance/worker.md were counted in), one line per run; for
+    prefork, its main process only."""
+    pool = argv[0] if argv else "solo"
+    count = int(argv[1]) if len(argv) > 1 else 1500
+    runs = int(argv[2]) if len(argv) > 2 else 2
     with stack("cpu") as s:
         r = start_redis(s)
         producer, queue = producer_app(COURIER, r)
         template = capture_template(producer, r.client(), queue)
-        per = per_task(r, METRICS_ONLY, count, str(s.tmp), template, queue, pool=pool)
-        print(f"{pool}: {per:,.0f} instructions per task")
+        for _ in range(runs):
+            per = per_task(r, METRICS_ONLY, count, str(s.tmp), template, queue, pool=pool)
+            print(f"{pool}: {per:,.0f} instructions per executed task ({count} tasks)", flush=True)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,7 @@ class TaskStart:
     queue_wait: float | None
 
 
-def _stamp_start(task: Task, task_id: str, records: TaskRecords) -> StartCheck:  # type: ignore[type-arg]
-    request = task.request
+def _stamp_start(task: Task, request: Any, task_id: str, records: TaskRecords) -> StartCheck:  # type: ignore[type-arg]
     fetched = getattr(request, START_CHECK_HEADER, None)
     if isinstance(fetched, str) and fetched in _FETCH_CHECKS:
         return _FETCH_CHECKS[fetched]
@@ -81,8 +80,7 @@ def _stamp_start(task: Task, task_id: str, records: TaskRecords) -> StartCheck: 
         return records.mark_started(task_id, started, task.name, queue)
 
 
-def _queue_wait(task: Task, now: float, queues: Collection[str]) -> float | None:  # type: ignore[type-arg]
-    request = task.request
+def _queue_wait(task: Task, request: Any, now: float, queues: Collection[str]) -> float | None:  # type: ignore[type-arg]
     name = task.name
     queue = metrics.queue_label((request.delivery_info or {}).get("routing_key"), queues)
     due = due_time(getattr(request, ENQUEUED_AT_HEADER, None), request.eta)
@@ -105,10 +103,11 @@ def connect(
     child) opens its own client on first use."""
 
     def before_task(sender: Task, task_id: str, **_: Any) -> None:  # type: ignore[type-arg]
+        request = sender.request  # a property: Celery's request stack, looked up at each read
         own = sender.app is app and not sender.name.startswith("celery.")
-        check = _stamp_start(sender, task_id, records()) if own else None
-        wait = _queue_wait(sender, time.time(), settings.queues)
-        setattr(sender.request, TASK_START, TaskStart(check, wait))
+        check = _stamp_start(sender, request, task_id, records()) if own else None
+        wait = _queue_wait(sender, request, time.time(), settings.queues)
+        setattr(request, TASK_START, TaskStart(check, wait))
 
     def arm_start_stamp(sender: str, instance: Any, **_: Any) -> None:
         # A worker's main process, before its consumer starts: its node name is known now.
@@ -123,16 +122,17 @@ def connect(
 
 def begin(task: Task) -> None:  # type: ignore[type-arg]
     """Step 3, the first thing a task's body does: ``Ignore`` when it must not run."""
-    start: TaskStart | None = getattr(task.request, TASK_START, None)
+    request = task.request
+    start: TaskStart | None = getattr(request, TASK_START, None)
     check = start.check if start is not None else None
-    task_id = str(task.request.id)
+    task_id = str(request.id)
     if check is not None and check.finished:
         # A redelivered duplicate (its worker died before acknowledging): already done.
         logger.info("duplicate delivery of a finished task skipped", extra={"task_id": task_id})
         raise Ignore()
     if check is not None and check.revoked:
         # Revoked while queued, and this worker missed the broadcast (e.g. it started later).
-        task.backend.mark_as_revoked(task_id, reason="revoked", request=task.request)
+        task.backend.mark_as_revoked(task_id, reason="revoked", request=request)
         raise Ignore()
     if start is not None and start.queue_wait is not None:
         trace.get_current_span().set_attribute(QUEUE_WAIT_ATTRIBUTE, start.queue_wait)

@@ -68,9 +68,13 @@ class RunContext:
     backend: CourierRedisBackend
 
 
+# ``json.dumps(result, default=str)`` builds a new encoder per call: one is kept instead.
+_SIZE_ENCODER = json.JSONEncoder(default=str)
+
+
 def check_result_size(result: Any, limit: int) -> None:
     """Results live in Redis next to the queue: an oversized one fails its task instead."""
-    size = len(json.dumps(result, default=str))
+    size = len(_SIZE_ENCODER.encode(result))
     if size > limit:
         raise PermanentError(
             f"result of {size} bytes exceeds COURIER_MAX_RESULT_BYTES ({limit} bytes)"
@@ -115,9 +119,10 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             payload = spec.payload.model_validate(kwargs)
         except ValidationError as exc:
             raise InvalidPayload(f"payload of {spec.name!r} is invalid: {exc}") from None
+        request = self.request  # a property: Celery's request stack, looked up at each read
         ctx = RunContext(
-            str(self.request.id),
-            self.request.retries,
+            str(request.id),
+            request.retries,
             settings,
             resources.artifacts,
             resources.records,
@@ -127,7 +132,7 @@ def bind_task(app: Celery, spec: TaskSpec, resources: WorkerResources) -> Task: 
             result = spec.func(payload, ctx)
         except retry_on as exc:
             countdown = backoff_seconds(
-                self.request.retries,
+                request.retries,
                 settings.retry_backoff_seconds,
                 settings.retry_backoff_max_seconds,
             )

@@ -248,9 +248,10 @@ def _queue_label(routing_key: object) -> str:
     return metrics.queue_label(routing_key, get_settings().queues)
 
 
-def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
-    """Worked out once per execution, at its start, and kept on the request for its end."""
-    request = task.request
+def _task_labels(task: Task, request: Any) -> tuple[str, str, str]:  # type: ignore[type-arg]
+    """Worked out once per execution, at its start, and kept on ``request`` (the task's: read
+    once by each handler, ``Task.request`` is a property that walks Celery's request stack)
+    for its end."""
     labels: tuple[str, str, str] | None = getattr(request, _LABELS, None)
     if labels is None:
         delivery = request.delivery_info or {}
@@ -262,32 +263,34 @@ def _task_labels(task: Task) -> tuple[str, str, str]:  # type: ignore[type-arg]
 
 def _task_started(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
     # The queue wait is measured with the start stamp, in order (worker/lifecycle.py).
-    labels = _task_labels(sender)
-    setattr(sender.request, _STARTED_AT, time.perf_counter())
+    request = sender.request
+    labels = _task_labels(sender, request)
+    setattr(request, _STARTED_AT, time.perf_counter())
     metrics.labelled(metrics.TASK_STARTED, *labels).inc()
     metrics.labelled(metrics.WORKER_TASKS_ACTIVE, labels[1]).inc()
 
 
 def _task_finished(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.labelled(metrics.WORKER_TASKS_ACTIVE, _task_labels(sender)[1]).dec()
+    metrics.labelled(metrics.WORKER_TASKS_ACTIVE, _task_labels(sender, sender.request)[1]).dec()
 
 
 def _task_succeeded(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    labels = _task_labels(sender)
+    request = sender.request
+    labels = _task_labels(sender, request)
     metrics.labelled(metrics.TASK_SUCCEEDED, *labels).inc()
-    started = getattr(sender.request, _STARTED_AT, None)
+    started = getattr(request, _STARTED_AT, None)
     if started is not None:
         metrics.labelled(metrics.TASK_RUNTIME, *labels).observe(time.perf_counter() - started)
 
 
 def _task_failed(sender: Task, exception: BaseException | None = None, **_: Any) -> None:  # type: ignore[type-arg]
-    labels = _task_labels(sender)
+    labels = _task_labels(sender, sender.request)
     metrics.labelled(metrics.TASK_FAILED, *labels, type(exception).__name__).inc()
     metrics.labelled(metrics.TASK_FAILURES, *labels).inc()
 
 
 def _task_retried(sender: Task, **_: Any) -> None:  # type: ignore[type-arg]
-    metrics.labelled(metrics.TASK_RETRIED, *_task_labels(sender)).inc()
+    metrics.labelled(metrics.TASK_RETRIED, *_task_labels(sender, sender.request)).inc()
 
 
 def connect_signals(app: Celery) -> None:

@@ -6,10 +6,16 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis
 from celery import Celery, states
+from celery.app.task import Context
+from celery.backends.redis import RedisBackend
+from kombu.exceptions import EncodeError
 
 from tests.utils.celery_apps import close_app, close_backend
 from tests.utils.processes import RedisServer
@@ -68,6 +74,21 @@ def test_a_state_is_stored_and_published_without_a_read_before_it(
     assert 0 < client.ttl(CELERY_RESULT_KEY.format(task_id=task_id)) <= EXPIRES
 
 
+def test_a_state_is_stored_after_redis_lost_its_scripts(
+    backend: CourierRedisBackend, client: redis.Redis
+) -> None:
+    """A restarted Redis (or SCRIPT FLUSH) answers NOSCRIPT to the EVALSHA: the script goes
+    once in full and the state is stored, under the same rule."""
+    task_id = str(uuid.uuid4())
+    backend.store_result(task_id, {"pid": 1}, states.STARTED)
+    client.script_flush()
+    backend.store_result(task_id, "done", states.SUCCESS)
+    assert stored_status(client, task_id) == states.SUCCESS
+    client.script_flush()
+    backend.store_result(task_id, {"pid": 1}, states.STARTED)
+    assert stored_status(client, task_id) == states.SUCCESS
+
+
 def test_a_finished_state_stays_unpublished_over_and_keeps_a_ttl(
     backend: CourierRedisBackend, client: redis.Redis
 ) -> None:
@@ -117,3 +138,60 @@ def test_the_sentinel_write_stores_only_where_delivered_and_never_over_a_final_s
     assert store(keys=[key, UNACKED_KEY], args=[failure, EXPIRES, "tag"]) == 0
     assert client.get(key) == success.encode()
     assert 0 < client.ttl(key) <= EXPIRES
+
+
+def _requests() -> list[Any]:
+    stamped = Context(
+        id="t1", task="noop", args=[1], kwargs={"echo": 1}, hostname="w@host", retries=2,
+        delivery_info={"routing_key": "courier"}, group="g1", parent_id="p1",
+        stamps={"a": 1, "b": 2}, stamped_headers=["a"],
+    )  # fmt: skip
+    bare = Context(id="t2", task="noop", hostname="w@host", delivery_info=None)
+    return [None, stamped, bare]
+
+
+@pytest.mark.parametrize("extended", [True, False])
+@pytest.mark.parametrize("zone", [None, "Europe/Paris"])
+def test_the_stored_meta_is_celerys_key_for_key_in_its_order(
+    own_redis: RedisServer, extended: bool, zone: str | None
+) -> None:
+    """The meta dict is built without Celery's per-call lookups; what it holds, in which order
+    (the stored JSON text follows it) and the zone of its ``date_done`` are Celery's."""
+    app = Celery("meta", backend=own_redis.url, result_extended=extended, timezone=zone)
+    backend = CourierRedisBackend(app=app, url=own_redis.url, expires=EXPIRES)
+    try:
+        for request in _requests():
+            for state in (states.STARTED, states.SUCCESS, states.FAILURE, states.REVOKED):
+                for format_date in (True, False):
+                    args = ({"r": 1}, state, "tb", request, format_date)
+                    ours = backend._get_result_meta(*args)
+                    celerys = RedisBackend._get_result_meta(backend, *args)  # type: ignore[attr-defined]
+                    our_date, their_date = ours.pop("date_done"), celerys.pop("date_done")
+                    assert list(ours.items()) == list(celerys.items())
+                    if their_date is None:
+                        assert our_date is None
+                        continue
+                    if format_date:
+                        our_date = datetime.fromisoformat(our_date)
+                        their_date = datetime.fromisoformat(their_date)
+                    assert our_date.utcoffset() == their_date.utcoffset()
+                    assert abs((our_date - their_date).total_seconds()) < 5
+    finally:
+        close_backend(backend)
+        close_app(app)
+
+
+def test_encode_gives_kombus_json_text_and_its_error(backend: CourierRedisBackend) -> None:
+    """One kept encoder, the same text as Celery's ``encode`` through kombu's registry for the
+    types kombu's JSON encoder knows, and the registry's EncodeError for what it does not."""
+    value = {
+        "status": states.SUCCESS, "uuid": uuid.UUID(int=7),
+        "when": datetime(2026, 1, 2, tzinfo=UTC), "amount": Decimal("1.50"),
+        "raw": b"\xff\x00", "text": "é", "list": [1, None, True],
+    }  # fmt: skip
+    celery_encode: Any = RedisBackend.encode
+    assert backend.encode(value) == celery_encode(backend, value)
+    with pytest.raises(EncodeError):
+        celery_encode(backend, {"x": object()})
+    with pytest.raises(EncodeError):
+        backend.encode({"x": object()})

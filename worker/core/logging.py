@@ -51,8 +51,18 @@ class JsonFormatter(logging.Formatter):
         return _ENCODER.encode(entry)
 
 
+class LineStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """``StreamHandler`` minus its second lock and flush per record when the stream flushes at
+    every newline by itself (``sys.stderr`` is line-buffered since Python 3.9): each record is
+    one line, so it has reached the file once ``write`` returns, as before."""
+
+    def flush(self) -> None:
+        if not getattr(self.stream, "line_buffering", False):
+            super().flush()
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineStreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

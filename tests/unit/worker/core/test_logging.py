@@ -9,6 +9,7 @@ thread and process lookups (``skip_unlogged_record_fields``).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from worker.core.logging import JsonFormatter, skip_unlogged_record_fields
+from worker.core.logging import JsonFormatter, LineStreamHandler, skip_unlogged_record_fields
 
 
 def _record(msg: str, args: Any = None, **extra: Any) -> logging.LogRecord:
@@ -81,3 +82,16 @@ def test_skipping_the_unlogged_fields_changes_no_line(monkeypatch: pytest.Monkey
     assert record.threadName is None and record.process is None  # nothing looked up
     after = _line(record)
     assert {**after, "ts": None} == {**before, "ts": None}
+
+
+@pytest.mark.parametrize("line_buffering", [True, False])
+def test_each_line_reaches_the_file_when_written_whether_or_not_the_stream_is_line_buffered(
+    line_buffering: bool,
+) -> None:
+    """The handler skips its own flush only where the stream flushes at each newline itself."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=line_buffering)
+    handler = LineStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.handle(_record("task %s succeeded", ("t1",)))
+    assert json.loads(raw.getvalue())["message"] == "task t1 succeeded"
