@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.reliability import chaos_sentinel
+from tests.reliability.workdirs import scenario_dir
 from tests.utils.netns import NetworkLink
 from tests.utils.processes import (
     RedisServer,
@@ -146,8 +146,8 @@ class Cluster:
 
 @contextmanager
 def cluster(workdir: Path | None = None, **kwargs: Any) -> Iterator[Cluster]:
-    with tempfile.TemporaryDirectory(prefix="courier-chaos-") as tmp:
-        instance = Cluster(workdir or Path(tmp), **kwargs)
+    with scenario_dir("courier-chaos-") as tmp:
+        instance = Cluster(workdir or tmp, **kwargs)
         try:
             yield instance
         finally:
@@ -357,8 +357,7 @@ def redis_down_at_startup() -> Figures:
     from tests.utils.processes import free_port, gunicorn
 
     figures = Figures("redis down at start-up")
-    with tempfile.TemporaryDirectory(prefix="courier-chaos-") as tmp:
-        workdir = Path(tmp)
+    with scenario_dir("courier-chaos-") as workdir:
         redis_server = RedisServer(workdir / "redis")
         api_port, metrics_port = free_port(), free_port()
         env = courier_env(
