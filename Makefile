@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock deps up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz docs docs-gen
+.PHONY: install lock deps checkov up test lint format typecheck clean manifests images bench autoscale-sim chaos fuzz docs docs-gen
 
 # Installs are reproducible: the exact versions and hashes in requirements/*.lock (made by
 # `make lock` from pyproject.toml's ranges), then Courier itself without dependencies.
@@ -45,8 +45,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app worker tools tests benchmarks
 
-test: install deps lint typecheck
-	$(BIN)/python -m pytest
+# The suite on both cores (pytest-xdist): each file's tests stay on one process, so a module's
+# fixtures start once; the timing-sensitive files share one group and never run two at once
+# (tests/conftest.py). `make test PYTEST_ARGS="-n 0"` runs it in one process, the old way.
+# Checkov's own virtualenv is made first, so no test's time limit pays for its install.
+PYTEST_ARGS ?=
+
+test: install deps checkov lint typecheck
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+# deploy/helm/checkov.sh installs checkov into .venv-checkov when missing (tests/deploy).
+checkov:
+	@bash deploy/helm/checkov.sh
 
 # The docs site (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt on every edit. `make test`
 # builds it with --strict (tests/docs/test_site.py): a broken link or a page missing from the nav fails.

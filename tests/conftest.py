@@ -24,6 +24,28 @@ from worker.core.settings import Settings
 
 pytest_plugins = ["tests.utils.reaper"]
 
+# Files whose tests time failovers, freezes and partitions against a loaded machine: under
+# pytest-xdist (`make test`: -n 2 --dist loadgroup) they run one after another on one process,
+# never two of them at once, while the other process runs the rest.
+TIMING_SENSITIVE = {
+    "tests/reliability/test_chaos.py",
+    "tests/reliability/test_chaos_sentinel.py",
+    "tests/reliability/test_partition.py",
+    "tests/reliability/test_redis_freeze.py",
+    "tests/reliability/test_sentinel.py",
+    "tests/reliability/test_sentinel_clients.py",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each file is one xdist group (its module fixtures start once, as with --dist loadfile),
+    except the timing-sensitive files, which share one."""
+    for item in items:
+        path = item.path.relative_to(config.rootpath).as_posix()
+        item.add_marker(pytest.mark.xdist_group("timing" if path in TIMING_SENSITIVE else path))
+
+
 TERMINAL = {"succeeded", "failed", "revoked"}
 
 

@@ -12,6 +12,9 @@ from app.main import create_app
 from tests.conftest import settings_from
 from tests.utils.processes import RedisServer
 
+# How fast a 503 must come without Redis (the README promises about 1 s).
+FAST_503_SECONDS = 2.0
+
 
 @pytest.fixture
 def api_on_own_redis(own_redis: RedisServer) -> Iterator[TestClient]:
@@ -23,6 +26,20 @@ def timed(call: object) -> tuple[object, float]:
     start = time.monotonic()
     result = call() if callable(call) else None
     return result, time.monotonic() - start
+
+
+def fastest(call: object, tries: int = 3) -> tuple[object, float]:
+    """The last answer and the shortest of up to ``tries`` timings, stopping at the first
+    under the bound: what the code takes, not a pause of the test process on a loaded machine
+    (seen under pytest-xdist beside other suites: the API logged its 503 in 20 ms, the test
+    measured 2.31 s). Waiting on a timeout instead of failing fast is slow every time."""
+    best = float("inf")
+    for _ in range(tries):
+        response, elapsed = timed(call)
+        best = min(best, elapsed)
+        if best < FAST_503_SECONDS:
+            break
+    return response, best
 
 
 def test_redis_down_gives_fast_503s_and_the_api_recovers(
@@ -49,10 +66,10 @@ def test_redis_down_gives_fast_503s_and_the_api_recovers(
         "upload": lambda: api.post("/v1/artifacts", files={"file": ("a.txt", b"abc")}),
     }
     for name, call in requests.items():
-        response, elapsed = timed(call)
+        response, elapsed = fastest(call)
         assert response.status_code == 503, (name, response.text)  # type: ignore[attr-defined]
         assert "detail" in response.json(), name  # type: ignore[attr-defined]
-        assert elapsed < 2.0, f"{name} took {elapsed:.2f}s"
+        assert elapsed < FAST_503_SECONDS, f"{name} took {elapsed:.2f}s"
     assert api.get("/healthz").status_code == 200
 
     own_redis.start()

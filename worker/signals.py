@@ -13,6 +13,7 @@ Where each signal fires matters under the prefork pool:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -180,6 +181,10 @@ def _worker_shutdown(**_: Any) -> None:
     if _MainProcess.hostname:
         metrics.WORKER_UP.labels(_MainProcess.hostname).set(0)
     flush_tracing()
+    # Sent once the pool has stopped; the process exits next. The interpreter's last garbage
+    # collection walked every object the worker holds, most of an idle worker's stop (0.24-0.28 s
+    # of CPU of 0.27 in the inline pool); frozen, they are left to the exit.
+    gc.freeze()
 
 
 def _request_labels(request: Any, task: Any = None) -> tuple[str, str, str]:

@@ -16,6 +16,9 @@ import pytest
 from tests.deploy.conftest import CHART, VALUE_MATRIX, render_templates
 
 CHECKOV = CHART.parent / "checkov.sh"
+# `make test` installs checkov before the suite (`make checkov`); run alone on a fresh checkout,
+# the first test's set-up installs it, a few minutes on a loaded machine (2 min when seen).
+pytestmark = pytest.mark.timeout(600)
 
 
 def write_render(directory: Path, name: str) -> None:

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from tests.reliability import chaos_sentinel
+from tests.reliability.chaos_ledger import INCLUDE as LEDGER_INCLUDE
+from tests.reliability.chaos_ledger import LEDGER_DIR, read_ledger
+from tests.reliability.workdirs import scenario_dir
 from tests.utils.netns import NetworkLink
 from tests.utils.processes import (
     RedisServer,
@@ -98,11 +100,14 @@ class Cluster:
         concurrency: int = 2,
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
+        extra_args: tuple[str, ...] = (),
     ) -> Service:
         self._starts += 1
         log = self.workdir / f"{name}-{self._starts}.log"
         variables = courier_env({**self.env, **(env or {})})
-        self.workers[name] = celery_worker(variables, log, name, concurrency, prefix=prefix)
+        self.workers[name] = celery_worker(
+            variables, log, name, concurrency, extra_args=extra_args, prefix=prefix
+        )
         return self.workers[name]
 
     def submit(self, payload: dict[str, Any], **headers: str) -> tuple[int, str | None]:
@@ -146,8 +151,8 @@ class Cluster:
 
 @contextmanager
 def cluster(workdir: Path | None = None, **kwargs: Any) -> Iterator[Cluster]:
-    with tempfile.TemporaryDirectory(prefix="courier-chaos-") as tmp:
-        instance = Cluster(workdir or Path(tmp), **kwargs)
+    with scenario_dir("courier-chaos-") as tmp:
+        instance = Cluster(workdir or tmp, **kwargs)
         try:
             yield instance
         finally:
@@ -212,15 +217,23 @@ def graceful_scale_down(long_tasks: int = 2, sleep: float = 3.0) -> Figures:
     """SIGTERM a worker mid-task: it finishes what it runs, takes nothing new, loses nothing."""
     figures = Figures("graceful SIGTERM")
     with cluster(visibility_timeout=30) as c:
-        worker = c.start_worker("leaving")
+        # The ledger says when a task's body is about to run in a pool process. Its status is no
+        # witness: a worker marks a task started as it fetches it, and a SIGTERM between the
+        # fetch and the pool gives the message back instead (seen once: 10 ms apart, 1 of the 2
+        # 'started' tasks finished before the exit, the other ran on the successor).
+        ledger = c.workdir / "ledger"
+        ledger.mkdir()
+        worker = c.start_worker(
+            "leaving", env={LEDGER_DIR: str(ledger)}, extra_args=(LEDGER_INCLUDE,)
+        )
         wait_consuming(c)
         ids = [c.submit({"sleep_seconds": sleep})[1] for _ in range(long_tasks * 2)]
         running = [i for i in ids if i]
         figures.submitted = figures.accepted = len(running)
         wait_until(
-            lambda: sum(c.status(i)["status"] == "started" for i in running) == long_tasks,
+            lambda: len(read_ledger(ledger)[0].keys() & set(running)) == long_tasks,
             20,
-            "the first tasks to run",
+            "the first tasks to run in the pool",
         )
         started = time.monotonic()
         worker.process.send_signal(signal.SIGTERM)
@@ -357,8 +370,7 @@ def redis_down_at_startup() -> Figures:
     from tests.utils.processes import free_port, gunicorn
 
     figures = Figures("redis down at start-up")
-    with tempfile.TemporaryDirectory(prefix="courier-chaos-") as tmp:
-        workdir = Path(tmp)
+    with scenario_dir("courier-chaos-") as workdir:
         redis_server = RedisServer(workdir / "redis")
         api_port, metrics_port = free_port(), free_port()
         env = courier_env(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -41,6 +40,7 @@ import httpx
 import redis
 
 from tests.reliability.chaos_ledger import INCLUDE, LEDGER_DIR, read_ledger
+from tests.reliability.workdirs import scenario_dir
 from tests.utils.netns import NetworkLink
 from tests.utils.processes import (
     Service,
@@ -408,8 +408,8 @@ def sentinel_fault(
 ) -> SentinelFigures:
     """``repeats`` injections of ``fault`` under load; figures over all of them. The partition
     needs its namespaced server as the primary, so each of its repetitions gets a fresh stack."""
-    with tempfile.TemporaryDirectory(prefix="courier-chaos-sentinel-") as tmp:
-        base = workdir or Path(tmp)
+    with scenario_dir("courier-chaos-sentinel-") as tmp:
+        base = workdir or tmp
         if fault != "partition-primary":
             figures, reps = _one_stack(fault, repeats, base, rate, steady)
         else:

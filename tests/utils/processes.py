@@ -10,8 +10,10 @@ happens in between.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -92,10 +94,40 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def _port_range() -> range:
+    """Where this process picks its servers' ports: below the kernel's ephemeral range, which it
+    hands out as the source port of every outgoing connection. A port the kernel gave as free
+    (bind to port 0) came from that range, and now and then a connection of another process had
+    taken it by the time the server bound it (a Sentinel exited 'Address already in use' in one
+    of two suite runs under pytest-xdist). Each xdist process has a slice of its own."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    high = int(ephemeral[0])
+    low = max(1024, high - 12000)
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = (high - low) // count
+    return range(low + index * size, low + (index + 1) * size)
+
+
+PORTS = _port_range()
+# Ports handed out lately: a port given to a server that has not bound it yet is still free.
+_GIVEN: collections.deque[int] = collections.deque(maxlen=len(PORTS) // 2)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port on 127.0.0.1 that no one listens on, outside the kernel's ephemeral range."""
+    for _ in range(1000):
+        port = random.choice(PORTS)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or lingering after a close
+        _GIVEN.append(port)
+        return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 def wait_until(

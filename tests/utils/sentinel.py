@@ -74,9 +74,20 @@ class SentinelProcess(ServerProcess):
             ["redis-server", str(self.config), "--sentinel"], stdout=log, stderr=log
         )
         log.close()
-        RUNNING[self.process.pid] = self
+        process = self.process
+        RUNNING[process.pid] = self
         with self.client() as client:
-            wait_until(lambda: _pings(client), 30, f"redis-sentinel on port {self.port}")
+            # One that exits (its port taken) fails now, with its reason, not after 30 s.
+            wait_until(
+                lambda: process.poll() is not None or _pings(client),
+                30,
+                f"redis-sentinel on port {self.port}",
+            )
+        if process.poll() is not None:
+            RUNNING.pop(process.pid, None)
+            self.process = None
+            log_text = (self.workdir / "sentinel.log").read_text(errors="replace")
+            raise RuntimeError(f"redis-sentinel on port {self.port} exited:\n{log_text[-1000:]}")
 
 
 def _pings(client: redis.Redis) -> bool:
