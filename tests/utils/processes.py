@@ -265,8 +265,18 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+# Never inherited from the pytest process: a process that imported ``worker.celery_app`` is in
+# prometheus-client's multiprocess mode with a directory of its own, and a service started with
+# it would share (and, at a worker's start, wipe) that directory's files.
+NOT_INHERITED = ("PROMETHEUS_MULTIPROC_DIR",)
+
+
 def courier_env(overrides: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("COURIER_") and k not in NOT_INHERITED
+    }
     env.update(overrides)
     env["PYTHONPATH"] = str(ROOT)
     return env

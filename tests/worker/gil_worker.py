@@ -13,13 +13,11 @@ import ctypes.util
 
 from pydantic import BaseModel
 
+from tests.worker.gil_names import HOLDS_GIL_TASK
 from worker.celery_app import celery_app
 from worker.core.settings import get_settings
 from worker.registry import TaskContext, TaskSpec
 from worker.runner import WorkerResources, bind_task
-
-HOLDS_GIL_TASK = "test_holds_gil"
-GIL_INCLUDE = "--include=tests.worker.gil_worker"
 
 
 class Seconds(BaseModel):

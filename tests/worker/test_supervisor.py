@@ -34,7 +34,7 @@ from tests.utils.processes import (
     wait_until,
 )
 from tests.utils.prom import scrape, total
-from tests.worker.gil_worker import GIL_INCLUDE, HOLDS_GIL_TASK
+from tests.worker.gil_names import GIL_INCLUDE, HOLDS_GIL_TASK
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE
 from worker.core.settings import Settings
