@@ -1,4 +1,5 @@
-"""A TCP link to a real redis-server that can fail right after a submit's write.
+"""A TCP link to a real redis-server that can fail right after a submit's write, or garble the
+reply to chosen commands (``GarblingLink``).
 
 Clients connect to the link instead of to Redis. ``fail_at_next_write()`` makes the link
 behave as if Redis died at the next submit write a client sends (an EXEC, or the call of
@@ -104,17 +105,21 @@ class RedisLink:
             self._close(sock)
             return
         peer = self._peers[sock]
-        if peer in self._upstream:  # client -> Redis
-            with self._lock:
-                if self._failed:
-                    return  # sent to a dead Redis: lost
-                seen = self._tails.get(sock, b"") + data
-                self._tails[sock] = seen[-TAIL:]
-                if self._armed and any(marker in seen for marker in WRITES):
-                    self._armed, self._failed = False, True
-                    if not self._deliver:
-                        return  # the transaction never reaches Redis
+        if peer in self._upstream and not self._passes(sock, data):
+            return
         peer.sendall(data)  # Redis -> client always flows: the write's reply gets through
+
+    def _passes(self, client: socket.socket, data: bytes) -> bool:
+        """Whether ``data``, sent by ``client``, reaches Redis."""
+        with self._lock:
+            if self._failed:
+                return False  # sent to a dead Redis: lost
+            seen = self._tails.get(client, b"") + data
+            self._tails[client] = seen[-TAIL:]
+            if self._armed and any(marker in seen for marker in WRITES):
+                self._armed, self._failed = False, True
+                return self._deliver  # deliver=False: the transaction never reaches Redis
+        return True
 
     def _close(self, sock: socket.socket) -> None:
         for one in (sock, self._peers.pop(sock, None)):
@@ -126,3 +131,40 @@ class RedisLink:
             with contextlib.suppress(KeyError, ValueError):  # not registered (any more)
                 self._selector.unregister(one)
             one.close()
+
+
+# What redis-py makes of a reply whose first byte is no RESP type: ``InvalidResponse``
+# ("Protocol Error"), as from a reply cut or garbled on a dying link.
+GARBLED_REPLY = b"?garbled\r\n"
+
+
+class GarblingLink(RedisLink):
+    """A link that answers the next ``times`` commands containing every one of ``markers``
+    with a reply redis-py cannot parse, without passing them to Redis: a write that did not
+    happen, and whose failure the client cannot read as a connection error. Everything else
+    flows both ways. Each such command must arrive in one read (a command of a few KB on
+    loopback does)."""
+
+    def __init__(self, redis_port: int) -> None:
+        super().__init__(redis_port)
+        self._markers: tuple[bytes, ...] = ()
+        self._times = 0
+        self.garbled = 0
+
+    def garble(self, markers: tuple[bytes, ...], times: int) -> None:
+        with self._lock:
+            self._markers, self._times = markers, times
+
+    def stop_garbling(self) -> None:
+        self.garble((), 0)
+
+    def _passes(self, client: socket.socket, data: bytes) -> bool:
+        with self._lock:
+            hit = self._times > 0 and all(marker in data for marker in self._markers)
+            if hit:
+                self._times -= 1
+                self.garbled += 1
+        if not hit:
+            return super()._passes(client, data)
+        client.sendall(GARBLED_REPLY)
+        return False

@@ -4,6 +4,7 @@ the rule costs no read of its own (one SET ... GET per state stored)."""
 from __future__ import annotations
 
 import json
+import pickle
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,12 +16,20 @@ import redis
 from celery import Celery, states
 from celery.app.task import Context
 from celery.backends.redis import RedisBackend
+from celery.exceptions import BackendStoreError, Reject
 from kombu.exceptions import EncodeError
+from redis.exceptions import InvalidResponse
 
 from tests.utils.celery_apps import close_app, close_backend
 from tests.utils.processes import RedisServer
+from tests.utils.redis_link import GarblingLink
 from worker.core.names import CELERY_RESULT_KEY, UNACKED_KEY
-from worker.core.result_backend import _SET_WHERE_DELIVERED, CourierRedisBackend
+from worker.core.result_backend import (
+    _SET_WHERE_DELIVERED,
+    CourierRedisBackend,
+    ResultNotStored,
+    lost_to_redis,
+)
 
 EXPIRES = 300
 
@@ -195,3 +204,78 @@ def test_encode_gives_kombus_json_text_and_its_error(backend: CourierRedisBacken
         celery_encode(backend, {"x": object()})
     with pytest.raises(EncodeError):
         backend.encode({"x": object()})
+
+
+@pytest.fixture
+def retrying(own_redis: RedisServer) -> Iterator[tuple[CourierRedisBackend, GarblingLink]]:
+    """A worker's backend (``result_backend_always_retry``), 2 retries 10 ms apart, reaching
+    Redis through a link that can garble replies."""
+    with GarblingLink(own_redis.port) as link:
+        app = Celery(
+            "retrying",
+            backend=link.url,
+            result_backend_always_retry=True,
+            result_backend_max_retries=2,
+            result_backend_base_sleep_between_retries_ms=10,
+            result_backend_max_sleep_between_retries_ms=10,
+        )
+        backend = CourierRedisBackend(app=app, url=link.url, expires=EXPIRES)
+        yield backend, link
+        close_backend(backend)
+        close_app(app)
+
+
+# In the value of every SUCCESS this backend stores (kombu's JSON).
+SUCCESS_WRITE = (b'"status": "SUCCESS"',)
+
+
+def test_a_store_whose_reply_is_unparsable_is_retried(
+    retrying: tuple[CourierRedisBackend, GarblingLink], client: redis.Redis
+) -> None:
+    """``InvalidResponse`` is not among kombu's connection errors, which alone Celery retries."""
+    backend, link = retrying
+    task_id = str(uuid.uuid4())
+    link.garble(SUCCESS_WRITE, times=2)
+    backend.store_result(task_id, "r", states.SUCCESS, request=Context(id=task_id))
+    assert link.garbled == 2
+    assert stored_status(client, task_id) == states.SUCCESS
+
+
+def test_a_worker_state_redis_never_takes_sends_the_message_back(
+    retrying: tuple[CourierRedisBackend, GarblingLink], client: redis.Redis
+) -> None:
+    """Out of retries: in a worker (a request) a requeueing Reject, which Celery's tracer lets
+    through instead of storing FAILURE, and which survives the pickling a prefork child's error
+    goes through; elsewhere (the API's revoke: no request) Celery's BackendStoreError."""
+    backend, link = retrying
+    task_id = str(uuid.uuid4())
+    link.garble(SUCCESS_WRITE, times=3)
+    with pytest.raises(ResultNotStored) as raised:
+        backend.store_result(task_id, "r", states.SUCCESS, request=Context(id=task_id))
+    assert isinstance(raised.value, Reject)
+    rejected: Any = raised.value  # celery-types lacks Reject's attributes
+    assert rejected.requeue
+    assert isinstance(rejected.__cause__, BackendStoreError)
+    copy = pickle.loads(pickle.dumps(rejected))
+    assert (type(copy), copy.requeue, copy.reason) == (ResultNotStored, True, rejected.reason)
+    link.garble(SUCCESS_WRITE, times=3)
+    with pytest.raises(BackendStoreError):
+        backend.store_result(task_id, "r", states.SUCCESS)
+    assert link.garbled == 6
+    assert client.exists(CELERY_RESULT_KEY.format(task_id=task_id)) == 0
+
+
+def test_only_redis_failures_count_as_a_state_not_stored() -> None:
+    """What sends a task back rather than failing it: Redis away, silent, refusing for now or
+    answering garbage; not an error of the task's own making (a result too large for Redis)."""
+    lost = [
+        redis.ConnectionError("gone"), redis.TimeoutError("slow"), InvalidResponse("?x"),
+        redis.exceptions.ReadOnlyError("READONLY"), redis.ResponseError("NOREPLICAS not enough"),
+        redis.exceptions.OutOfMemoryError("OOM"), ConnectionResetError(),
+    ]  # fmt: skip
+    kept = [
+        BackendStoreError("value too large for Redis backend"), redis.ResponseError("ERR bad"),
+        EncodeError("no"), ValueError("no"),
+    ]  # fmt: skip
+    assert [lost_to_redis(exc) for exc in lost] == [True] * len(lost)
+    assert [lost_to_redis(exc) for exc in kept] == [False] * len(kept)

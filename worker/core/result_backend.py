@@ -1,9 +1,21 @@
-"""Celery's Redis result backend, with one rule added: a finished status is never overwritten.
+"""Celery's Redis result backend, with two rules added: a finished status is never overwritten,
+and a state Redis could not take never turns into the task's failure.
 
 At-least-once delivery means a message can come back after its task finished (its worker died
 before acknowledging). Celery would then store STARTED over SUCCESS; this backend refuses any
 write over SUCCESS, FAILURE or REVOKED, atomically, so a status never goes backwards. The first
 terminal state wins.
+
+Celery's tracer treats an error raised while it stores a task's SUCCESS as the task's own
+failure: it stores FAILURE instead (on the next connection, which may work) and acknowledges
+the message. Seen in the Sentinel partition scenario: 2 of 133 tasks read ``failed`` without
+having failed, the write of SUCCESS having met a reply redis-py could not parse
+(``InvalidResponse``), which Celery's retry (``result_backend_always_retry``) does not retry.
+So here every error that says "Redis did not take it, or its answer was lost" is retried
+(``exception_safe_to_retry``), and when the retries run out the store raises
+``ResultNotStored``, a requeueing ``Reject``: the tracer lets it through untouched (no FAILURE,
+no ``task_failure``), the worker gives the message back instead of acknowledging it, and the
+task runs again where the finished check (``worker/transport/stamp.py``) decides.
 """
 
 from __future__ import annotations
@@ -16,15 +28,16 @@ from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, Reject
 from kombu.exceptions import EncodeError
 from kombu.serialization import registry  # type: ignore[attr-defined]
 from kombu.utils import json as kombu_json
 from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import InvalidResponse
 
 from worker.core.names import DELIVERY_TAG_HEADER, UNACKED_KEY
 from worker.core.redis_calls import Call, Lua
-from worker.core.redis_client import ALLOW_OOM, FencedSSLConnection, sentinel_pool
+from worker.core.redis_client import ALLOW_OOM, FencedSSLConnection, is_transient, sentinel_pool
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +116,51 @@ def _kombu_json_serializer() -> bool:
     return encoder is not None and encoder[2] is kombu_json.dumps
 
 
+def lost_to_redis(exc: BaseException) -> bool:
+    """Whether a store failed because of Redis, not because of what was stored: Redis was
+    unreachable, gave no answer in time, refused for now (full, read-only, a failover), or
+    answered with bytes redis-py could not parse (``InvalidResponse``: a reply cut or garbled
+    on a dying link; redis-py drops that connection, and whether the write ran is unknown, as
+    after a timeout). Storing again is safe: the scripts never overwrite a finished state."""
+    return is_transient(exc) or isinstance(exc, (InvalidResponse, OSError))
+
+
+class ResultNotStored(Reject):
+    """A task's state that Redis did not take after every retry: the message goes back to the
+    queue (``Reject(requeue=True)``), never acknowledged as if the task had finished. Made
+    with ``Reject``'s own arguments: a prefork child pickles it to the worker's main process."""
+
+
 class CourierRedisBackend(RedisBackend):
     """Selected by the result backend URL ``worker.core.result_backend:CourierRedisBackend+redis://``."""
 
     _extended: bool | None = None  # ``result_extended``, read once
+
+    def exception_safe_to_retry(self, exc: Exception) -> bool:
+        """Celery retries only kombu's connection errors (with ``result_backend_always_retry``,
+        which workers set): an unparsable reply or a refusal failed the task instead."""
+        return lost_to_redis(exc) or bool(super().exception_safe_to_retry(exc))
+
+    def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+        """Celery's, retried as above; in a worker (a ``request``), a state still not stored
+        when the retries ran out raises ``ResultNotStored`` instead of Celery's
+        ``BackendStoreError``, which the tracer would record as the task's failure."""
+        try:
+            return super().store_result(task_id, result, state, *args, **kwargs)
+        except Exception as exc:
+            # Celery's signature: (task_id, result, state, traceback=None, request=None, ...)
+            request = kwargs.get("request", args[1] if len(args) > 1 else None)
+            # Celery's BackendStoreError once the retries ran out: the last error is its cause.
+            cause = exc.__cause__ if isinstance(exc, BackendStoreError) else exc
+            if request is None or cause is None or not lost_to_redis(cause):
+                raise
+            logger.error(
+                "task state not stored, its message goes back to the queue: %r",
+                cause,
+                extra={"task_id": task_id, "state": state},
+            )
+            message = f"{state} of task {task_id} not stored: {cause!r}"
+            raise ResultNotStored(message, requeue=True) from exc
 
     def _get_result_meta(
         self,

@@ -29,7 +29,7 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from celery.concurrency.base import apply_target
 from celery.concurrency.solo import TaskPool as SoloPool
-from celery.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from celery.signals import worker_ready
 from celery.worker import state as worker_state
 
@@ -162,9 +162,13 @@ class TaskPool(SoloPool):
                     return target(*args, **kwargs)
                 finally:
                     job.running = False
-            except (Interrupted, SoftTimeLimitExceeded) as exc:
+            except (Interrupted, SoftTimeLimitExceeded, Reject) as exc:
                 # An interrupt unwound the task, or the soft limit reached Celery's own code
-                # around the body (the body's is a failure Celery's tracer recorded).
+                # around the body (the body's is a failure Celery's tracer recorded), or a
+                # Reject raised outside the body (a state Redis did not take:
+                # ``result_backend.ResultNotStored``), which Celery's tracer lets through for
+                # the pool to report: prefork's child reports it as an error, and so does this
+                # pool, instead of letting it out of the event loop.
                 return _Unwound(exc)
 
         return run
