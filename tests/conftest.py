@@ -30,6 +30,9 @@ pytest_plugins = ["tests.utils.reaper"]
 # windows they measure (a Sentinel failover's redelivery, seen once per few runs when they
 # shared the machine with the other xdist process). Run with -n 2 anyway, they share one group.
 TIMING_SENSITIVE = {
+    # Whether the Sentinels fail a restarted primary over or keep it depends on how fast they
+    # see it down and back: beside the other xdist process it kept its role once (a CI run).
+    "tests/deploy/test_chart_sentinel.py",
     "tests/reliability/test_chaos.py",
     "tests/reliability/test_chaos_sentinel.py",
     "tests/reliability/test_partition.py",
