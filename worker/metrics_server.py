@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +30,8 @@ from worker.core.metrics import queue_families
 from worker.core.multiproc import multiprocess_enabled
 from worker.core.names import QUEUE_METRICS_LEASE_KEY
 from worker.core.queue_stats import QueueInspector
+from worker.core.redis_client import create_redis
+from worker.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -152,3 +156,20 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
+
+
+def worker_port_server(
+    settings: Settings, priority_steps: list[int], server_class: type[MetricsServer] = MetricsServer
+) -> MetricsServer:
+    """The worker's port as a pod serves it, from a worker's main process or from the inline
+    supervisor (``server_class``, which decides readiness there): the queue gauges under this
+    process's lease, Redis's PING for readiness. Not started."""
+    inspector = QueueInspector(create_redis(settings), settings.queues, priority_steps)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    collector = QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds)
+    return server_class(
+        settings.worker_metrics_host,
+        settings.worker_metrics_port,
+        collector,
+        redis_answers=RedisProbe(create_redis(settings)),
+    )

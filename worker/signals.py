@@ -16,7 +16,6 @@ import contextlib
 import gc
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -51,11 +50,11 @@ from worker.core.logging import configure_logging, skip_unlogged_record_fields
 from worker.core.metrics import UNKNOWN_TASK
 from worker.core.multiproc import mark_process_dead, wipe_multiproc_dir
 from worker.core.publish_signals import connect_publisher_signals
-from worker.core.queue_stats import QueueInspector, deregister_worker, register_worker
+from worker.core.queue_stats import deregister_worker, register_worker
 from worker.core.redis_client import create_redis
 from worker.core.settings import get_settings
 from worker.core.tracing.setup import flush_tracing, init_tracing
-from worker.metrics_server import MetricsServer, QueueCollector, RedisProbe
+from worker.metrics_server import MetricsServer, worker_port_server
 
 logger = logging.getLogger(__name__)
 WORKER_SERVICE_NAME = "courier-worker"
@@ -91,15 +90,7 @@ def _start_metrics_server(sender: Any, **_: Any) -> None:
     settings = get_settings()
     if not settings.worker_metrics_port:
         return
-    inspector = QueueInspector(create_redis(settings), settings.queues, PRIORITY_STEPS)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    collector = QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds)
-    _MainProcess.server = MetricsServer(
-        settings.worker_metrics_host,
-        settings.worker_metrics_port,
-        collector,
-        redis_answers=RedisProbe(create_redis(settings)),
-    )
+    _MainProcess.server = worker_port_server(settings, PRIORITY_STEPS)
     _MainProcess.server.start()
     logger.info("worker metrics server listening", extra={"port": _MainProcess.server.port})
 

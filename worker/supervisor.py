@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -317,9 +316,7 @@ def record_hard_limit(task_id: str, settings: Settings) -> None:
 def serve(supervisor: Supervisor, settings: Settings) -> None:
     """The pod's port, with the worker's own server: only readiness is the children's."""
     from worker.celery_config import PRIORITY_STEPS
-    from worker.core.queue_stats import QueueInspector
-    from worker.core.redis_client import create_redis
-    from worker.metrics_server import MetricsServer, QueueCollector, RedisProbe
+    from worker.metrics_server import MetricsServer, worker_port_server
 
     class PodServer(MetricsServer):
         def readiness(self) -> tuple[str, str | None]:
@@ -331,15 +328,7 @@ def serve(supervisor: Supervisor, settings: Settings) -> None:
                 return ("starting" if starting else "unavailable"), problem
             return "ready", None
 
-    inspector = QueueInspector(create_redis(settings), settings.queues, PRIORITY_STEPS)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
-    collector = QueueCollector(inspector, holder, settings.queue_metrics_lease_seconds)
-    server = PodServer(
-        settings.worker_metrics_host,
-        settings.worker_metrics_port,
-        collector,
-        redis_answers=RedisProbe(create_redis(settings)),
-    )
+    server = worker_port_server(settings, PRIORITY_STEPS, PodServer)
     server.ready.set()
     server.start()
     logger.info("worker metrics server listening", extra={"port": server.port})
