@@ -313,10 +313,19 @@ def record_hard_limit(task_id: str, settings: Settings) -> None:
         logger.exception("outcome of the stuck task not recorded", extra={"task_id": task_id})
 
 
-def serve(supervisor: Supervisor, settings: Settings) -> None:
+def serve(supervisor: Supervisor, settings: Settings, args: WorkerArgs) -> None:
     """The pod's port, with the worker's own server: only readiness is the children's."""
+    from celery.utils.nodenames import host_format
+
     from worker.celery_config import PRIORITY_STEPS
+    from worker.core import metrics
     from worker.metrics_server import MetricsServer, worker_port_server
+
+    # The children share the pod's ``hostname`` label, whose ``celery_worker_up`` is the
+    # largest of the live processes' values (a dead child's 1 goes with it): this 0 is what
+    # the pod reads before a child is ready and while none is alive.
+    host = metrics.host_label(host_format(f"{args.name}@{args.host}"))
+    metrics.WORKER_UP.labels(host).set(0)
 
     class PodServer(MetricsServer):
         def readiness(self) -> tuple[str, str | None]:
@@ -348,7 +357,7 @@ def main(argv: list[str]) -> int:
     supervisor = Supervisor(args, settings, workdir)
     supervisor.install_signals()
     if settings.worker_metrics_port:
-        serve(supervisor, settings)
+        serve(supervisor, settings, args)
     try:
         return supervisor.run()
     finally:

@@ -155,6 +155,22 @@ def test_a_crashed_child_is_replaced_and_the_queue_drains_on(shared: Pod) -> Non
     wait_until(lambda: shared.readyz().status_code == 200, 60, "every child ready again")
 
 
+def test_the_pod_reads_down_while_its_only_child_is_dead_and_up_once_replaced(
+    tmp_path: Path,
+) -> None:
+    with pod(tmp_path, concurrency=1) as single:
+
+        def worker_up() -> float:
+            return total(scrape(f"{single.url}/metrics"), "celery_worker_up")
+
+        wait_until(lambda: worker_up() == 1, 30, "celery_worker_up 1 once the child is ready")
+        (victim,) = single.children()
+        os.kill(victim, signal.SIGKILL)
+        # The replacement starts after a second's backoff and is ready seconds later.
+        wait_until(lambda: worker_up() == 0, 10, "celery_worker_up 0 with the child dead", 0.05)
+        wait_until(lambda: worker_up() == 1, 60, "celery_worker_up 1 once it is replaced")
+
+
 def test_a_child_stuck_in_c_code_holding_the_gil_is_killed_and_replaced(shared: Pod) -> None:
     before = set(shared.children())
     task_id = enqueue(shared.api, HOLDS_GIL_TASK, {"seconds": 300})

@@ -158,8 +158,9 @@ QUEUE_WAIT_UNMEASURED = Counter(
 )
 
 # --- workers (each worker exports its own hostname) ---
+# livemax: a process that died without setting 0 (a killed inline child) takes its 1 with it.
 WORKER_UP = Gauge(
-    "celery_worker_up", "1 while the worker serves.", ("hostname",), multiprocess_mode="max"
+    "celery_worker_up", "1 while the worker serves.", ("hostname",), multiprocess_mode="livemax"
 )
 WORKER_TASKS_ACTIVE = Gauge(
     "celery_worker_tasks_active",
