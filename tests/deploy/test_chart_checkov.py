@@ -35,6 +35,7 @@ def run_checkov(directory: Path) -> dict[str, object]:
         timeout=600,
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]
+    assert result.stdout.strip(), f"checkov printed no report: {result.stderr[-3000:]}"
     report = json.loads(result.stdout)
     # One framework gives an object, several a list.
     first: dict[str, object] = report[0] if isinstance(report, list) else report
