@@ -81,13 +81,18 @@ def _loads(body: bytes) -> Any:
 
 def loads_standard_json(body: bytes) -> Any:
     """``json.loads`` refusing what RFC 8259 refuses, as a ``JSONDecodeError`` (FastAPI's 422
-    ``json_invalid``, with the reason in ``ctx.error``)."""
+    ``json_invalid``, with the reason in ``ctx.error``); so is a value nested deeper than the
+    parser reads, which FastAPI would answer with an undocumented 400 "There was an error
+    parsing the body"."""
     try:
         return _loads(body)
     except json.JSONDecodeError:
         raise
     except ValueError as exc:  # ours, or an integer past Python's 4300 digits
         reason = str(exc) if isinstance(exc, _NotStandardJson) else "a number too long to read"
+        raise json.JSONDecodeError(reason, body.decode("utf-8", "replace"), 0) from exc
+    except RecursionError as exc:  # nested past the parser's recursion limit (~1000 levels)
+        reason = "nested too deep to read"
         raise json.JSONDecodeError(reason, body.decode("utf-8", "replace"), 0) from exc
 
 
