@@ -100,7 +100,8 @@ bench: $(BENCH_STAMP)
 autoscale-sim: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.autoscale_sim $(BENCH_ARGS)
 
-# schemathesis at 10,000 examples per operation over the served OpenAPI document (long).
+# schemathesis at 10,000 examples per operation over the served OpenAPI document, and 10,000
+# generated requests sent to the submit fast path and to FastAPI's path over HTTP (long).
 fuzz: install
 	COURIER_FUZZ_EXAMPLES=10000 $(BIN)/python -m pytest -q tests/fuzz
 

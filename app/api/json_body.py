@@ -2,7 +2,10 @@
 
 Python's ``json`` reads ``NaN``, ``Infinity`` and ``1e400`` (as ``inf``), which RFC 8259 does
 not allow and which no response can carry back: a validation error quoting one was a 500, and
-an accepted one made the task's status a 500 once the worker echoed it.
+an accepted one made the task's status a 500 once the worker echoed it. So does a lone
+surrogate (``"\\ud800"``, or its bytes), which JSON's grammar lets through but which is no
+Unicode character (RFC 8259 section 8.2; I-JSON, RFC 7493, forbids it): no UTF-8 response
+carries it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import email.message
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
@@ -79,15 +83,46 @@ def _loads(body: bytes) -> Any:
     return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _holds_surrogate(value: Any) -> bool:
+    """Whether a string of ``value`` (a key too) holds a surrogate; one level at a time, as
+    ``json_depth`` walks a payload, so a deep one cannot exhaust the stack."""
+    level = [value]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, str):
+                if _SURROGATE.search(item):
+                    return True
+            elif isinstance(item, dict):
+                below.extend(item)
+                below.extend(item.values())
+            elif isinstance(item, list):
+                below.extend(item)
+        level = below
+    return False
+
+
 def loads_standard_json(body: bytes) -> Any:
     """``json.loads`` refusing what RFC 8259 refuses, as a ``JSONDecodeError`` (FastAPI's 422
-    ``json_invalid``, with the reason in ``ctx.error``)."""
+    ``json_invalid``, with the reason in ``ctx.error``); so are a lone surrogate, and a value
+    nested deeper than the parser reads, which FastAPI would answer with an undocumented 400
+    "There was an error parsing the body"."""
     try:
-        return _loads(body)
+        value = _loads(body)
+        # Only an escape or a byte past ASCII makes a surrogate: the common body is not walked.
+        if (not body.isascii() or b"\\" in body) and _holds_surrogate(value):
+            raise _NotStandardJson("a lone surrogate is not a Unicode character")
+        return value
     except json.JSONDecodeError:
         raise
     except ValueError as exc:  # ours, or an integer past Python's 4300 digits
         reason = str(exc) if isinstance(exc, _NotStandardJson) else "a number too long to read"
+        raise json.JSONDecodeError(reason, body.decode("utf-8", "replace"), 0) from exc
+    except RecursionError as exc:  # nested past the parser's recursion limit (~1000 levels)
+        reason = "nested too deep to read"
         raise json.JSONDecodeError(reason, body.decode("utf-8", "replace"), 0) from exc
 
 

@@ -372,11 +372,20 @@ def celery_beat(env: Mapping[str, str], log: Path) -> Service:
     )
 
 
-def gunicorn(env: Mapping[str, str], log: Path) -> Service:
+def gunicorn(env: Mapping[str, str], log: Path, app: str | None = None) -> Service:
     """The API under gunicorn. A SIGTERM that reaches a worker still booting is missed and
-    gunicorn waits out its graceful timeout, so tests shorten it (a real race, not ours)."""
+    gunicorn waits out its graceful timeout, so tests shorten it (a real race, not ours).
+    ``app``: another application to serve with the same settings (gunicorn's ``APP_MODULE``,
+    e.g. ``"tests.utils.fast_path_off:create_app()"``), instead of ``app.gunicorn_conf``'s."""
     return Service(
-        [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_conf"],
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "python:app.gunicorn_conf",
+            *([app] if app else []),
+        ],
         {"COURIER_API_GRACEFUL_TIMEOUT": "8", **env},
         log,
     )
