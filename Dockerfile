@@ -76,9 +76,9 @@ COPY --from=venv /opt/venv /opt/venv
 WORKDIR /tmp
 
 # Exec form everywhere: celery is PID 1 and gets SIGTERM itself (warm shutdown of its pool);
-# no shell or init in between that could signal the pool children. With the inline pool the
-# chart runs `python -m worker.supervisor` instead (the venv's python, worker/supervisor.py,
-# both in this image), which forwards SIGTERM to each of its workers.
+# no shell or init in between that could signal the pool children. With the inline pool (the
+# chart's default) the chart runs `python -m worker.supervisor` instead (the venv's python,
+# worker/supervisor.py, both in this image), which forwards SIGTERM to each of its workers.
 FROM runtime AS worker
 LABEL org.opencontainers.image.title="courier-worker" \
       org.opencontainers.image.description="Courier Celery worker (also beat and Flower by command)"

@@ -31,7 +31,7 @@ from benchmarks.client import submit_many
 from benchmarks.enqueue import backlog, capture_template, enqueue_raw
 from benchmarks.peers import PEERS, measure_peer
 from benchmarks.plan import Plan
-from benchmarks.procs import Stack, log, stack
+from benchmarks.procs import Stack, free_port, log, stack
 from benchmarks.services import (
     WORKER_FAST_FLAGS,
     Redis,
@@ -59,13 +59,13 @@ class Courier:
     loglevel: str = CHART_LOGLEVEL
     through_api: bool = True  # False: raw messages, so no task records exist
     env: dict[str, str] = field(default_factory=dict)
-    # Same total concurrency as the chart's one prefork worker of 2: two one-process workers
-    # (``pool`` "solo", Celery's, or "inline", Courier's with time limits and terminate), each
-    # consuming and executing in one process (no hand-over to a pool child). "inline" runs as
-    # the chart runs it with ``worker.pool: inline``: one supervisor (``python -m
-    # worker.supervisor --concurrency=2``) starting the two.
-    processes: int = 0
-    pool: str = "solo"
+    # ``pool`` "inline" runs as the chart runs its default ``worker.pool: inline``: one
+    # supervisor (``python -m worker.supervisor --concurrency=2``) starting two one-process
+    # inline workers; "prefork" as the chart's ``worker.pool: prefork``: one ``celery worker``,
+    # prefork of 2 (``processes`` unused); "solo": ``processes`` workers with Celery's solo pool
+    # (no time limits, no terminate). The same total concurrency, 2, for all three.
+    processes: int = 2
+    pool: str = "inline"
 
 
 @dataclass(frozen=True)
@@ -75,19 +75,23 @@ class Celery:
     loglevel: str = "info"
 
 
-CHART = Courier("courier, chart flags")
+CHART = Courier("courier, chart flags (worker.pool: inline, supervisor --concurrency=2)")
+PREFORK = Courier("courier, worker.pool: prefork (celery --concurrency=2)", pool="prefork")
 SEED = Celery("seed's Celery app (track_started, info)")
 KNOBS = [
-    Courier("courier, kombu's stock Redis transport", app="benchmarks.stock_transport_app"),
+    PREFORK,
+    # The supervisor starts Courier's app only (worker.supervisor): this knob is prefork's.
+    Courier(
+        "courier, prefork, kombu's stock Redis transport",
+        app="benchmarks.stock_transport_app",
+        pool="prefork",
+    ),
     Courier("courier, --loglevel=WARNING", loglevel="WARNING"),
     Courier("courier, no task records (raw messages)", through_api=False),
-    Courier("courier, 2 x --pool=solo (same concurrency, no pool child)", processes=2),
-    Courier(
-        "courier, inline pool, supervisor --concurrency=2 (chart's worker.pool: inline)",
-        processes=2,
-        pool="inline",
-    ),
+    Courier("courier, 2 x --pool=solo (no time limits, no terminate)", pool="solo"),
 ]
+# What each knob is one knob away from (the stock transport: from prefork).
+BASELINE = {KNOBS[1].label: PREFORK}
 CELERY_QUIET = Celery("celery defaults, WARNING, no track_started", False, "WARNING")
 DRAMATIQ = next(p for p in PEERS if "default" in p.label)
 
@@ -122,13 +126,15 @@ def fill_courier(s: Stack, r: Redis, variant: Courier, tasks: int) -> None:
 def start_courier_workers(s: Stack, r: Redis, variant: Courier) -> list[Worker]:
     """The worker(s) of ``variant``, not waited for: they take messages as soon as they can."""
     env = {"COURIER_LOG_LEVEL": variant.loglevel, **variant.env}
-    if not variant.processes:
+    if variant.pool == "prefork":
         return [
             start_courier_worker(
                 s, r, [], env, wait=False, app=variant.app, loglevel=variant.loglevel
             )
         ]
     if variant.pool == "inline":
+        if variant.app != Courier.app:
+            raise ValueError("the inline supervisor starts worker.celery_app only")
         return [start_supervisor(s, r, variant, env)]
     args = [f"--pool={variant.pool}", "--concurrency=1"]
     return [
@@ -140,16 +146,20 @@ def start_courier_workers(s: Stack, r: Redis, variant: Courier) -> list[Worker]:
     ]  # fmt: skip
 
 
-def start_supervisor(s: Stack, r: Redis, variant: Courier, env: dict[str, str]) -> Worker:
+def start_supervisor(
+    s: Stack, r: Redis, variant: Courier, env: dict[str, str], metrics: bool = False
+) -> Worker:
     """The inline pool as the chart runs it: the supervisor and its ``processes`` children
-    (the pool is chosen by its setting: Celery's --pool takes only Celery's own names)."""
+    (the pool is chosen by its setting: Celery's --pool takes only Celery's own names).
+    Without ``metrics``, as the solo variants, no pod port (its queue gauges poll Redis)."""
     env = courier_env(r, {**env, "COURIER_WORKER_POOL": "inline"})
-    env["COURIER_WORKER_METRICS_PORT"] = "0"  # as the two-worker variants: no metrics server
+    port = free_port() if metrics else 0
+    env["COURIER_WORKER_METRICS_PORT"] = str(port)
     args = [
         sys.executable, "-m", "worker.supervisor", f"--concurrency={variant.processes}",
         *WORKER_FAST_FLAGS, f"--loglevel={variant.loglevel}", "-n", "inline@%h",
     ]  # fmt: skip
-    return Worker(s.spawn(args, env))
+    return Worker(s.spawn(args, env), port)
 
 
 def drain_courier(variant: Courier, plan: Plan) -> float:
@@ -207,8 +217,9 @@ def run(plan: Plan) -> list[Figure]:
             SEED.label, seed, notes="what `execution` compares against",
         ),
     ]  # fmt: skip
-    figures += [
-        Figure(SCENARIO, f"drain, {k.label}", "tasks/s", rates[k.label], CHART.label, chart)
-        for k in KNOBS
-    ]
+    for k in KNOBS:
+        base = BASELINE.get(k.label, CHART).label
+        figures.append(
+            Figure(SCENARIO, f"drain, {k.label}", "tasks/s", rates[k.label], base, rates[base])
+        )
     return figures

@@ -32,6 +32,7 @@ import redis
 
 from benchmarks.bare_celery import make_app
 from benchmarks.client import submit_many
+from benchmarks.drain import CHART, start_supervisor
 from benchmarks.enqueue import backlog
 from benchmarks.peers import DONE_KEY, PEERS, ensure_venv
 from benchmarks.plan import Plan
@@ -40,7 +41,6 @@ from benchmarks.services import (
     Redis,
     start_bare_worker,
     start_courier_api,
-    start_courier_worker,
     start_redis,
 )
 from benchmarks.stats import Figure
@@ -181,8 +181,8 @@ def courier_submit(s: Stack, r: Redis, n: int) -> None:
 
 
 def courier_worker(s: Stack, r: Redis) -> object:
-    return start_courier_worker(s, r, [], {"COURIER_LOG_LEVEL": "INFO"}, wait=False,
-                                loglevel="INFO")  # fmt: skip
+    """As the chart ships it: the inline supervisor of 2, its pod port (queue gauges) on."""
+    return start_supervisor(s, r, CHART, {"COURIER_LOG_LEVEL": "INFO"}, metrics=True)
 
 
 def courier_status(s: Stack, r: Redis, _: list[str]) -> Work:

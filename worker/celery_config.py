@@ -132,7 +132,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 def create_celery_app(settings: Settings) -> Celery:
     backend = backend_url(settings.redis_url, sentinel=settings.uses_sentinel)
-    app = Celery("courier", broker=settings.redis_url, backend=backend)
+    # Celery's control with one reply per command from an inline worker (worker/pool/mailbox.py).
+    app = Celery(
+        "courier", broker=settings.redis_url, backend=backend, control="worker.pool.mailbox:Control"
+    )
     app.conf.update(celery_config(settings))
     resources = WorkerResources(settings)
     specs = registered_tasks()

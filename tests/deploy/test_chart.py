@@ -195,7 +195,7 @@ def test_api_and_worker_are_separate_deployments_with_their_own_images(
     assert api_image.startswith("localhost/courier-api:")
     assert worker_image.startswith("localhost/courier-worker:")
     assert containers(api)[0]["command"] == ["gunicorn"]
-    assert containers(worker)[0]["command"] == ["celery"]
+    assert containers(worker)[0]["command"] == ["python", "-m", "worker.supervisor"]
 
 
 def test_api_probes_and_graceful_shutdown(default_manifests: list[Manifest]) -> None:
@@ -278,11 +278,12 @@ def test_mode_none_sets_the_replica_count_and_no_autoscaler(render: Render) -> N
     assert one(manifests, "Deployment", "courier-worker")["spec"]["replicas"] == 3
 
 
-def test_the_worker_pool_is_prefork_unless_inline_is_chosen(render: Render) -> None:
-    """Prefork (the default): celery is PID 1. Inline: the supervisor runs `concurrency`
-    inline workers, so `worker.concurrency` keeps its meaning with both pools."""
+def test_the_worker_pool_is_inline_unless_prefork_is_chosen(render: Render) -> None:
+    """Inline (the default): the supervisor runs `concurrency` inline workers, so
+    `worker.concurrency` keeps its meaning with both pools. Prefork: celery is PID 1."""
     (default,) = containers(one(render(), "Deployment", "courier-worker"))
-    assert env_of(default)["COURIER_WORKER_POOL"]["value"] == "prefork"
+    assert env_of(default)["COURIER_WORKER_POOL"]["value"] == "inline"
+    assert default["command"] == ["python", "-m", "worker.supervisor"]
     commands = {
         "prefork": ["celery", "-A", "worker.celery_app", "worker"],
         "inline": ["python", "-m", "worker.supervisor"],

@@ -183,7 +183,7 @@ def running(stack: Stack) -> Stack:
     )
     # The commands are the chart's, untouched.
     assert api_argv == ["gunicorn", "-c", "python:app.gunicorn_conf"]
-    assert worker_argv[:4] == ["celery", "-A", "worker.celery_app", "worker"]
+    assert worker_argv[:3] == ["python", "-m", "worker.supervisor"]  # worker.pool: inline
     assert beat_argv[:4] == ["celery", "-A", "worker.celery_app", "beat"]
     assert f":{stack.password}@127.0.0.1:" in api_env["COURIER_REDIS_URL"]
     stack.api_key = api_env["COURIER_API_KEYS"].split(",")[0]
@@ -239,38 +239,59 @@ def test_rendered_worker_answers_its_probes(
         assert health.status_code == 200
 
 
-def test_rendered_inline_worker_runs_concurrency_children_that_run_tasks(
+def test_rendered_inline_worker_runs_concurrency_children_that_answer_as_nodes(
+    running: Stack,
+) -> None:
+    """The default ``worker.pool: inline``: the rendered supervisor starts one inline worker
+    per ``worker.concurrency`` (2), each a Celery node of its own."""
+    wait_until(
+        lambda: len(child_pids(running.worker.pid)) == 2, 60, f"two children ({running.worker.log})"
+    )
+    _, env = running.env_for("Deployment", "courier-worker")
+    app = create_celery_app(Settings(redis_url=env["COURIER_REDIS_URL"]))
+
+    def nodes() -> set[str]:
+        return {node.partition("@")[0] for node in app.control.inspect(timeout=3).ping() or {}}
+
+    try:
+        wait_until(lambda: nodes() == {"celery-1", "celery-2"}, 60, "both children to answer")
+    finally:
+        app.close()
+
+
+def test_rendered_prefork_worker_runs_celery_with_concurrency_pool_processes(
     running: Stack, render: Render
 ) -> None:
-    """``worker.pool: inline``: the rendered supervisor starts one inline worker per
-    ``worker.concurrency``, each a Celery node of its own, and its pod port says ready."""
-    inline = Stack(render(VALUE_MATRIX["inline-pool"]), running.workdir)
-    inline.redis_port = running.redis_port
+    """``worker.pool: prefork``: celery is PID 1 with ``worker.concurrency`` pool processes,
+    one Celery node, and its port says ready."""
+    prefork = Stack(render(VALUE_MATRIX["prefork-pool"]), running.workdir)
+    prefork.redis_port = running.redis_port
     port = free_port()
-    _, prefork_env = running.env_for("Deployment", "courier-worker")
-    argv, env = inline.env_for(
+    _, inline_env = running.env_for("Deployment", "courier-worker")
+    argv, env = prefork.env_for(
         "Deployment",
         "courier-worker",
-        COURIER_REDIS_URL=prefork_env["COURIER_REDIS_URL"],  # the running Redis's password
+        COURIER_REDIS_URL=inline_env["COURIER_REDIS_URL"],  # the running Redis's password
         COURIER_WORKER_METRICS_PORT=str(port),
-        PROMETHEUS_MULTIPROC_DIR=str(_mkdir(running.workdir / "inline-metrics")),
+        PROMETHEUS_MULTIPROC_DIR=str(_mkdir(running.workdir / "prefork-metrics")),
     )
-    assert argv[:3] == ["python", "-m", "worker.supervisor"]
+    assert argv[:4] == ["celery", "-A", "worker.celery_app", "worker"]
     assert "--concurrency=3" in argv
-    supervisor = inline.start(argv, env, "inline-worker.log")
+    worker = prefork.start(argv, env, "prefork-worker.log")
     try:
         url = f"http://127.0.0.1:{port}/readyz"
-        wait_until(partial(ok_response, url), 90, f"the inline pod's /readyz ({supervisor.log})")
-        assert len(child_pids(supervisor.pid)) == 3
+        wait_until(partial(ok_response, url), 90, f"the prefork pod's /readyz ({worker.log})")
+        assert len(child_pids(worker.pid)) == 3
         app = create_celery_app(Settings(redis_url=env["COURIER_REDIS_URL"]))
         try:
-            nodes = {node.partition("@")[0] for node in app.control.inspect(timeout=3).ping() or {}}
+            stats = app.control.inspect(timeout=3).stats() or {}
         finally:
             app.close()
-        assert {"celery-1", "celery-2", "celery-3"} <= nodes
+        mine = [stat for node, stat in stats.items() if not node.startswith("celery-")]
+        assert [stat["pool"]["max-concurrency"] for stat in mine] == [3], stats
     finally:
-        inline.stop()
-    assert supervisor.process.returncode == 0, supervisor.output()[-2000:]
+        prefork.stop()
+    assert worker.process.returncode == 0, worker.output()[-2000:]
 
 
 def test_rendered_beat_starts_and_stays_up(running: Stack) -> None:

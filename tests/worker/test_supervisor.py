@@ -4,22 +4,29 @@ the supervisor and its Celery children, the API in-process.
 Two children consume and share the work (each answers ``celery inspect`` under its own node
 name), the pod's ``/metrics`` sums their counters, a crashed child is replaced and the queue
 drains on, a child stuck in C code holding the GIL is killed and replaced with its task
-recorded, ``/readyz`` follows Redis, and SIGTERM is a warm shutdown of every child.
+recorded, ``/readyz`` follows Redis, and SIGTERM is a warm shutdown of every child. From
+outside, with both children busy, Celery's own CLI hears each (``inspect active``) and a stock
+client's terminate stops both tasks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis
+from celery import Celery
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -228,6 +235,70 @@ def test_sigterm_lets_running_tasks_finish_and_loses_nothing(tmp_path: Path) -> 
         assert statuses == {"queued"}
         assert running.redis.llen(DEFAULT_QUEUE) == len(queued)
         assert running.redis.hlen("unacked") == 0
+        assert not running.children()
+
+
+def test_an_outsiders_celery_inspect_hears_both_busy_children_and_terminate_works(
+    tmp_path: Path,
+) -> None:
+    """The chart's default pod from outside, as an operator or Flower sees it: with both
+    children running a task, a stock ``celery inspect active`` (Celery's CLI and default app,
+    none of Courier's code) hears each child, with its task, within its timeout; a stock
+    revoke with terminate stops both tasks, each child answering once; SIGTERM stops the pod."""
+    with pod(tmp_path, {"COURIER_TASK_TIME_LIMIT": "120"}) as running:
+        busy = running.submit(2, sleep=60)
+        for task_id in busy:
+            wait_for_status(running.api, task_id, {"started"})
+        # "started" is stamped at the fetch, before a child's event loop hands the task to its
+        # pool (worker/transport/stamp.py): wait until both run, which only the listeners
+        # can tell while they do (the event loops are inside the tasks).
+        app = create_celery_app(Settings(redis_url=running.server.url))
+
+        def running_ids() -> list[str]:
+            replies = app.control.inspect(timeout=2).active() or {}
+            return sorted(task["id"] for tasks in replies.values() for task in tasks)
+
+        try:
+            wait_until(lambda: running_ids() == sorted(busy), 30, "both tasks running")
+        finally:
+            app.close()
+        cli = [sys.executable, "-m", "celery", "--broker", running.server.url, "inspect"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_")}
+        started = time.monotonic()
+        out = subprocess.run(
+            [*cli, "active", "--timeout=5", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        replies: dict[str, list[dict[str, Any]]] = json.loads(out.strip().splitlines()[-1])
+        active = {
+            node.partition("@")[0]: [task["id"] for task in tasks]
+            for node, tasks in replies.items()
+        }
+        assert sorted(active) == ["pod-1", "pod-2"], out
+        assert sorted(task_id for ids in active.values() for task_id in ids) == sorted(busy)
+        # Answered while busy: both tasks still run (each sleeps a minute).
+        assert time.monotonic() - started < 50
+        assert {running.api.get(f"/v1/tasks/{t}").json()["status"] for t in busy} == {"started"}
+
+        outsider = Celery(broker=running.server.url)
+        try:
+            revoked = outsider.control.revoke(busy, terminate=True, reply=True, timeout=5) or []
+        finally:
+            outsider.close()
+        assert sorted(node.partition("@")[0] for reply in revoked for node in reply) == [
+            "pod-1",
+            "pod-2",
+        ], revoked
+        assert all("terminate: tasks unknown" not in str(reply) for reply in revoked), revoked
+        for task_id in busy:
+            assert wait_for_status(running.api, task_id, timeout=20)["status"] == "revoked"
+
+        running.supervisor.process.send_signal(signal.SIGTERM)
+        assert running.supervisor.process.wait(timeout=30) == 0
         assert not running.children()
 
 

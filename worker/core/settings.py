@@ -240,8 +240,9 @@ class Settings(BaseSettings):
             "`--concurrency`) or `inline` (Courier's `worker/pool`: in the worker's own "
             "process, one task at a time whatever `--concurrency` says, with prefork's time "
             "limits and terminate; see [Worker pools](celery.md#worker-pools-prefork-and-"
-            "inline)). Sets Celery's `worker_pool`; `celery worker --pool=<name>` still "
-            "overrides it, except `--pool=prefork`, which Celery replaces by the setting"
+            "inline)). The Helm chart sets `inline` (its default `worker.pool`). Sets Celery's "
+            "`worker_pool`; `celery worker --pool=<name>` still overrides it, except "
+            "`--pool=prefork`, which Celery replaces by the setting"
         ),
     )
     worker_pool_stop_grace_seconds: float = Field(

@@ -30,6 +30,7 @@ from billiard.einfo import ExceptionInfo
 from celery.concurrency.base import apply_target
 from celery.concurrency.solo import TaskPool as SoloPool
 from celery.exceptions import Reject, SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from celery.signals import worker_ready
 from celery.worker import state as worker_state
 
 from worker.core.settings import get_settings
@@ -71,12 +72,20 @@ class TaskPool(SoloPool):
     def on_start(self) -> None:
         self._clock.start()
         if self._listener is not None:
+            worker_ready.connect(self._on_worker_ready)
             self._listener.start()
 
     def on_stop(self) -> None:
         if self._listener is not None:
+            worker_ready.disconnect(self._on_worker_ready)
             self._listener.stop()
         self._clock.stop()
+
+    def _on_worker_ready(self, sender: Any, **_: Any) -> None:
+        """The consumer (``worker_ready``'s sender) is what Celery's inspect handlers read:
+        from now on the listener answers them while a task runs (``revoke_listener``)."""
+        if self._listener is not None and getattr(sender.controller, "pool", None) is self:
+            self._listener.inspect_with(sender)
 
     def on_terminate(self) -> None:
         self.on_stop()

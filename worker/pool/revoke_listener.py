@@ -1,19 +1,31 @@
-"""Hears ``revoke(terminate=True)`` while the inline pool's task holds the main thread.
+"""Hears ``revoke(terminate=True)``, and answers ``celery inspect``, while the inline pool's task
+holds the main thread.
 
 Celery handles control commands on the worker's event loop, in the main thread, which a task run
 inline occupies until it returns: a terminate would only be read once there was nothing left to
 terminate. This thread keeps a broker connection of its own and consumes the worker's broadcast
-mailbox (the same pidbox queue, the same fanout exchange, through Celery's own ``Mailbox.Node``:
+mailbox (the same pidbox queue, the same fanout exchange, through kombu's pidbox ``Node``:
 destinations and patterns match as Celery matches them), so any client (``DELETE
 /v1/tasks/{id}?terminate=true``, ``app.control.revoke(id, terminate=True)``, Flower's terminate,
-``celery control revoke``) is heard while the task runs. It reads ``revoke`` only, and while a
-task runs answers it as Celery's handler would (a client waiting for replies, such as ``celery
-control revoke``, hears from a busy worker as from a prefork one); the event loop still gets the
-same command once the task is over, does Celery's own bookkeeping and answers a second time (a
-client still waiting sees two replies; the second says ``tasks unknown`` after a terminate). The
-pool is told every revoke: a terminate stops the running task, and every revoked id is known to
-the worker before its event loop takes the next message (which may be one of them: prefork's
-event loop would have read the revoke while the task ran).
+``celery control revoke``) is heard while the task runs. While a task runs it answers a revoke
+as Celery's handler would (a client waiting for replies, such as ``celery control revoke``,
+hears from a busy worker as from a prefork one); the event loop still gets the same command
+once the task is over and does Celery's own bookkeeping, without a second reply (the ticket the
+listener answered is recorded: ``worker/pool/mailbox.py``). The pool is told every revoke: a
+terminate stops the running task, and every revoked id is known to the worker before its event
+loop takes the next message (which may be one of them: prefork's event loop would have read the
+revoke while the task ran).
+
+While a task runs it also answers Celery's read-only inspect commands (``INSPECT_WHILE_BUSY``:
+``celery inspect active|stats|ping|...``, Flower's worker pages), which would otherwise go
+unanswered until the task ends, with Celery's own handlers (``celery.worker.control.Panel``) and
+the consumer's state, as the event loop does; only the state's ``tset`` differs: it copies
+Celery's request sets before they are read (Celery's choice when it has no event loop), since the
+main thread may change them as the task ends. These handlers only read (the request sets and
+dicts, the task registry, the configuration, the pool's info), so they are safe from this thread.
+Commands that change the worker (``rate_limit``, ``pool_grow``, ``shutdown``, ...) stay with the
+event loop. As for revoke, the event loop runs the same command once the task is over but does
+not reply again (``worker/pool/mailbox.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +40,11 @@ from typing import Any
 from billiard.common import TERM_SIGNAME
 from celery import Celery
 from celery.platforms import signals as celery_signals
+from celery.utils.collections import AttributeDict
+from celery.worker.control import Panel
 from kombu.utils.functional import maybe_list
+
+from worker.pool.mailbox import AnsweringNode
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +54,30 @@ POLL_SECONDS = 1.0
 # Seconds before each reconnect after a lost broker, the first at once: a broadcast sent while
 # the listener is not subscribed is not heard (as by any worker's event loop while it reconnects).
 RETRY_SECONDS = (0.0, 0.1, 0.25, 0.5)
+
+# Celery's inspect commands answered while a task runs (the others are answered between tasks):
+# each only reads the worker's state. Not ``hello`` (it updates the revoked set), nor the
+# debugging ones (``objgraph`` writes a file; ``memsample`` and ``memdump`` keep samples).
+INSPECT_WHILE_BUSY = frozenset(
+    {
+        "active",
+        "active_queues",
+        "clock",
+        "conf",
+        "ping",
+        "query_task",
+        "registered",
+        "report",
+        "reserved",
+        "revoked",
+        "scheduled",
+        "stats",
+    }
+)
+# The same handlers under every name Celery knows them by (``dump_active``, ``dump_tasks``, ...).
+INSPECT_HANDLERS: dict[str, Callable[..., Any]] = {
+    name: handler for name, handler in Panel.data.items() if handler.__name__ in INSPECT_WHILE_BUSY
+}
 
 # The pool's action on a revoke: (task ids, terminate, signal number) -> whether it stopped the
 # running task.
@@ -54,6 +94,9 @@ class RevokeListener:
         self._busy = busy
         self._stopped = threading.Event()
         self._failures = 0  # connection attempts failed in a row
+        # What Celery's inspect handlers read (``inspect_with``); None until the worker's
+        # consumer is ready: until then inspect commands are left to the event loop.
+        self._inspect_state: AttributeDict | None = None
         # The channel the listener waits on, while it waits (stop wakes it: _wake).
         self._channel: Any = None
         self._thread = threading.Thread(
@@ -62,6 +105,14 @@ class RevokeListener:
 
     def start(self) -> None:
         self._thread.start()
+
+    def inspect_with(self, consumer: Any) -> None:
+        """Answer inspect commands for ``consumer`` (the worker's, once ready) while a task
+        runs: the state Celery's ``Pidbox`` gives its handlers, except ``tset``, which copies
+        a request set before it is read (the main thread may change it meanwhile)."""
+        self._inspect_state = AttributeDict(
+            app=consumer.app, hostname=consumer.hostname, consumer=consumer, tset=set
+        )
 
     def stop(self) -> None:
         self._stopped.set()
@@ -96,15 +147,23 @@ class RevokeListener:
         with self.app.connection_for_read() as connection:
             channel = connection.channel()
             control: Any = self.app.control  # its mailbox is missing from Celery's stubs
-            node = control.mailbox.Node(
-                self.hostname, handlers={"revoke": self._revoke}, channel=channel
+            node = AnsweringNode(
+                self.hostname,
+                channel=channel,
+                handlers={**INSPECT_HANDLERS, "revoke": self._revoke},
+                mailbox=control.mailbox,
             )
 
             def on_message(body: Any, message: Any) -> None:
-                if isinstance(body, dict) and body.get("method") == "revoke":
+                method = body.get("method") if isinstance(body, dict) else None
+                if method == "revoke":
                     # An idle worker's event loop answers at once, as any worker's.
                     answered = body if self._busy() else {**body, "reply_to": None}
                     node.handle_message(answered, message)
+                elif method in INSPECT_HANDLERS and self._inspect_state and self._busy():
+                    # Idle (or not ready yet), the event loop answers at once.
+                    node.state = self._inspect_state
+                    node.handle_message(body, message)
 
             with node.listen(callback=on_message):
                 if self._failures:
