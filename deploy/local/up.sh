@@ -231,7 +231,9 @@ API_HOST="${COURIER_API_BIND%:*}"
 API_PORT="${COURIER_API_BIND##*:}"
 deadline=$(($(date +%s) + UP_TIMEOUT))
 start api "$BIN/gunicorn" -c python:app.gunicorn_conf
-start worker "$BIN/celery" -A worker.celery_app worker --loglevel=INFO --without-gossip --without-mingle
+# The worker as the chart runs it by default: the inline supervisor (one inline worker per core).
+start worker env COURIER_WORKER_POOL="${COURIER_WORKER_POOL:-inline}" \
+    "$BIN/python" -m worker.supervisor --loglevel=INFO --without-gossip --without-mingle
 start beat "$BIN/celery" -A worker.celery_app beat --loglevel=INFO
 await api readyz /readyz "$API_HOST" "$API_PORT" "$deadline"
 await worker readyz /readyz "$COURIER_WORKER_METRICS_HOST" "$COURIER_WORKER_METRICS_PORT" "$deadline"
