@@ -54,8 +54,8 @@ from tests.utils.processes import (
 )
 from tests.utils.sentinel import NamespacedSentinelCluster, SentinelCluster
 from worker.celery_config import PRIORITY_STEPS
-from worker.core.names import DEFAULT_QUEUE, UNACKED_KEY
-from worker.core.queue_stats import priority_lists
+from worker.core.names import DEFAULT_QUEUE
+from worker.core.queue_stats import QueueInspector
 from worker.core.redis_client import create_redis
 from worker.core.settings import Settings
 
@@ -270,16 +270,12 @@ class SentinelStack:
 
     def in_flight(self) -> int:
         """Messages queued or delivered and not acknowledged, on the named primary."""
-        lists = priority_lists(DEFAULT_QUEUE, PRIORITY_STEPS)
         with (
             contextlib.suppress(redis.RedisError, RuntimeError),
             self.cluster.data_client(self.cluster.primary_port()) as client,
         ):
-            pipe = client.pipeline(transaction=False)
-            pipe.hlen(UNACKED_KEY)
-            for name in lists:
-                pipe.llen(name)
-            return sum(int(n) for n in pipe.execute())
+            (queue,) = QueueInspector(client, [DEFAULT_QUEUE], PRIORITY_STEPS).stats()
+            return queue.waiting + queue.reserved + queue.delayed
         return -1  # not known: the primary did not answer
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
