@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     specs = registered_tasks()
     # Innermost: a common submit skips the layers below it (routing, FastAPI's wrappers).
-    app.add_middleware(SubmitDispatchMiddleware, api=app)
+    app.add_middleware(SubmitDispatchMiddleware)
     app.add_middleware(
         BodySizeLimitMiddleware,
         limit_for_path=body_limit,

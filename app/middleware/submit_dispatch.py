@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import FastAPI
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
@@ -38,13 +37,16 @@ from app.api.fast_submit import DECLINED, FastSubmitRoute, HandOver, replay
 
 
 class SubmitDispatchMiddleware:
-    def __init__(self, app: ASGIApp, api: FastAPI) -> None:
+    def __init__(self, app: ASGIApp) -> None:
+        # Innermost of the app's middlewares: FastAPI's exception layer is next, and its
+        # handler tables are what an error on the fast path is answered with.
+        if not isinstance(app, ExceptionMiddleware):
+            raise TypeError("SubmitDispatchMiddleware must be added before any other middleware")
         self.app = app
-        self.api = api
+        self._handlers = (app._exception_handlers, app._status_handlers)
         # path -> (route, its fast path), learnt from the router's choices; bounded by the
         # app's own submit routes, since only their paths are kept.
         self._routes: dict[str, tuple[FastSubmitRoute, Any]] = {}
-        self._handlers: tuple[Any, Any] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope.get("root_path"):
@@ -86,16 +88,8 @@ class SubmitDispatchMiddleware:
             self._routes[scope["path"]] = (route, route.fast_path)
 
     async def _answer_error(self, request: Request, exc: Exception, send: Send) -> None:
-        """``exc`` answered as FastAPI's exception layer answers it: the app's handlers
+        """``exc`` answered as FastAPI's exception layer answers it: that layer's handlers
         (all but the 500 one, which ``ServerErrorMiddleware`` keeps), Starlette's wrapper."""
-        if self._handlers is None:
-            handlers = {
-                key: value
-                for key, value in self.api.exception_handlers.items()
-                if key not in (500, Exception)
-            }
-            layer = ExceptionMiddleware(self.app, handlers=handlers, debug=self.api.debug)
-            self._handlers = (layer._exception_handlers, layer._status_handlers)
         request.scope["starlette.exception_handlers"] = self._handlers
 
         async def raising(scope: Scope, receive: Receive, send: Send) -> None:

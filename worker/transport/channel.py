@@ -370,23 +370,21 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         queues = self._queue_cycle.consume(len(self.active_queues))
         return [(self._q_for_pri(q, pri), q) for pri in self.priority_steps for q in queues]
 
-    def _fetch_args(
-        self, lists: list[tuple[str, str]], limit: int, acks: list[str] | None = None
-    ) -> tuple[list[str], list[Any]]:
-        keys = [self.unacked_key, self.unacked_index_key, *(key for key, _ in lists)]
-        specs = [("-" if q in self._no_ack_queues else "+") + q for _, q in lists]
-        return keys, [limit, time(), *specs, self._stamp_argument(), *(acks or [])]
+    def _fetch_keys(self, lists: list[tuple[str, str]]) -> list[str]:
+        return [self.unacked_key, self.unacked_index_key, *(key for key, _ in lists)]
 
     def _fetch_packing(self, lists: list[tuple[str, str]]) -> FetchPacking:
         """The fetch's constant part for these lists (their order: the queues rotate), their
         no-ack flags and the start stamp's settings, packed once (``FetchPacking``)."""
-        key = (tuple(lists), self._no_ack_queues, self._stamp_argument())
+        stamp = self._stamp_argument()
+        key = (tuple(lists), self._no_ack_queues, stamp)
         packing = self._packings.get(key)
         if packing is None:
             if len(self._packings) >= MAX_PACKINGS:
                 self._packings.clear()
-            keys, args = self._fetch_args(lists, 0)
-            packing = self._packings[key] = FetchPacking(keys, args[2:])
+            specs = [("-" if q in self._no_ack_queues else "+") + q for _, q in lists]
+            packing = FetchPacking(self._fetch_keys(lists), [*specs, stamp])
+            self._packings[key] = packing
         return packing
 
     def _stamp_argument(self) -> str:
@@ -569,9 +567,9 @@ class Channel(_KombuChannel):  # type: ignore[misc]
 
     def _fetch_now(self, queue: str, record: bool) -> list[dict[str, Any]]:
         lists = [(self._q_for_pri(queue, pri), queue) for pri in self.priority_steps]
-        keys, args = self._fetch_args(lists, 1)
+        keys = self._fetch_keys(lists)
         # No start stamp: a message taken this way is not handed to an idle pool process.
-        args[2:] = [*(("+" if record else "-") + queue for _ in lists), ""]
+        args = [1, time(), *(("+" if record else "-") + queue for _ in lists), ""]
         with self.conn_or_acquire() as client:
             reply = self.fetch_script(keys=keys, args=args, client=client)
             self._maybe_update_queues_expire(client, queue)
