@@ -141,21 +141,15 @@ class CourierRedisBackend(RedisBackend):
         which workers set): an unparsable reply or a refusal failed the task instead."""
         return lost_to_redis(exc) or bool(super().exception_safe_to_retry(exc))
 
-    def store_result(
-        self,
-        task_id: str,
-        result: Any,
-        state: str,
-        traceback: Any = None,
-        request: Any = None,
-        **kwargs: Any,
-    ) -> Any:
+    def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
         """Celery's, retried as above; in a worker (a ``request``), a state still not stored
         when the retries ran out raises ``ResultNotStored`` instead of Celery's
         ``BackendStoreError``, which the tracer would record as the task's failure."""
         try:
-            return super().store_result(task_id, result, state, traceback, request, **kwargs)
+            return super().store_result(task_id, result, state, *args, **kwargs)
         except Exception as exc:
+            # Celery's signature: (task_id, result, state, traceback=None, request=None, ...)
+            request = kwargs.get("request", args[1] if len(args) > 1 else None)
             # Celery's BackendStoreError once the retries ran out: the last error is its cause.
             cause = exc.__cause__ if isinstance(exc, BackendStoreError) else exc
             if request is None or cause is None or not lost_to_redis(cause):
