@@ -53,6 +53,18 @@ def restore_interval(visibility_timeout: int) -> int:
     return max(1, min(60, visibility_timeout // 10))
 
 
+def sweep_lock_expiry(visibility_timeout: int) -> int:
+    """How long a sweep's lock lives if its holder never releases it: two sweep intervals.
+
+    kombu's default is 300 s, and a lock is orphaned more often than a crash suggests: a
+    worker killed mid-sweep, or a failover that carries the lock's SET to the new primary but
+    not its release (sent to the old one, lost at its resync; seen in CI after a planned
+    failover). Every sweep then stops for the lock's life, so no abandoned message comes back.
+    A short life is safe: a sweep takes milliseconds, and two sweeps that overlap restore each
+    message once (each restore is a WATCHed transaction on ``unacked``)."""
+    return 2 * restore_interval(visibility_timeout)
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport_timeouts = {
         "socket_timeout": settings.redis_socket_timeout,
@@ -79,6 +91,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "visibility_timeout": settings.broker_visibility_timeout,
             "unacked_restore_interval": restore_interval(settings.broker_visibility_timeout),
             "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": sweep_lock_expiry(settings.broker_visibility_timeout),
             "priority_steps": PRIORITY_STEPS,
             "queue_order_strategy": "priority",
             "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,

@@ -193,6 +193,8 @@ class SentinelStack:
         self.fresh_clients_ok: list[bool] = []  # kill-sentinel: a new client found the primary
         self.in_flight_when_done = 0  # messages still in flight when every task had run once
         self.early_statuses: dict[str, int] = {}  # then: statuses other than succeeded
+        self.in_flight_at_end = 0  # still in flight when statuses were read
+        self.sweep_lock_ms: int | None = None  # then: the sweep lock's remaining life
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> SentinelStack:
@@ -266,7 +268,20 @@ class SentinelStack:
         deadline = time.monotonic() + QUIET_FOR
         while self.in_flight() and time.monotonic() < deadline:
             time.sleep(0.5)
+        self.in_flight_at_end = self.in_flight()
+        if self.in_flight_at_end:
+            self.sweep_lock_ms = self._sweep_lock_ms()
         return read_ledger(self.ledger)
+
+    def _sweep_lock_ms(self) -> int | None:
+        """What is left of the restore sweep's lock on the named primary (ms; -2: none): a
+        lock a failover carried over without its release stops every sweep while it lives."""
+        with (
+            contextlib.suppress(redis.RedisError, RuntimeError),
+            self.cluster.data_client(self.cluster.primary_port()) as client,
+        ):
+            return int(client.pttl("unacked_mutex"))
+        return None
 
     def in_flight(self) -> int:
         """Messages queued or delivered and not acknowledged, on the named primary."""
@@ -420,6 +435,9 @@ def _one_stack(
     if stack.in_flight_when_done:
         figures.notes["in_flight_when_done"] = stack.in_flight_when_done
         figures.notes["read_then_as"] = stack.early_statuses
+    if stack.in_flight_at_end:
+        figures.notes["in_flight_at_end"] = stack.in_flight_at_end
+        figures.notes["sweep_lock_ms"] = stack.sweep_lock_ms
     if stack.fresh_clients_ok:
         figures.notes["new_client_ok"] = all(stack.fresh_clients_ok)
     if submitter.unexpected:

@@ -126,6 +126,38 @@ def test_a_fetch_whose_reply_is_lost_leaves_the_message_in_unacked_for_the_sweep
     assert received == [({"n": "lost reply"}, True)]
 
 
+def test_a_sweep_lock_left_behind_holds_redelivery_back_seconds_not_minutes(
+    own_redis: RedisServer, client: redis.Redis, tmp_path: Path
+) -> None:
+    """A worker killed mid-sweep leaves the sweep's lock behind, as a failover does that carries
+    the lock's SET to the new primary but not its release (seen in CI: two tasks that ran read
+    ``started`` after a planned failover, their abandoned messages never handed out again).
+    Every other worker's sweep waits for the lock to expire: kombu's 300 s, so no abandoned
+    message came back for five minutes. Here the next worker hands them out within seconds."""
+    abandoned = 2000  # the sweep restoring them is still running when it is killed
+    for _ in range(abandoned):
+        client.lpush(DEFAULT_QUEUE, json.dumps(messages.envelope()))
+    keys = ["unacked", "unacked_index", DEFAULT_QUEUE]
+    # Taken a minute ago by fetches whose replies were lost.
+    client.eval(scripts.FETCH, len(keys), *keys, abandoned, time.time() - 60, f"+{DEFAULT_QUEUE}")
+    variables = courier_env(
+        {"COURIER_REDIS_URL": own_redis.url, "COURIER_BROKER_VISIBILITY_TIMEOUT": "10"}
+    )
+    with celery_worker(variables, tmp_path / "sweeper.log", "sweeper", concurrency=1) as sweeper:
+        wait_until(lambda: client.exists("unacked_mutex"), 60, "the first sweep", interval=0)
+        sweeper.kill()
+    left = client.hlen("unacked")
+    assert left, "the sweep was over before the kill"
+    assert client.exists("unacked_mutex"), "the lock was released"
+    with celery_worker(variables, tmp_path / "next.log", "next", concurrency=1):
+        # The sweep interval (1 s) plus the lock's life: restored, run and acknowledged.
+        wait_until(
+            lambda: client.hlen("unacked") + client.llen(DEFAULT_QUEUE) == 0,
+            30,
+            f"the {left} messages left in unacked to be handed out and run",
+        )
+
+
 def test_a_peek_answered_into_a_dead_connection_takes_nothing(
     own_redis: RedisServer, client: redis.Redis
 ) -> None:
