@@ -1,6 +1,6 @@
 # Courier's two images from one file:
 #   docker build --target api .     gunicorn + uvicorn workers (imports app/ and worker/)
-#   docker build --target worker .  celery worker; the same image runs beat and Flower by command
+#   docker build --target worker .  the worker (as the chart runs it); also beat and Flower by command
 # Both run as UID/GID 10001 and work with a read-only root file system when /tmp and
 # /run/metrics are writable volumes (emptyDir on Kubernetes).
 #
@@ -75,16 +75,18 @@ RUN groupadd --gid 10001 courier \
 COPY --from=venv /opt/venv /opt/venv
 WORKDIR /tmp
 
-# Exec form everywhere: celery is PID 1 and gets SIGTERM itself (warm shutdown of its pool);
-# no shell or init in between that could signal the pool children. With the inline pool (the
-# chart's default) the chart runs `python -m worker.supervisor` instead (the venv's python,
-# worker/supervisor.py, both in this image), which forwards SIGTERM to each of its workers.
+# Exec form everywhere: no shell or init in between that could signal the pool children.
+# The supervisor (worker/supervisor.py), as the chart runs it: with COURIER_WORKER_POOL=inline
+# (the chart's default) it is PID 1, runs one inline worker per --concurrency (default: the
+# cores) and forwards SIGTERM to each; with prefork (the setting's default) it execs
+# `celery -A worker.celery_app worker` with the same options, so celery is PID 1 and gets
+# SIGTERM itself (warm shutdown of its pool). Beat and Flower: by command (see the header).
 FROM runtime AS worker
 LABEL org.opencontainers.image.title="courier-worker" \
       org.opencontainers.image.description="Courier Celery worker (also beat and Flower by command)"
 COPY --from=build-worker /staging/ /
 USER 10001:10001
-CMD ["celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO"]
+CMD ["python", "-m", "worker.supervisor", "--loglevel=INFO"]
 
 # Last, so a plain `docker build .` gives the API. gunicorn is PID 1 and drains on SIGTERM.
 FROM runtime AS api

@@ -170,7 +170,8 @@ def test_images_declare_exec_form_commands_uid_10001_and_the_metrics_dir(
 ) -> None:
     api, worker = image_config(images["api"]), image_config(images["worker"])
     assert api["Cmd"] == ["gunicorn", "-c", "python:app.gunicorn_conf"]
-    assert worker["Cmd"] == ["celery", "-A", "worker.celery_app", "worker", "--loglevel=INFO"]
+    # The chart's own worker command: the supervisor, which execs Celery under prefork.
+    assert worker["Cmd"] == ["python", "-m", "worker.supervisor", "--loglevel=INFO"]
     for config in (api, worker):
         # No entrypoint wrapper: the command itself is PID 1 and gets SIGTERM.
         assert not config.get("Entrypoint")
@@ -212,7 +213,12 @@ def test_a_task_posted_to_the_api_container_runs_in_the_worker_container(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = {"COURIER_REDIS_URL": own_redis.url}
-    worker = Container(images["worker"], settings, tmp_path / "worker.log")
+    # The chart's default pool: the image's command runs the supervisor and its workers.
+    worker = Container(
+        images["worker"],
+        {**settings, "COURIER_WORKER_POOL": "inline", "COURIER_WORKER_METRICS_PORT": "0"},
+        tmp_path / "worker.log",
+    )
     api = Container(
         images["api"],
         {**settings, "COURIER_API_BIND": f"127.0.0.1:{port}", "COURIER_API_WORKERS": "1"},
@@ -235,10 +241,11 @@ def test_a_task_posted_to_the_api_container_runs_in_the_worker_container(
         )
         assert (done["status"], done["result"]) == ("succeeded", "from-image"), worker.output()
 
-        for container, command in ((api, "gunicorn"), (worker, "celery")):
+        for container, command in ((api, ["gunicorn"]), (worker, ["-m", "worker.supervisor"])):
             pid1 = _pid1(container)
             assert pid1["uid"] == 10001
-            assert any(Path(arg).name == command for arg in pid1["cmdline"][:2]), pid1
+            names = [Path(arg).name for arg in pid1["cmdline"][:3]]
+            assert any(names[i : i + len(command)] == command for i in range(3)), pid1
             # Even root cannot write outside the tmpfs mounts: the services above ran with
             # nothing writable but /tmp and /run/metrics.
             write = container.exec("touch", "/opt/venv/probe", user="0")
