@@ -137,11 +137,11 @@ class TaskPool(SoloPool):
             self._clock.end(job)
             self._mark_revoked()
 
-    def _heard(self, task_ids: Collection[str], terminate: bool, signum: int) -> bool:
-        """The listener's revoke, in its thread."""
+    def _heard(self, task_ids: Collection[str], terminate: bool, signum: int) -> str | None:
+        """The listener's revoke, in its thread; the id of the task it stopped, if any."""
         with self._revoked_lock:
             self._revoked.update(task_ids)
-        return terminate and self._clock.terminate(task_ids, signum)
+        return self._clock.terminate(task_ids, signum) if terminate else None
 
     def _busy(self) -> bool:
         return self._clock.current is not None

@@ -187,15 +187,17 @@ class Timekeeper:
 
     # --- other threads ---
 
-    def terminate(self, task_ids: Collection[str], signum: int, announced: bool = False) -> bool:
-        """Stop the running job if it is one of ``task_ids``; True when it was."""
+    def terminate(
+        self, task_ids: Collection[str], signum: int, announced: bool = False
+    ) -> str | None:
+        """Stop the running job if it is one of ``task_ids``; the id it stopped, if any."""
         with self._lock:
             job = self._job
             if job is None or job.done or job.outcome is not None or job.task_id not in task_ids:
-                return False
+                return None
             job.outcome, job.signum, job.announced = Outcome.TERMINATED, signum, announced
             self._interrupt(job, TerminateRequested(signum))
-            return True
+            return job.task_id
 
     def _interrupt(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, Interrupted):

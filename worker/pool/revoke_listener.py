@@ -79,9 +79,9 @@ INSPECT_HANDLERS: dict[str, Callable[..., Any]] = {
     name: handler for name, handler in Panel.data.items() if handler.__name__ in INSPECT_WHILE_BUSY
 }
 
-# The pool's action on a revoke: (task ids, terminate, signal number) -> whether it stopped the
-# running task.
-OnRevoke = Callable[[Collection[str], bool, int], bool]
+# The pool's action on a revoke: (task ids, terminate, signal number) -> the id of the running
+# task it stopped, if it stopped one.
+OnRevoke = Callable[[Collection[str], bool, int], str | None]
 
 
 class RevokeListener:
@@ -186,11 +186,10 @@ class RevokeListener:
         stopped = self._on_revoke(task_ids, bool(terminate), signum)
         if stopped:
             # Celery's own line when its event loop terminates a task (worker/control.py).
-            logger.info("Terminating %s (%s)", ", ".join(sorted(task_ids)), signum)
+            logger.info("Terminating %s (%s)", stopped, signum)
         if terminate:
-            return {
-                "ok": f"terminate: {', '.join(sorted(task_ids)) if stopped else 'tasks unknown'}"
-            }
+            # Celery's reply names the tasks it stopped, not all it was given.
+            return {"ok": f"terminate: {stopped or 'tasks unknown'}"}
         return {"ok": f"tasks {task_ids} flagged as revoked"}
 
 
