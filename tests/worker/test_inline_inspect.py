@@ -8,6 +8,7 @@ A real redis-server, a real inline worker running a task that sleeps, a stock Ce
 from __future__ import annotations
 
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from tests.utils.processes import RedisServer, celery_worker, courier_env, wait_
 from worker.celery_config import create_celery_app
 from worker.core.names import DEFAULT_QUEUE
 from worker.core.settings import Settings
+from worker.pool import mailbox as mailbox_module
 
 SLEEP = 15  # seconds the task runs: well beyond the inspect calls made while it runs
 TIMEOUT = 2  # seconds each inspect call waits for replies
@@ -80,3 +82,40 @@ def test_an_inline_worker_answers_inspect_while_its_task_runs(tmp_path: Path) ->
             replies = client.control.broadcast("ping", reply=True, timeout=TIMEOUT)
             assert replies == [{node: {"ok": "pong"}}]
         assert "Control command error" not in worker.output()
+
+
+def test_a_command_answered_by_one_of_an_inline_workers_nodes_is_not_answered_again(
+    own_redis: RedisServer,
+) -> None:
+    """An inline worker holds two nodes on one mailbox: the event loop's and its listener's,
+    each getting its own copy of every broadcast. Whichever replies first, the other must not:
+    the listener answering first was covered; the event loop answering between two tasks while
+    the listener reads its copy only once the next task runs was not, and gave the client two
+    replies from one node (Celery's ``DuplicateNodenameWarning``). Real kombu nodes, real Redis;
+    the copies are handed to each node in both orders."""
+    app = create_celery_app(Settings(redis_url=own_redis.url))
+    mailbox_module.ANSWERED.shared, shared = True, mailbox_module.ANSWERED.shared
+    try:
+        with app.connection_for_write() as connection:
+            control: Any = app.control  # its mailbox is missing from Celery's stubs
+            mailbox = control.mailbox(connection)
+            reply_to = {"exchange": mailbox.reply_exchange.name, "routing_key": mailbox.oid}
+            handlers = {"ping": lambda state: {"ok": "pong"}}
+
+            def node() -> mailbox_module.Node:
+                return mailbox_module.Node(
+                    "inline@host", channel=connection.channel(), handlers=handlers, mailbox=mailbox
+                )
+
+            event_loop, listener = node(), node()
+            for first, second in ((event_loop, listener), (listener, event_loop)):
+                ticket = str(uuid.uuid4())
+                # Declared per command: a collect removes the reply queue, as a client's does.
+                mailbox.reply_queue(connection.default_channel).declare()
+                first.dispatch("ping", {}, reply_to, ticket)
+                second.dispatch("ping", {}, reply_to, ticket)
+                replies = mailbox._collect(ticket, limit=None, timeout=1)
+                assert replies == [{"inline@host": {"ok": "pong"}}]
+    finally:
+        mailbox_module.ANSWERED.shared = shared
+        app.close()

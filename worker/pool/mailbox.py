@@ -8,10 +8,13 @@ without a destination waits ``timeout`` after each reply) two replies from one n
 ``DuplicateNodenameWarning`` ("give each node a unique nodename"), and the later reply (no task
 active, or ``tasks unknown`` after a terminate) in place of the first. So the listener records
 the ticket of each command it answers, and the event loop's node, seeing that ticket, still runs
-the command (a revoke's bookkeeping is Celery's) but sends no reply.
+the command (a revoke's bookkeeping is Celery's) but sends no reply. The other way round too:
+the event loop records what it answers, so a listener that reads a command only once the next
+task has started (the event loop answered it between the two) does not answer it again.
 
 Selected through Celery's ``control`` class (``create_celery_app``), not patched in; nodes other
-than a worker's own are unaffected (nothing records a ticket outside the inline pool).
+than a worker's own are unaffected (nothing records a ticket outside the inline pool: only its
+listener makes a process hold two nodes).
 """
 
 from __future__ import annotations
@@ -23,40 +26,43 @@ from typing import Any
 from celery.app.control import Control as CeleryControl
 from kombu import pidbox
 
-# Tickets kept at most: a ticket is dropped when the event loop sees its copy; one never seen
-# (the worker stopped first) is dropped after this many more.
+# Tickets kept at most: a ticket is dropped when the other node answers its copy; one the other
+# never answers (an idle listener leaves commands to the event loop; a worker stopped first) is
+# dropped after this many more.
 ANSWERED_LIMIT = 1024
 
 
 class AnsweredTickets:
-    """Reply tickets the listener thread answered; read by the event loop's thread."""
+    """Reply tickets answered by one of the worker's two nodes, shared by their threads."""
 
     def __init__(self, limit: int = ANSWERED_LIMIT) -> None:
         self._limit = limit
         self._lock = threading.Lock()
         self._tickets: OrderedDict[str, None] = OrderedDict()
+        # Set by the inline pool's listener: without a second node, nothing is recorded.
+        self.shared = False
 
-    def add(self, ticket: str) -> None:
+    def claim(self, ticket: str) -> bool:
+        """Whether the caller answers ``ticket``: the first of the two copies does (and it is
+        recorded), the second does not (and it is forgotten: one copy per node)."""
+        if not self.shared:
+            return True
         with self._lock:
+            if self._tickets.pop(ticket, False) is None:
+                return False
             self._tickets[ticket] = None
             while len(self._tickets) > self._limit:
                 self._tickets.popitem(last=False)
-
-    def take(self, ticket: str) -> bool:
-        """Whether ``ticket`` was answered; forgotten once asked (one copy per node)."""
-        with self._lock:
-            return self._tickets.pop(ticket, False) is None
+            return True
 
 
 ANSWERED = AnsweredTickets()
 
 
 class Node(pidbox.Node):
-    """The event loop's node (Celery's ``Pidbox``): runs every command, replies to those the
-    listener did not answer."""
-
-    # Whether this node answers for a busy event loop (the listener's) rather than being it.
-    answers_for_event_loop = False
+    """The event loop's node (Celery's ``Pidbox``), and the listener's: each runs every command
+    it is given and replies to those the other did not answer. Claimed before the reply: the
+    other node may take its copy as soon as the reply is out."""
 
     def dispatch(
         self,
@@ -66,19 +72,9 @@ class Node(pidbox.Node):
         ticket: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        if reply_to and ticket:
-            if self.answers_for_event_loop:
-                # Before the reply: the event loop may take its copy as soon as the task ends.
-                ANSWERED.add(ticket)
-            elif ANSWERED.take(ticket):
-                reply_to = None
+        if reply_to and ticket and not ANSWERED.claim(ticket):
+            reply_to = None
         return super().dispatch(method, arguments, reply_to, ticket, **kwargs)
-
-
-class AnsweringNode(Node):
-    """The listener's node: records the ticket of each command it replies to."""
-
-    answers_for_event_loop = True
 
 
 class Mailbox(pidbox.Mailbox):

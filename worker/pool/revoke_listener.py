@@ -44,7 +44,7 @@ from celery.utils.collections import AttributeDict
 from celery.worker.control import Panel
 from kombu.utils.functional import maybe_list
 
-from worker.pool.mailbox import AnsweringNode
+from worker.pool.mailbox import ANSWERED, Node
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class RevokeListener:
         )
 
     def start(self) -> None:
+        ANSWERED.shared = True  # two nodes in this process from now on: one reply per command
         self._thread.start()
 
     def inspect_with(self, consumer: Any) -> None:
@@ -147,7 +148,7 @@ class RevokeListener:
         with self.app.connection_for_read() as connection:
             channel = connection.channel()
             control: Any = self.app.control  # its mailbox is missing from Celery's stubs
-            node = AnsweringNode(
+            node = Node(
                 self.hostname,
                 channel=channel,
                 handlers={**INSPECT_HANDLERS, "revoke": self._revoke},
