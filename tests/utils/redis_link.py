@@ -168,3 +168,39 @@ class GarblingLink(RedisLink):
             return super()._passes(client, data)
         client.sendall(GARBLED_REPLY)
         return False
+
+
+class CuttingLink(RedisLink):
+    """A link that, once ``cut_next_reply(keep)`` is called, passes only the first ``keep``
+    bytes of the next data Redis sends to a client, and nothing after it on that connection,
+    which stays open: a link lost in the middle of replies, without the client being told."""
+
+    def __init__(self, redis_port: int) -> None:
+        super().__init__(redis_port)
+        self._keep: int | None = None
+        self._cut: set[socket.socket] = set()
+
+    def cut_next_reply(self, keep: int) -> None:
+        with self._lock:
+            self._keep = keep
+
+    def _forward(self, sock: socket.socket) -> None:
+        if sock not in self._upstream:
+            super()._forward(sock)
+            return
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._close(sock)
+            return
+        with self._lock:
+            keep, self._keep = self._keep, None
+            if keep is not None:
+                self._cut.add(sock)
+                data = data[:keep]
+            elif sock in self._cut:
+                data = b""
+        if data:
+            self._peers[sock].sendall(data)
