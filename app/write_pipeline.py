@@ -20,6 +20,7 @@ flush keep the replies they got.
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from typing import Any
 
@@ -76,15 +77,20 @@ async def _flush(pool: Any) -> None:
     read = 0
     try:
         await send(connection, b"".join(pending.commands))
-        for reply in replies:
-            try:
-                outcome: tuple[Any, Address] = (await connection.read_response(), address)
-            except redis.ResponseError as exc:  # this command's error reply; the link is fine
-                _settle_error(reply, exc)
-            else:
-                if not reply.done():  # its caller may have been cancelled
-                    reply.set_result(outcome)
-            read += 1
+        async with asyncio.timeout(connection.socket_timeout):
+            for reply in replies:
+                try:
+                    outcome = (await connection.read_response(timeout=_UNTIMED), address)
+                except redis.ResponseError as exc:  # its error reply; the link is fine
+                    _settle_error(reply, exc)
+                else:
+                    if not reply.done():  # its caller may have been cancelled
+                        reply.set_result(outcome)
+                read += 1
+    except TimeoutError:
+        # As redis-py says it when a read outlasts the socket timeout.
+        await connection.disconnect()
+        _fail(replies[read:], redis.TimeoutError(f"Timeout reading from {address[0]}:{address[1]}"))
     except BaseException as exc:
         # No answer for replies[read] and after: a late reply must not be read as the answer to
         # the next command sent on this connection.
@@ -94,6 +100,12 @@ async def _flush(pool: Any) -> None:
             raise
     finally:
         await give_back(pool, connection)
+
+
+# redis-py's "no timeout of its own" (``read_response``'s docstring): the flush's one timeout
+# covers all its replies, instead of a timer armed and cancelled per reply (~40 K instructions
+# each, docs/performance/submit.md). No reply waits longer than redis-py's would have.
+_UNTIMED = math.inf
 
 
 def _settle_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
