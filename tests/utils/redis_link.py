@@ -107,7 +107,14 @@ class RedisLink:
         peer = self._peers[sock]
         if peer in self._upstream and not self._passes(sock, data):
             return
-        peer.sendall(data)  # Redis -> client always flows: the write's reply gets through
+        if sock in self._upstream:
+            data = self._answers(sock, data)
+        if data:
+            peer.sendall(data)  # Redis -> client flows: the write's reply gets through
+
+    def _answers(self, upstream: socket.socket, data: bytes) -> bytes:
+        """What of ``data``, sent by Redis on ``upstream``, reaches the client: all of it."""
+        return data
 
     def _passes(self, client: socket.socket, data: bytes) -> bool:
         """Whether ``data``, sent by ``client``, reaches Redis."""
@@ -184,23 +191,10 @@ class CuttingLink(RedisLink):
         with self._lock:
             self._keep = keep
 
-    def _forward(self, sock: socket.socket) -> None:
-        if sock not in self._upstream:
-            super()._forward(sock)
-            return
-        try:
-            data = sock.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            self._close(sock)
-            return
+    def _answers(self, upstream: socket.socket, data: bytes) -> bytes:
         with self._lock:
             keep, self._keep = self._keep, None
             if keep is not None:
-                self._cut.add(sock)
-                data = data[:keep]
-            elif sock in self._cut:
-                data = b""
-        if data:
-            self._peers[sock].sendall(data)
+                self._cut.add(upstream)
+                return data[:keep]
+            return b"" if upstream in self._cut else data
