@@ -11,6 +11,8 @@ written, with the same error reply (so the same exception class and ``refusal_co
 The connection is taken from the pool apart from the write, as before, so a failure to reach
 Redis is known to have stored nothing. ``NOSCRIPT`` (Redis restarted, or ``SCRIPT FLUSH``) ran
 nothing either: the script is then sent in full once with ``EVAL``, which also caches it.
+A call without ``WAIT`` shares its round trip with the others issued in the same turn of the
+event loop (``app.write_pipeline``), with the same outcomes per call.
 """
 
 from __future__ import annotations

@@ -25,11 +25,9 @@ class NotReached(Exception):
         self.cause = cause
 
 
-# Connections this module keeps checked out of each asyncio pool, idle between script calls.
-# A pool checkout and release (its lock, its connection-count metrics, its release event) were
-# ~10 % of a submit's instructions: a kept connection is handed out with only the checks the
-# pool makes on every checkout (``ensure_connection``: connected, no stray data, else a
-# reconnect). To the pool they stay in use, so ``aclose()`` still disconnects them.
+# Connections kept checked out of each asyncio pool, idle between writes; handed out with the
+# checks the pool makes on every checkout (``ensure_connection``: connected, no stray data, else
+# a reconnect). To the pool they stay in use, so ``aclose()`` still disconnects them.
 _KEPT: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
 
 

@@ -50,13 +50,12 @@ _FLUSHING: set[asyncio.Task[None]] = set()
 async def pipelined_call(pool: Any, packed: bytes) -> tuple[Any, Address]:
     """Send one packed command with the others issued in this turn; its reply and the address of
     the server that gave it. Raises as the module's docstring says."""
+    loop = asyncio.get_running_loop()
     pending = _PENDING.get(pool)
     if pending is None:
         pending = _PENDING[pool] = _Pending()
-        task = asyncio.get_running_loop().create_task(_flush(pool))
-        _FLUSHING.add(task)
-        task.add_done_callback(_FLUSHING.discard)
-    reply: asyncio.Future[tuple[Any, Address]] = asyncio.get_running_loop().create_future()
+        _FLUSHING.add(loop.create_task(_flush(pool)))
+    reply: asyncio.Future[tuple[Any, Address]] = loop.create_future()
     pending.commands.append(packed)
     pending.replies.append(reply)
     return await reply
@@ -69,6 +68,7 @@ async def _flush(pool: Any) -> None:
     try:
         connection = await take_connection(pool)
     except BaseException as exc:
+        _FLUSHING.discard(asyncio.current_task())
         _fail(replies, exc)
         if not isinstance(exc, Exception):
             raise
@@ -99,6 +99,7 @@ async def _flush(pool: Any) -> None:
         if not isinstance(exc, Exception):
             raise
     finally:
+        _FLUSHING.discard(asyncio.current_task())
         await give_back(pool, connection)
 
 
