@@ -165,7 +165,7 @@ def test_a_reply_cut_off_fails_its_command_and_those_after_it(
         (first, second, third), waited = run_with(link.url, cut)
     assert first == (b"OK", ("127.0.0.1", link.port))
     assert isinstance(second, redis.TimeoutError) and third is second
-    assert SOCKET_TIMEOUT <= waited < SOCKET_TIMEOUT + 0.5
+    assert SOCKET_TIMEOUT <= waited < SOCKET_TIMEOUT + 1
     assert client.get("n") == b"2"
 
 
@@ -206,7 +206,7 @@ def test_a_stopped_redis_fails_the_whole_flush_in_time_as_unknown(
             os.kill(pid, signal.SIGCONT)
 
     answers, waited = run_with(own_redis.url, frozen)
-    assert waited < SOCKET_TIMEOUT + 0.5
+    assert waited < SOCKET_TIMEOUT + 1
     assert all(isinstance(a, redis.TimeoutError) for a in answers), answers
     assert client.llen("q") == IN_FLIGHT + 1
 
