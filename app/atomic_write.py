@@ -11,11 +11,12 @@ written, with the same error reply (so the same exception class and ``refusal_co
 The connection is taken from the pool apart from the write, as before, so a failure to reach
 Redis is known to have stored nothing. ``NOSCRIPT`` (Redis restarted, or ``SCRIPT FLUSH``) ran
 nothing either: the script is then sent in full once with ``EVAL``, which also caches it.
+A call without ``WAIT`` shares its round trip with the others issued in the same turn of the
+event loop (``app.write_pipeline``), with the same outcomes per call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import weakref
 from collections.abc import Sequence
@@ -27,7 +28,9 @@ from redis._parsers import Encoder
 from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import CoreCommands
 
-from worker.core.redis_client import REDIS_ERRORS, Command
+from app.kept_connections import give_back, send, take_connection
+from app.write_pipeline import pipelined_call
+from worker.core.redis_client import Command
 from worker.core.settings import Settings
 
 # ARGV[1] is the condition: '' none; '=<value>' when KEYS[1] (the guard's key) must hold
@@ -137,14 +140,6 @@ class Written:
 
     address: tuple[str, int]
     applied: bool  # False: its condition did not hold, nothing was written
-
-
-class NotReached(Exception):
-    """No connection to Redis could be had: nothing was sent."""
-
-    def __init__(self, cause: Exception) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
 
 
 class _Arguments(CoreCommands):
@@ -312,11 +307,13 @@ async def write_script(
     """``write_all`` with its script arguments already made (a write made again, as it was);
     a condition that did not hold is ``Written.applied`` False, not an error."""
     pool = client.connection_pool
-    connection = await _take_connection(pool)
+    if not replication.replicas:
+        return await _pipelined(pool, script, keys, argv)
+    connection = await take_connection(pool)
     try:
         for full in (False, True):
             packed = _request(script, keys, argv, replication, connection.encoder, full)
-            await _send(connection, packed)
+            await send(connection, packed)
             reply: Any = None
             error: Exception | None = None
             try:
@@ -339,96 +336,37 @@ async def write_script(
         await connection.disconnect()
         raise
     finally:
-        await _give_back(pool, connection)
+        await give_back(pool, connection)
     raise AssertionError("unreachable")
 
 
-# Connections this module keeps checked out of each asyncio pool, idle between script calls.
-# A pool checkout and release (its lock, its connection-count metrics, its release event) were
-# ~10 % of a submit's instructions: a kept connection is handed out with only the checks the
-# pool makes on every checkout (``ensure_connection``: connected, no stray data, else a
-# reconnect). To the pool they stay in use, so ``aclose()`` still disconnects them.
-_KEPT: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
-
-
-async def _take_connection(pool: Any) -> Any:
-    """A connection ready to send, as ``pool.get_connection()`` gives it; ``NotReached`` when
-    none could be had (nothing was sent)."""
-    kept = _KEPT.get(pool)
-    if not kept:
-        try:
-            return await pool.get_connection()
-        except REDIS_ERRORS as exc:
-            raise NotReached(exc) from exc
-    connection = kept.pop()
+async def _pipelined(pool: Any, script: Script, keys: list[Any], argv: list[Any]) -> Written:
+    """``write_script`` without a ``WAIT``, sent with the other writes issued in the same turn
+    of the event loop (``app.write_pipeline``): one send and one read for all of them, for the
+    API and for redis-server. A ``WAIT`` is not pipelined: each blocks the connection until its
+    replicas answer or its timeout, which would add up over the writes behind it."""
+    encoder = _encoder(pool)
     try:
-        if _left_for_another_primary(pool, connection):
-            await connection.disconnect()
-        elif connection.is_connected and await _idle_and_clean(connection):
-            return connection  # what ensure_connection checks, without its connect() retry
-        await pool.ensure_connection(connection)
-    except BaseException as exc:
-        await pool.release(connection)
-        if isinstance(exc, REDIS_ERRORS):
-            raise NotReached(exc) from exc
-        raise
-    return connection
-
-
-async def _idle_and_clean(connection: Any) -> bool:
-    """Nothing unread and no end of stream on an open connection: the check the pool's
-    ``ensure_connection`` makes after its ``connect()``. Anything else (stray data, a closed
-    or reset link) is left to ``ensure_connection``, which sees the same and reconnects."""
-    try:
-        return not await connection.can_read()
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
-
-
-def _left_for_another_primary(pool: Any, connection: Any) -> bool:
-    """Sentinel mode: the pool learnt of a new primary since this connection was made. The pool
-    disconnects its idle connections then; a kept one is dropped here, before its next use, so
-    it reconnects through Sentinel (to the pool's primary, with its ``FencedConnection``)."""
-    primary = getattr(pool, "master_address", None)
-    return (
-        primary is not None
-        and connection.is_connected
-        and (connection.host, connection.port) != tuple(primary)
-    )
-
-
-async def _give_back(pool: Any, connection: Any) -> None:
-    if connection.should_reconnect():  # the pool's release reconnects it, as before
-        await pool.release(connection)
-        return
-    _KEPT.setdefault(pool, []).append(connection)
-
-
-# Above asyncio's default high-water mark a write may wait for the socket (``drain``).
-_NEVER_WAITS = 64 * 1024
-
-
-async def _send(connection: Any, packed: bytes) -> None:
-    """``connection.send_packed_command(packed)``, without its ``asyncio.wait_for`` (a task and
-    two turns of the event loop per command, ~5 % of a submit) when the write cannot wait: the
-    connection is open, idle (nothing buffered), not due for its health check, and the command
-    is below the transport's high-water mark, so ``drain`` would return at once. A socket error
-    then closes the transport and is raised by ``read_response`` as redis-py raises it (the
-    connection dropped, a ``ConnectionError``); anything else takes redis-py's own path."""
-    writer = connection._writer
-    if (
-        writer is None
-        or len(packed) >= _NEVER_WAITS
-        or writer.transport.is_closing()
-        or writer.transport.get_write_buffer_size()
-        or (
-            connection.health_check_interval
-            and asyncio.get_running_loop().time() > connection.next_health_check
+        reply, address = await pipelined_call(
+            pool, _request(script, keys, argv, NO_WAIT, encoder, False)
         )
-    ):
-        await connection.send_packed_command(packed)
-        return
-    writer.write(packed)
+    except redis.exceptions.NoScriptError:
+        # Nothing ran: the script in full, which also caches it.
+        reply, address = await pipelined_call(
+            pool, _request(script, keys, argv, NO_WAIT, encoder, True)
+        )
+    return Written(address, _outcome(reply, None, 0, NO_WAIT))
+
+
+def _encoder(pool: Any) -> Encoder:
+    """The pool's encoder (what its connections encode arguments with), made once per pool."""
+    encoder = _ENCODERS.get(pool)
+    if encoder is None:
+        encoder = _ENCODERS[pool] = pool.get_encoder()
+    return encoder
+
+
+_ENCODERS: weakref.WeakKeyDictionary[Any, Encoder] = weakref.WeakKeyDictionary()
 
 
 # Stands for "the script was not cached": send it in full (NOSCRIPT ran nothing).

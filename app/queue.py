@@ -30,12 +30,12 @@ from app.atomic_write import (
     NO_WAIT,
     Condition,
     ConditionFailed,
-    NotReached,
     Replication,
     Written,
     write_all,
 )
 from app.failover_audit import AcceptedJournal
+from app.kept_connections import NotReached
 from app.memory_watermark import MemoryWatermark
 from app.messages import MessageBuilder, PreparedMessage
 from app.uuid4 import uuid4_text

@@ -21,7 +21,6 @@ from app.atomic_write import (
     WRITE_TASK_SHA,
     Condition,
     ConditionFailed,
-    NotReached,
     NotReplicated,
     Replication,
     Written,
@@ -31,6 +30,7 @@ from app.atomic_write import (
     write_all,
     write_script,
 )
+from app.kept_connections import NotReached
 from tests.utils.processes import RedisServer, free_port, wait_until
 from worker.core.names import DEFAULT_QUEUE
 from worker.core.redis_client import Command, queue_commands

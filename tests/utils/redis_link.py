@@ -107,7 +107,14 @@ class RedisLink:
         peer = self._peers[sock]
         if peer in self._upstream and not self._passes(sock, data):
             return
-        peer.sendall(data)  # Redis -> client always flows: the write's reply gets through
+        if sock in self._upstream:
+            data = self._answers(sock, data)
+        if data:
+            peer.sendall(data)  # Redis -> client flows: the write's reply gets through
+
+    def _answers(self, upstream: socket.socket, data: bytes) -> bytes:
+        """What of ``data``, sent by Redis on ``upstream``, reaches the client: all of it."""
+        return data
 
     def _passes(self, client: socket.socket, data: bytes) -> bool:
         """Whether ``data``, sent by ``client``, reaches Redis."""
@@ -168,3 +175,26 @@ class GarblingLink(RedisLink):
             return super()._passes(client, data)
         client.sendall(GARBLED_REPLY)
         return False
+
+
+class CuttingLink(RedisLink):
+    """A link that, once ``cut_next_reply(keep)`` is called, passes only the first ``keep``
+    bytes of the next data Redis sends to a client, and nothing after it on that connection,
+    which stays open: a link lost in the middle of replies, without the client being told."""
+
+    def __init__(self, redis_port: int) -> None:
+        super().__init__(redis_port)
+        self._keep: int | None = None
+        self._cut: set[socket.socket] = set()
+
+    def cut_next_reply(self, keep: int) -> None:
+        with self._lock:
+            self._keep = keep
+
+    def _answers(self, upstream: socket.socket, data: bytes) -> bytes:
+        with self._lock:
+            keep, self._keep = self._keep, None
+            if keep is not None:
+                self._cut.add(upstream)
+                return data[:keep]
+            return b"" if upstream in self._cut else data

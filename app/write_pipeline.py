@@ -1,0 +1,123 @@
+"""Concurrent writes pipelined: the commands issued in one turn of the event loop go out together.
+
+Under load the API has many submits in flight (wrk's 32 connections on 2 workers: ~16 each), and
+each sent its own command and waited for its own reply: a send and a read for the API and for
+redis-server per submit, and an event-loop wake-up per reply. Here the first command issued in a
+turn of the loop starts a flush task; every command issued before that task first runs joins it
+(asyncio runs the callbacks already scheduled in a turn before any scheduled during it). The
+flush takes one kept connection, sends the commands in one write, and reads their replies in
+order, usually from one read of the socket.
+
+Each caller still gets its own command's outcome, with redis-py's meaning: its reply, or the
+error reply Redis gave it (``redis.ResponseError``: the connection is fine, the next reply is
+read); ``NotReached`` when no connection could be had (nothing was sent); and when a reply cannot
+be read (no answer within the socket timeout, a lost link, a garbled reply), that error for this
+command and every later one of the flush, whose outcome is unknown: the connection is then
+disconnected, so a late reply is never read as another command's. The earlier commands of the
+flush keep the replies they got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import weakref
+from typing import Any
+
+import redis
+
+from app.kept_connections import give_back, send, take_connection
+
+Address = tuple[str, int]
+
+
+class _Pending:
+    """The commands issued in this turn of one pool's event loop, waiting for their flush."""
+
+    __slots__ = ("commands", "replies")
+
+    def __init__(self) -> None:
+        self.commands: list[bytes] = []
+        self.replies: list[asyncio.Future[tuple[Any, Address]]] = []
+
+
+# Per pool (so per event loop: an asyncio pool serves one), the commands not yet flushed.
+_PENDING: weakref.WeakKeyDictionary[Any, _Pending] = weakref.WeakKeyDictionary()
+# Flush tasks running: the loop keeps only weak references to tasks.
+_FLUSHING: set[asyncio.Task[None]] = set()
+
+
+async def pipelined_call(pool: Any, packed: bytes) -> tuple[Any, Address]:
+    """Send one packed command with the others issued in this turn; its reply and the address of
+    the server that gave it. Raises as the module's docstring says."""
+    loop = asyncio.get_running_loop()
+    pending = _PENDING.get(pool)
+    if pending is None:
+        pending = _PENDING[pool] = _Pending()
+        _FLUSHING.add(loop.create_task(_flush(pool)))
+    reply: asyncio.Future[tuple[Any, Address]] = loop.create_future()
+    pending.commands.append(packed)
+    pending.replies.append(reply)
+    return await reply
+
+
+async def _flush(pool: Any) -> None:
+    """Send the pool's pending commands on one connection and settle each caller's reply."""
+    pending = _PENDING.pop(pool)
+    replies = pending.replies
+    try:
+        connection = await take_connection(pool)
+    except BaseException as exc:
+        _FLUSHING.discard(asyncio.current_task())
+        _fail(replies, exc)
+        if not isinstance(exc, Exception):
+            raise
+        return
+    address = (str(connection.host), int(connection.port))
+    read = 0
+    try:
+        await send(connection, b"".join(pending.commands))
+        async with asyncio.timeout(connection.socket_timeout):
+            for reply in replies:
+                try:
+                    outcome = (await connection.read_response(timeout=_UNTIMED), address)
+                except redis.ResponseError as exc:  # its error reply; the link is fine
+                    _settle_error(reply, exc)
+                else:
+                    if not reply.done():  # its caller may have been cancelled
+                        reply.set_result(outcome)
+                read += 1
+    except TimeoutError:
+        # As redis-py says it when a read outlasts the socket timeout.
+        await connection.disconnect()
+        _fail(replies[read:], redis.TimeoutError(f"Timeout reading from {address[0]}:{address[1]}"))
+    except BaseException as exc:
+        # No answer for replies[read] and after: a late reply must not be read as the answer to
+        # the next command sent on this connection.
+        await connection.disconnect()
+        _fail(replies[read:], exc)
+        if not isinstance(exc, Exception):
+            raise
+    finally:
+        _FLUSHING.discard(asyncio.current_task())
+        await give_back(pool, connection)
+
+
+# redis-py's "no timeout of its own" (``read_response``'s docstring): the flush's one timeout
+# covers all its replies, instead of a timer armed and cancelled per reply (~40 K instructions
+# each, docs/performance/submit.md). No reply waits longer than redis-py's would have.
+_UNTIMED = math.inf
+
+
+def _settle_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
+    if not reply.done():
+        reply.set_exception(exc)
+
+
+def _fail(replies: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    """Every caller in ``replies`` gets ``exc`` (cancelled, if the flush itself was)."""
+    for reply in replies:
+        if isinstance(exc, asyncio.CancelledError):
+            reply.cancel()
+        else:
+            _settle_error(reply, exc)
