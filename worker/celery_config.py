@@ -14,6 +14,8 @@ Why each setting is what it is, in short (docs/celery.md says more):
 - ``result_extended``: status shows worker, retries; STARTED is stored by the runner's start
   stamp (one round trip with the record), so Celery's own ``task_track_started`` is off.
 - ``worker_prefetch_multiplier``: small, so one worker does not hoard a burst others could run.
+- ``carry_results`` (transport option, inline pool only): a task's final state rides in the call
+  that acknowledges it (``worker/core/result_carry.py``), one script call per task.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
             "message_screen": f"{__name__}:screen_message",
             "start_stamp": f"{__name__}:start_stamp",
+            # The inline pool's tasks run in the consumer's thread: their final states ride
+            # in the call that carries their acknowledgement (worker/core/result_carry.py).
+            "carry_results": settings.worker_pool == "inline",
             "socket_keepalive": True,
             "socket_keepalive_options": TCP_KEEPALIVE_OPTIONS,
             **transport_timeouts,

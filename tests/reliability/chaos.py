@@ -101,12 +101,13 @@ class Cluster:
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
+        pool: str = "prefork",
     ) -> Service:
         self._starts += 1
         log = self.workdir / f"{name}-{self._starts}.log"
         variables = courier_env({**self.env, **(env or {})})
         self.workers[name] = celery_worker(
-            variables, log, name, concurrency, extra_args=extra_args, prefix=prefix
+            variables, log, name, concurrency, extra_args=extra_args, prefix=prefix, pool=pool
         )
         return self.workers[name]
 
@@ -267,13 +268,20 @@ def grace_exceeded(sleep: float = 8.0, grace: float = 1.0) -> Figures:
 
 
 def redis_restarts(
-    restarts: int, mode: str, fsync: str, rate: float = 100.0, downtime: float = 0.5
+    restarts: int,
+    mode: str,
+    fsync: str,
+    rate: float = 100.0,
+    downtime: float = 0.5,
+    pool: str = "prefork",
 ) -> Figures:
-    """Restart an AOF Redis (SIGTERM or SIGKILL) while the API accepts and workers run tasks."""
-    figures = Figures(f"redis {mode} x{restarts}, appendfsync {fsync}")
+    """Restart an AOF Redis (SIGTERM or SIGKILL) while the API accepts and workers run tasks
+    (with ``pool`` inline, each task's state rides in the call acknowledging it)."""
+    pool_note = "" if pool == "prefork" else f", {pool} pool"
+    figures = Figures(f"redis {mode} x{restarts}, appendfsync {fsync}{pool_note}")
     redis_args = ("--appendonly", "yes", "--appendfsync", fsync)
     with cluster(visibility_timeout=10, redis_args=redis_args) as c:
-        c.start_worker("steady")
+        c.start_worker("steady", pool=pool)
         wait_consuming(c)
         accepted: list[str] = []
         refused = 0
@@ -435,7 +443,11 @@ def fill_past_maxmemory(client: redis.Redis, excess: int) -> None:
 
 
 def redis_full(
-    maxmemory_mb: int = 8, payload_bytes: int = 2000, excess: int = 512 * 1024, workers: int = 1
+    maxmemory_mb: int = 8,
+    payload_bytes: int = 2000,
+    excess: int = 512 * 1024,
+    workers: int = 1,
+    pool: str = "prefork",
 ) -> Figures:
     """Fill Redis through the API until it answers 503, push it past maxmemory with another
     producer's key, then start workers: they must start and drain everything accepted, with
@@ -477,7 +489,7 @@ def redis_full(
         figures.notes["status_read_while_full"] = status_while_full.status_code
         started = time.monotonic()
         for n in range(workers):
-            c.start_worker(f"drainer{n}")
+            c.start_worker(f"drainer{n}", pool=pool)
         states = c.settle(ids, timeout=60 + len(ids) * 0.2)
         figures.notes["drain_s"] = round(time.monotonic() - started, 1)
         drained = client.info("memory")

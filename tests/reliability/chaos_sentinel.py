@@ -172,8 +172,10 @@ class SentinelStack:
         workdir: Path,
         rate: float = 8.0,
         visibility_timeout: int = VISIBILITY_TIMEOUT,
+        pool: str = "prefork",
     ) -> None:
         self.cluster = cluster
+        self.pool = pool
         self.workdir = workdir
         self.ledger = workdir / "ledger"
         self.ledger.mkdir(parents=True, exist_ok=True)
@@ -202,7 +204,9 @@ class SentinelStack:
             stack.enter_context(gunicorn(self.env, self.workdir / "api.log"))
             for name in ("w1", "w2"):
                 log = self.workdir / f"{name}.log"
-                worker = celery_worker(self.env, log, name, concurrency=2, extra_args=(INCLUDE,))
+                worker = celery_worker(
+                    self.env, log, name, concurrency=2, extra_args=(INCLUDE,), pool=self.pool
+                )
                 self.workers.append(stack.enter_context(worker))
             wait_until(lambda: http_ok(f"{self.base}/readyz"), 60, "the API")
             thread = threading.Thread(target=self.submitter.run, daemon=True)
@@ -218,10 +222,12 @@ class SentinelStack:
         self._stack.close()
 
     def _workers_seen(self) -> int:
-        """How many workers have run a task: a pool child of theirs wrote a ledger."""
+        """How many workers have run a task: a pool child of theirs (inline: the worker
+        itself) wrote a ledger."""
         pids = {path.stem.removeprefix("ledger-") for path in self.ledger.glob("ledger-*.log")}
         return sum(
-            any(str(child) in pids for child in child_pids(worker.pid)) for worker in self.workers
+            any(str(pid) in pids for pid in (worker.pid, *child_pids(worker.pid)))
+            for worker in self.workers
         )
 
     def resumed_after(self, moment: float, timeout: float = 60) -> float | None:
@@ -412,10 +418,13 @@ def _cluster(fault: str, workdir: Path) -> Iterator[SentinelCluster]:
 
 
 def _one_stack(
-    fault: str, repeats: int, workdir: Path, rate: float, steady: float
+    fault: str, repeats: int, workdir: Path, rate: float, steady: float, pool: str = "prefork"
 ) -> tuple[SentinelFigures, list[Repetition]]:
     figures = SentinelFigures(fault, repeats=repeats)
-    with _cluster(fault, workdir) as cluster, SentinelStack(cluster, workdir, rate) as stack:
+    with (
+        _cluster(fault, workdir) as cluster,
+        SentinelStack(cluster, workdir, rate, pool=pool) as stack,
+    ):
         reps = _inject(stack, fault, repeats, steady)
         starts, done = stack.settle()
         submitter = stack.submitter
@@ -456,15 +465,19 @@ def sentinel_fault(
     rate: float = 8.0,
     steady: float = 3.0,
     workdir: Path | None = None,
+    pool: str = "prefork",
 ) -> SentinelFigures:
-    """``repeats`` injections of ``fault`` under load; figures over all of them. The partition
-    needs its namespaced server as the primary, so each of its repetitions gets a fresh stack."""
+    """``repeats`` injections of ``fault`` under load, the workers on ``pool``; figures over all
+    of them. The partition needs its namespaced server as the primary, so each of its
+    repetitions gets a fresh stack."""
     with scenario_dir("courier-chaos-sentinel-") as tmp:
         base = workdir or tmp
         if fault != "partition-primary":
-            figures, reps = _one_stack(fault, repeats, base, rate, steady)
+            figures, reps = _one_stack(fault, repeats, base, rate, steady, pool)
         else:
-            parts = [_one_stack(fault, 1, base / f"rep-{n}", rate, steady) for n in range(repeats)]
+            parts = [
+                _one_stack(fault, 1, base / f"rep-{n}", rate, steady, pool) for n in range(repeats)
+            ]
             figures, reps = _sum(fault, [p[0] for p in parts]), [r for p in parts for r in p[1]]
     resumed = [rep.resumed_s for rep in reps]
     figures.resumed_s = None if None in resumed else max(r for r in resumed if r is not None)

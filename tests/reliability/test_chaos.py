@@ -3,7 +3,10 @@ table): every task that got a 202 is executed, whatever happens to workers and R
 
 from __future__ import annotations
 
+import pytest
+
 from tests.reliability import chaos
+from tests.utils.processes import POOLS
 
 
 def test_killed_pool_children_and_workers_lose_nothing() -> None:
@@ -33,8 +36,11 @@ def test_clean_redis_restarts_lose_no_accepted_task_and_workers_resume() -> None
     assert figures.accepted > 0 and figures.lost == 0, figures
 
 
-def test_killed_redis_with_fsync_always_loses_no_accepted_task() -> None:
-    figures = chaos.redis_restarts(restarts=2, mode="SIGKILL", fsync="always")
+# inline: each task's state rides in the call acknowledging it (worker/core/result_carry.py),
+# which a killed Redis may cut: stored again, or the task runs again, never lost.
+@pytest.mark.parametrize("pool", POOLS)
+def test_killed_redis_with_fsync_always_loses_no_accepted_task(pool: str) -> None:
+    figures = chaos.redis_restarts(restarts=2, mode="SIGKILL", fsync="always", pool=pool)
     assert figures.accepted > 0 and figures.lost == 0, figures
 
 
@@ -45,10 +51,11 @@ def test_api_and_worker_start_without_redis_and_become_ready_when_it_appears() -
     assert figures.succeeded == 1, figures
 
 
-def test_a_full_redis_refuses_submits_then_drains_everything_accepted() -> None:
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_full_redis_refuses_submits_then_drains_everything_accepted(pool: str) -> None:
     # 16 MB: between two of the API's slow memory readings (1 s apart below 80 %) the submits
     # of this loop add well under 10 % of it, so the watermark is seen before maxmemory.
-    figures = chaos.redis_full(maxmemory_mb=16)
+    figures = chaos.redis_full(maxmemory_mb=16, pool=pool)
     notes = figures.notes
     assert figures.accepted > 0 and figures.refused_503 == 20, figures
     assert notes["first_503_by_watermark"], figures

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.reliability import chaos_sentinel
+from tests.utils.processes import POOLS
 
 # Measured 2026-12-07 (docs/guarantees/sentinel.md, Sentinel under faults). Before the fence
 # (WAIT, min-replicas-to-write, acknowledgements on the fetch's own connection) the planned
@@ -15,6 +16,9 @@ from tests.reliability import chaos_sentinel
 # 'started': 3, 0, 4, 0, 0, 0, 2 of ~360 in seven make chaos runs; 0 in five runs since).
 
 
+# inline: the chart's worker, whose tasks' states ride in the calls acknowledging them on the
+# fetch's own connection (worker/core/result_carry.py).
+@pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize(
     "fault",
     [
@@ -25,10 +29,12 @@ from tests.reliability import chaos_sentinel
         "partition-primary",
     ],
 )
-def test_no_accepted_task_is_lost_or_misreported_across_a_sentinel_fault(fault: str) -> None:
+def test_no_accepted_task_is_lost_or_misreported_across_a_sentinel_fault(
+    fault: str, pool: str
+) -> None:
     # The two failovers every deployment meets (a dead primary, a planned switch) twice.
     repeats = 2 if fault in ("kill-primary", "planned-failover") else 1
-    figures = chaos_sentinel.sentinel_fault(fault, repeats=repeats, steady=2.0)
+    figures = chaos_sentinel.sentinel_fault(fault, repeats=repeats, steady=2.0, pool=pool)
     print(figures.row())
     assert figures.accepted > 0, figures
     assert "unexpected" not in figures.notes, figures

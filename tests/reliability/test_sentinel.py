@@ -29,6 +29,7 @@ import redis
 from app.main import create_app
 from tests.conftest import settings_from
 from tests.utils.processes import (
+    POOLS,
     celery_beat,
     celery_worker,
     courier_env,
@@ -105,6 +106,26 @@ def test_the_broker_transport_and_result_backend_find_the_primary_through_sentin
         with cluster.data_client(primary) as direct:
             assert direct.llen("sentinel-probe-queue") == 1
             assert app.backend.get_key_for_task("sentinel-probe-task") in direct.keys("celery-*")
+    finally:
+        app.close()
+
+
+def test_an_inline_workers_channel_takes_the_sentinel_backends_states_to_carry(
+    cluster: SentinelCluster,
+) -> None:
+    """The same Redis on both sides (the Sentinels' service, database, credentials): a final
+    state of a task the channel delivered rides in its acknowledgement's call
+    (``worker/core/result_carry.py``), where the delivery must be recorded."""
+    variables = {**cluster.courier_vars(), "COURIER_WORKER_POOL": "inline"}
+    app = create_celery_app(settings_from(variables))
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            assert isinstance(channel, SentinelChannel) and channel.carried is None
+            channel.basic_consume(DEFAULT_QUEUE, False, lambda message: None, "carry-probe")
+            assert channel.carried is not None  # a consumer that acknowledges
+            assert isinstance(app.backend, CourierSentinelBackend)
+            assert channel.carried.identity == app.backend.redis_identity()
     finally:
         app.close()
 
@@ -330,9 +351,12 @@ def failover_cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
         yield running
 
 
+# inline: the chart's worker, whose tasks' states ride in the fetch's own connection's calls
+# (worker/core/result_carry.py), stored only where the delivery is recorded.
+@pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("fault", ["kill", "demote"])
 def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
-    failover_cluster: SentinelCluster, tmp_path: Path, fault: str
+    failover_cluster: SentinelCluster, tmp_path: Path, fault: str, pool: str
 ) -> None:
     cluster = failover_cluster
     api_port, worker_metrics = free_port(), free_port()
@@ -349,7 +373,7 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
     base = f"http://127.0.0.1:{api_port}"
     with (
         gunicorn(env, tmp_path / "api.log") as api,
-        celery_worker(env, tmp_path / "worker.log", "failover") as worker,
+        celery_worker(env, tmp_path / "worker.log", "failover", pool=pool) as worker,
     ):
         wait_until(lambda: http_ok(f"{base}/readyz"), 60, "the API")
         wait_until(lambda: http_ok(f"http://127.0.0.1:{worker_metrics}/readyz"), 60, "the worker")
@@ -411,7 +435,7 @@ def test_every_accepted_task_succeeds_across_a_failover_without_restarts(
             worker_ready.stop.set()
             http.close()
         report = (
-            f"{fault}: accepted {len(submitter.accepted)}, refused {submitter.refused},"
+            f"{fault} ({pool}): accepted {len(submitter.accepted)}, refused {submitter.refused},"
             f" switch {switched_at - fault_at:.1f}s, tasks again {resumed_at - fault_at:.1f}s,"
             f" not succeeded {len(pending)} {dict(statuses)}"
         )

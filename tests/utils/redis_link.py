@@ -3,8 +3,9 @@ reply to chosen commands (``GarblingLink``).
 
 Clients connect to the link instead of to Redis. ``fail_at_next_write()`` makes the link
 behave as if Redis died at the next submit write a client sends (an EXEC, or the call of
-``app.atomic_write``'s script): just after it (the write is applied and its reply gets
-through), or just before it (``deliver=False``: the write is lost). From then on whatever any
+``app.atomic_write``'s script; or, given ``markers``, the next command holding one of them):
+just after it (the write is applied and its reply gets through), or just before it
+(``deliver=False``: the write is lost). From then on whatever any
 client sends is lost and new connections are refused, until ``restore()``. Those are moments
 no timing from outside can hit: between a write and the client's next command.
 """
@@ -15,15 +16,22 @@ import contextlib
 import selectors
 import socket
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
+
+from fastapi.testclient import TestClient
 
 from app.atomic_write import WRITE_ALL_SHA, WRITE_TASK_SHA
+from app.main import create_app
+from tests.conftest import settings_from
+from tests.utils.processes import RedisServer, Service, celery_worker, courier_env
 
 # EXEC as a client sends it (RESP): base64 message bodies and JSON cannot contain CRLF; the
 # scripts' SHA1 as EVALSHA names them.
 EXEC = b"*1\r\n$4\r\nEXEC\r\n"
-WRITES = (EXEC, WRITE_ALL_SHA.encode(), WRITE_TASK_SHA.encode())
+WRITES: tuple[bytes, ...] = (EXEC, WRITE_ALL_SHA.encode(), WRITE_TASK_SHA.encode())
 TAIL = max(len(marker) for marker in WRITES)
 
 
@@ -40,6 +48,7 @@ class RedisLink:
         self._tails: dict[socket.socket, bytes] = {}
         self._armed = self._failed = False
         self._deliver = True
+        self._fail_markers = WRITES
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -48,9 +57,9 @@ class RedisLink:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def fail_at_next_write(self, deliver: bool = True) -> None:
+    def fail_at_next_write(self, deliver: bool = True, markers: tuple[bytes, ...] = WRITES) -> None:
         with self._lock:
-            self._armed, self._deliver = True, deliver
+            self._armed, self._deliver, self._fail_markers = True, deliver, markers
 
     @property
     def failed(self) -> bool:
@@ -122,8 +131,8 @@ class RedisLink:
             if self._failed:
                 return False  # sent to a dead Redis: lost
             seen = self._tails.get(client, b"") + data
-            self._tails[client] = seen[-TAIL:]
-            if self._armed and any(marker in seen for marker in WRITES):
+            self._tails[client] = seen[-max(TAIL, *map(len, self._fail_markers)) :]
+            if self._armed and any(marker in seen for marker in self._fail_markers):
                 self._armed, self._failed = False, True
                 return self._deliver  # deliver=False: the transaction never reaches Redis
         return True
@@ -198,3 +207,25 @@ class CuttingLink(RedisLink):
                 self._cut.add(upstream)
                 return data[:keep]
             return b"" if upstream in self._cut else data
+
+
+Link = TypeVar("Link", bound=RedisLink)
+
+
+@contextlib.contextmanager
+def linked_stack(
+    tmp_path: Path, link_type: type[Link], pool: str, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[TestClient, Link, Service]]:
+    """A worker (``pool``, one task at a time) reaching a real redis-server through a link of
+    ``link_type``; the API (in process) reaching it directly."""
+    with contextlib.ExitStack() as exits:
+        server = exits.enter_context(RedisServer(tmp_path / "redis"))
+        link = link_type(server.port)
+        exits.enter_context(link)
+        env = {"COURIER_REDIS_URL": server.url}
+        api = exits.enter_context(TestClient(create_app(settings_from(env))))
+        worker_env = courier_env({**env, "COURIER_REDIS_URL": link.url})
+        worker = exits.enter_context(
+            celery_worker(worker_env, tmp_path / "worker.log", "linked", 1, extra_args, pool=pool)
+        )
+        yield api, link, worker

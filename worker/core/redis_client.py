@@ -286,10 +286,11 @@ _PIPELINE_PREFIX = "caused error: "
 # The first line of a Lua script whose writes a full Redis (maxmemory reached, noeviction) must
 # still accept. While over maxmemory, Redis 7 refuses a flagged script up front unless it is
 # ``allow-oom`` (or ``no-writes``), and a script without flags at its first command that may
-# grow memory (SET, HSET, LPUSH...) unless it already wrote something (FETCH's RPOP); it also
-# refuses every command queued into MULTI. Only the writes without which a worker cannot finish
-# what was accepted carry the flag: the start stamp, the stored state of a task, the push of a
-# retry (and the few bytes of queue bindings a starting worker declares). Why that is bounded:
+# grow memory (SET, HSET, LPUSH...) unless it already wrote something; it also refuses every
+# command queued into MULTI. Only the writes without which a worker cannot finish what was
+# accepted carry the flag: the start stamp, the stored state of a task (also when the fetch or
+# ACK that acknowledges it carries it), the push of a retry (and the few bytes of queue
+# bindings a starting worker declares). Why that is bounded:
 # the API refuses submits from COURIER_REDIS_MEMORY_HIGH_WATERMARK of maxmemory on, so these
 # writes only finish accepted tasks; each task's message leaves Redis at its acknowledgement,
 # so the growth is at most the accepted backlog times (its result - its message), room the

@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from celery import states
@@ -35,6 +36,7 @@ from kombu.utils import json as kombu_json
 from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import InvalidResponse
 
+from worker.core import result_carry
 from worker.core.names import DELIVERY_TAG_HEADER, UNACKED_KEY
 from worker.core.redis_calls import Call, Lua
 from worker.core.redis_client import ALLOW_OOM, FencedSSLConnection, is_transient, sentinel_pool
@@ -43,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 # Terminal Celery states: a stored state in this set is never overwritten.
 TERMINAL_STATES = frozenset({states.SUCCESS, states.FAILURE, states.REVOKED})
+# The states a task's run ends with, which its acknowledgement's call may carry (``_carried``).
+CARRIED_STATES = frozenset({states.SUCCESS, states.FAILURE})
+# A request with any of these is not a plain task: its chord, group or callbacks read or follow
+# its state, which is then stored as before, by its own call.
+_CANVAS_FIELDS = ("chord", "group", "callbacks", "errbacks", "chain")
 
 # Lua shared by every script that writes a Celery state (this backend, the worker's start
 # stamp in ``records.py``, purge, dead letters): whether a stored state is final, and the write
@@ -135,6 +142,9 @@ class CourierRedisBackend(RedisBackend):
     """Selected by the result backend URL ``worker.core.result_backend:CourierRedisBackend+redis://``."""
 
     _extended: bool | None = None  # ``result_extended``, read once
+    _identity: result_carry.RedisIdentity | None = None  # where it writes, worked out once
+    #: Carried states need their delivery recorded where they are written (Sentinel's rule).
+    _where_delivered = False
 
     def exception_safe_to_retry(self, exc: Exception) -> bool:
         """Celery retries only kombu's connection errors (with ``result_backend_always_retry``,
@@ -144,12 +154,19 @@ class CourierRedisBackend(RedisBackend):
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
         """Celery's, retried as above; in a worker (a ``request``), a state still not stored
         when the retries ran out raises ``ResultNotStored`` instead of Celery's
-        ``BackendStoreError``, which the tracer would record as the task's failure."""
+        ``BackendStoreError``, which the tracer would record as the task's failure.
+
+        A task's final state may instead be handed to the channel that delivered it, to be
+        written with its acknowledgement (``_carried``)."""
+        # Celery's signature: (task_id, result, state, traceback=None, request=None, ...)
+        request = kwargs.get("request", args[1] if len(args) > 1 else None)
+        if request is not None and state in CARRIED_STATES and result_carry.carrying():
+            traceback = kwargs.get("traceback", args[0] if args else None)
+            if self._carried(task_id, result, state, traceback, request, args, kwargs):
+                return result
         try:
             return super().store_result(task_id, result, state, *args, **kwargs)
         except Exception as exc:
-            # Celery's signature: (task_id, result, state, traceback=None, request=None, ...)
-            request = kwargs.get("request", args[1] if len(args) > 1 else None)
             # Celery's BackendStoreError once the retries ran out: the last error is its cause.
             cause = exc.__cause__ if isinstance(exc, BackendStoreError) else exc
             if request is None or cause is None or not lost_to_redis(cause):
@@ -161,6 +178,48 @@ class CourierRedisBackend(RedisBackend):
             )
             message = f"{state} of task {task_id} not stored: {cause!r}"
             raise ResultNotStored(message, requeue=True) from exc
+
+    def _carried(
+        self,
+        task_id: str,
+        result: Any,
+        state: str,
+        traceback: Any,
+        request: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> bool:
+        """Whether a carrier (the inline pool's channel: ``worker/core/result_carry.py``) took
+        this final state of a plain task it delivered, on the same Redis, to write it exactly
+        as ``_set`` would (``store_state_unless_finished``, the same TTL), in the call that
+        carries the task's acknowledgement. Should that call fail, the carrier stores it again
+        through this method's caller (``store_result``, retried), where it is no longer taken."""
+        tag = getattr(request, DELIVERY_TAG_HEADER, None)
+        if not (isinstance(tag, str) and tag):
+            return False
+        if any(getattr(request, field, None) for field in _CANVAS_FIELDS):
+            return False
+        value = self.encode_meta(task_id, self.encode_result(result, state), state, traceback,
+                                 request)  # fmt: skip
+        ttl = getattr(self, "expires", None)
+        carried = result_carry.CarriedState(
+            key=self.get_key_for_task(task_id),
+            value=value,
+            ttl=int(ttl or 0),
+            delivery_tag=tag,
+            where_delivered=self._where_delivered,
+            identity=self.redis_identity(),
+            store_again=partial(self.store_result, task_id, result, state, *args, **kwargs),
+        )
+        return result_carry.offer(carried)
+
+    def redis_identity(self) -> result_carry.RedisIdentity:
+        """Where this backend writes (``result_carry.redis_identity``)."""
+        if self._identity is None:
+            backend: Any = self  # celery-types lacks these internals
+            sentinel = backend._transport_options.get("sentinel")
+            self._identity = result_carry.redis_identity(backend.connparams, sentinel)
+        return self._identity
 
     def _get_result_meta(
         self,
@@ -294,6 +353,7 @@ class CourierSentinelBackend(CourierRedisBackend):
     storing a state twice is harmless (the script refuses to overwrite a finished one)."""
 
     connection_class_ssl: Any = FencedSSLConnection
+    _where_delivered = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -33,6 +33,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded, Terminated, TimeLim
 from celery.signals import worker_ready
 from celery.worker import state as worker_state
 
+from worker.core import result_carry
 from worker.core.settings import get_settings
 from worker.pool.interrupts import Interrupted, Job, Outcome, Timekeeper
 from worker.pool.revoke_listener import RevokeListener
@@ -116,6 +117,9 @@ class TaskPool(SoloPool):
         """``apply_target`` (solo's) around the job: Celery's request passes prefork's
         options too (``error_callback``, ``timeout_callback``, ``soft_timeout``, ``timeout``,
         ``correlation_id``: the task id)."""
+        # What the last task's acknowledgement carries (its result) is written before this
+        # task runs: a message of the same fetch, or a timer's, would otherwise run first.
+        result_carry.flush_all()
         job = Job(
             options.pop("correlation_id", None),
             options.pop("soft_timeout", None),

@@ -26,6 +26,10 @@ What it does instead (``channel.py``):
 - While fetches return messages, the channel fetches again as soon as it has credit, without
   waiting: the peeks are only armed once a fetch came back empty.
 - Acknowledgement is one ``ACK`` script call (ZREM + HDEL) instead of a four-command MULTI/EXEC.
+- *Final states carried* (``carry.py``, the transport option ``carry_results``, set for the inline
+  pool): a task's SUCCESS or FAILURE, handed over by the result backend
+  (``worker/core/result_carry.py``), is written by the ``FETCH`` or ``ACK`` call that carries the
+  task's acknowledgement, before it; stored again through the backend when that call fails.
 - *Start stamp at fetch* (``stamp.py``, the transport option ``start_stamp``): for a task handed
   to an idle pool process at once, ``FETCH`` also does the worker's start stamp (record, start
   time, STARTED) and returns its check, which the channel puts in the ``courier_start_check``

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from queue import Empty
@@ -29,10 +29,13 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.imports import symbol_by_name
 from kombu.utils.json import dumps, loads
 
+from worker.core import result_carry
 from worker.core.envelope import Checked
 from worker.core.names import DELIVERY_TAG_HEADER
 from worker.core.redis_client import refusal_code
+from worker.core.result_carry import CarriedState
 from worker.transport import headroom, scripts
+from worker.transport.carry import CarriedStates, carried_arguments
 from worker.transport.stamp import START_CHECK_HEADER, StampSource
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 FETCH = "FETCH"
 _NOT_SCREENED = object()  # a Message whose body the screen did not decode
 FETCHED_FIELDS = 4  # per message in FETCH's reply: list position, tag, raw message, start check
+FETCHED_FROM = 1  # FETCH's reply: the tags of carried states not stored, then the messages
 # Packed fetches kept per channel: one per order of its lists (queues rotate), a few in practice.
 MAX_PACKINGS = 64
 # Screens a fetched message before delivery: ``screen(connect, raw, queue, *, source,
@@ -143,13 +147,22 @@ class QoS(_KombuQoS):  # type: ignore[misc]
             client.transaction(restore_transaction, self.unacked_key)
 
 
+def _unreadable(exc: redis.exceptions.InvalidResponse) -> redis.ConnectionError:
+    """A reply redis-py could not parse (garbled or cut on a dying link; redis-py dropped the
+    connection) as the connection error it is, which Celery's consumer recovers from by
+    connecting again: Celery takes any other error out of the event loop for fatal."""
+    return redis.ConnectionError(f"unreadable reply: {exc}")
+
+
 def _bulk(value: bytes) -> bytes:
     """One argument in the Redis protocol (RESP's bulk string)."""
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-def _encoded(value: str | int) -> bytes:
-    """As redis-py encodes a str or an int argument."""
+def _encoded(value: str | int | bytes) -> bytes:
+    """As redis-py encodes a str, bytes or an int argument."""
+    if isinstance(value, bytes):
+        return value
     return value.encode() if isinstance(value, str) else str(value).encode()
 
 
@@ -157,27 +170,32 @@ class FetchPacking:
     """``FETCH``'s EVALSHA in the Redis protocol, its constant part packed once.
 
     Why: of its arguments (the keys, one spec per list, the start stamp's JSON settings: ~12
-    with one queue), only the limit, the delivery time and the carried acknowledgements change
-    between fetches; redis-py encoded and packed all of them again at every fetch, about one per
-    task at concurrency 2 (7 % of a prefork worker's main process in a cProfile of a drain).
+    with one queue), only the limit, the delivery time, the carried states and the carried
+    acknowledgements change between fetches; redis-py encoded and packed all of them again at
+    every fetch, about one per task at concurrency 2 (7 % of a prefork worker's main process in
+    a cProfile of a drain).
     """
 
     def __init__(self, keys: list[str], constants: list[str]) -> None:
         command: list[str | int] = ["EVALSHA", scripts.FETCH_SHA, len(keys), *keys]
         self._head = b"".join(_bulk(_encoded(part)) for part in command)
         self._constants = b"".join(_bulk(_encoded(arg)) for arg in constants)
-        self._fixed_count = 3 + len(keys) + 2 + len(constants)  # all but the acks
+        self._fixed_count = 3 + len(keys) + 2 + len(constants)  # all but states and acks
 
-    def command(self, limit: int, now: float, acks: list[str]) -> bytes:
-        """The whole command: ``limit`` and ``now`` (ARGV[1], ARGV[2]) and the acks after the
-        constants, as redis-py would write them (a float as its ``repr``)."""
+    def command(
+        self, limit: int, now: float, acks: list[str], carried: Sequence[str | bytes | int] = (0,)
+    ) -> bytes:
+        """The whole command: ``limit`` and ``now`` (ARGV[1], ARGV[2]), then after the
+        constants the carried states (``carry.carried_arguments``) and the acks, as redis-py
+        would write them (a float as its ``repr``)."""
         return b"".join(
             (
-                b"*%d\r\n" % (self._fixed_count + len(acks)),
+                b"*%d\r\n" % (self._fixed_count + len(carried) + len(acks)),
                 self._head,
                 _bulk(b"%d" % limit),
                 _bulk(repr(now).encode()),
                 self._constants,
+                *(_bulk(_encoded(arg)) for arg in carried),
                 *(_bulk(tag.encode()) for tag in acks),
             )
         )
@@ -207,6 +225,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         "message_screen",
         "start_stamp",
         "acks_on_own_connection",
+        "carry_results",
     )
     #: Most messages one fetch takes (the QoS credit bounds it first).
     fetch_limit = 32
@@ -219,6 +238,9 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     #: Acknowledgements only on the connection whose fetches delivered the messages, never
     #: through a new one (``SentinelChannel``; ``_ack_on_own_connection`` says why).
     acks_on_own_connection = False
+    #: Final states of the tasks it delivered are written by the call carrying their
+    #: acknowledgement (``worker/core/result_carry.py``): set for the inline pool.
+    carry_results = False
     #: When Redis last refused a peek (full): peeks pause, fetches poll (``headroom``).
     _peek_refused_at = float("-inf")
 
@@ -235,6 +257,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         self._packings: dict[tuple[Any, ...], FetchPacking] = {}
         # The last screened envelope and its decoded body, until its Message takes the body.
         self._screened_body: tuple[dict[str, Any], Any] | None = None
+        self.carried: CarriedStates | None = None  # with carry_results, once consuming
         super().__init__(*args, **kwargs)
         if self.global_keyprefix:
             raise ValueError("Courier's transport does not support global_keyprefix")
@@ -296,6 +319,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             self._fetch_sent_at = self._fetching = None
             self._maybe_ready = True
             self._resend_acks()
+            if self.carried is not None:  # the channel may never tick again (a reconnect)
+                self._store_again(self.carried.take_pending())
         for waiter in self._waiters.values():
             if waiter.client.connection is connection:
                 waiter.sent_at = None
@@ -306,32 +331,90 @@ class Channel(_KombuChannel):  # type: ignore[misc]
 
     def send_acks(self, tags: list[str]) -> None:
         """Acknowledge ``tags`` in one ACK script call, on a pooled connection (or, with
-        ``acks_on_own_connection``, on the fetches' own)."""
-        if self.acks_on_own_connection and self._own_connection() is not None:
-            self._ack_on_own_connection(tags)
-            return
-        with self.conn_or_acquire() as client:
-            self.ack_script(
-                keys=[self.unacked_key, self.unacked_index_key], args=tags, client=client
-            )
+        ``acks_on_own_connection``, on the fetches' own), with the states carried so far
+        written first. A call that fails stores those states again (``carry``) and raises."""
+        states = self.carried.take_pending() if self.carried is not None else []
+        try:
+            if self.acks_on_own_connection and self._own_connection() is not None:
+                unstored = self._ack_on_own_connection(tags, states)
+            else:
+                with self.conn_or_acquire() as client:
+                    unstored = self.ack_script(
+                        keys=[self.unacked_key, self.unacked_index_key],
+                        args=[*carried_arguments(states), *tags],
+                        client=client,
+                    )
+        except redis.exceptions.InvalidResponse as exc:
+            self._store_again(states)
+            raise _unreadable(exc) from exc
+        except BaseException:
+            self._store_again(states)
+            raise
+        if states:
+            self._store_unstored(states, unstored)
 
     def flush_acks(self) -> None:
-        """The acknowledgements of this tick that no fetch carried, in one ACK script call.
+        """The acknowledgements (and carried states) of this tick that no fetch carried, in
+        one ACK script call.
 
         Should Redis not take them, the messages stay in unacked and come back after the
         visibility timeout, where the runner skips them as finished duplicates."""
         if self.acks_on_own_connection and self._fetch_sent_at is not None:
             return  # the own connection awaits a fetch's reply: the next fetch or tick
-        tags, self.pending_acks = self.pending_acks, []
-        if tags:
+        held = self.carried.held_tags() if self.carried is not None else set()
+        if held:
+            tags = [tag for tag in self.pending_acks if tag not in held]
+            self.pending_acks = [tag for tag in self.pending_acks if tag in held]
+        else:
+            tags, self.pending_acks = self.pending_acks, []
+        if tags or (self.carried is not None and self.carried.pending):
             self.send_acks(tags)
+
+    # --- carried final states (worker/core/result_carry.py) ---
+
+    def carry(self, state: CarriedState) -> bool:
+        """A ``result_carry.Carrier``: takes the final state of a task this channel delivered
+        and has not acknowledged yet, to write with that acknowledgement."""
+        carried = self.carried
+        if carried is None or self.closed or not carried.accepts(state):
+            return False
+        if state.delivery_tag not in self.qos._delivered:
+            return False
+        carried.pending.append(state)
+        return True
+
+    def flush_carried(self) -> None:
+        """Before a task runs in this thread: what was carried so far is written now."""
+        if self.carried is None or not self.carried.pending:
+            return
+        if self.acks_on_own_connection and self._fetch_sent_at is not None:
+            self._store_again(self.carried.take_pending())  # the acks wait for the reply
+            return
+        with contextlib.suppress(*self.connection_errors):  # stored again, acks as flush_acks
+            self.flush_acks()
+
+    def _store_again(self, states: list[CarriedState]) -> set[str]:
+        """``carry.CarriedStates.store_again``; a message whose state is still not stored
+        goes back to its queue, as the backend's ``ResultNotStored`` sends it (else the
+        restore sweep brings it back), to run again where the start check decides."""
+        if not states or self.carried is None:
+            return set()
+        lost = self.carried.store_again(states)
+        if lost:
+            with contextlib.suppress(redis.RedisError):  # left in unacked: the sweep's
+                self._restore_tags(sorted(lost))
+        return lost
+
+    def _store_unstored(self, states: list[CarriedState], unstored: Any) -> None:
+        if self.carried is not None and unstored:
+            self.carried.store_unstored(states, unstored)
 
     def _own_connection(self) -> Any:
         """The connection the fetches use, once they have used it (None before)."""
         client = self.__dict__.get("client")
         return getattr(client, "connection", None)
 
-    def _ack_on_own_connection(self, tags: list[str]) -> None:
+    def _ack_on_own_connection(self, tags: list[str], states: list[CarriedState]) -> Any:
         """Why, with Sentinel: a failover leaves a moment in which the old primary still takes
         writes (until its last replica leaves it) while a new connection already reaches the
         new primary. A task whose result went to the old primary in that moment (lost with
@@ -340,25 +423,35 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         messages; while it stays connected it is that server still. Once it was dropped, the
         acknowledgements are not sent at all: the messages come back after the visibility
         timeout, and the fetch's finished check acknowledges those whose result is there and
-        runs again those whose result was lost (docs/guarantees/sentinel.md)."""
+        runs again those whose result was lost (docs/guarantees/sentinel.md). Carried states
+        then go through the backend's normal path (its own rule: where delivered). Returns the
+        tags of the carried states the call did not store."""
         connection = self._own_connection()
         if getattr(connection, "_sock", None) is None or self._fetch_sent_at is not None:
             logger.info("acknowledgements left to the visibility timeout", extra={"tags": tags})
-            return
+            self._store_again(states)
+            return []
         keys = [self.unacked_key, self.unacked_index_key]
-        connection.send_command("EVALSHA", scripts.ACK_SHA, len(keys), *keys, *tags)
+        args = [*carried_arguments(states), *tags]
+        connection.send_command("EVALSHA", scripts.ACK_SHA, len(keys), *keys, *args)
         try:
-            self.client.parse_response(connection, "EVALSHA")
+            return self.client.parse_response(connection, "EVALSHA")
         except redis.exceptions.NoScriptError:
-            connection.send_command("EVAL", scripts.ACK, len(keys), *keys, *tags)
-            self.client.parse_response(connection, "EVAL")
+            connection.send_command("EVAL", scripts.ACK, len(keys), *keys, *args)
+            return self.client.parse_response(connection, "EVAL")
 
     def _resend_acks(self) -> None:
-        """A fetch whose script did not run (NOSCRIPT) or whose fate is unknown (connection
-        lost): its acknowledgements go again on their own (removing twice is harmless); if
-        that fails too the messages come back after the visibility timeout and the runner
-        skips them as finished duplicates."""
+        """A fetch whose script did not run (NOSCRIPT), failed, or whose fate is unknown
+        (connection lost): the states it carried are stored again through the backend's
+        normal path, then its acknowledgements go again on their own (removing twice is
+        harmless), except those whose state is still not stored; if that fails too the
+        messages come back after the visibility timeout and the runner skips them as
+        finished duplicates (or runs again those whose state was lost)."""
         tags, self._fetch_acks = self._fetch_acks, []
+        if self.carried is not None:
+            states, self.carried.in_flight = self.carried.in_flight, []
+            lost = self._store_again(states)
+            tags = [tag for tag in tags if tag not in lost]
         if tags:
             with contextlib.suppress(*self.connection_errors):
                 self.send_acks(tags)
@@ -406,10 +499,14 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         if not cycle._client_registered(self, self.client, FETCH):
             cycle._register(self, self.client, FETCH)
         self._fetch_acks = list(acks or [])
-        command = self._fetch_packing(lists).command(limit, time(), self._fetch_acks)
+        carried: Sequence[str | bytes | int] = (0,)
+        if self.carried is not None and self.carried.pending:
+            self.carried.in_flight = self.carried.take_pending()
+            carried = carried_arguments(self.carried.in_flight)
+        command = self._fetch_packing(lists).command(limit, time(), self._fetch_acks, carried)
         try:
             self.client.connection.send_packed_command([command])
-        except self.connection_errors:
+        except BaseException:
             self._resend_acks()
             raise
         self._fetching = lists
@@ -424,31 +521,47 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         try:
             reply = self.client.parse_response(connection, "EVALSHA")
         except redis.exceptions.NoScriptError:
+            self._resend_acks()
             self.fetch_script.registered_client.script_load(scripts.FETCH)
             self._maybe_ready = True
-            self._resend_acks()
             raise Empty() from None
         except self.connection_errors:
             connection.disconnect()
             self._resend_acks()
             raise
-        self._fetch_acks = []
-        if not reply:
+        except redis.exceptions.InvalidResponse as exc:
+            connection.disconnect()
+            self._resend_acks()
+            raise _unreadable(exc) from exc
+        except BaseException:
+            self._resend_acks()  # an error reply: what it carried is stored again
+            raise
+        self._fetch_replied(reply)
+        if len(reply) <= FETCHED_FROM:
             raise Empty()
         self._maybe_ready = True  # a full batch may have left more behind
-        self._deliver_fetched(lists, reply)
+        self._deliver_fetched(lists, reply[FETCHED_FROM:])
         return True
+
+    def _fetch_replied(self, reply: list[Any]) -> None:
+        """The fetch in flight ran: its acknowledgements and states are applied, but for the
+        states whose delivery was not recorded there (stored again, as the backend does)."""
+        self._fetch_acks = []
+        if self.carried is not None:
+            states, self.carried.in_flight = self.carried.in_flight, []
+            self._store_unstored(states, reply[0])
 
     def _deliver_fetched(self, lists: list[tuple[str, str]], reply: list[Any]) -> None:
         fetched = [
             (*lists[int(reply[i]) - 1], bytes_to_str(reply[i + 1]), reply[i + 2], reply[i + 3])
             for i in range(0, len(reply), FETCHED_FIELDS)
         ]
+        tag_header_wanted = self.acks_on_own_connection or self.carried is not None
         for position, (key, queue, tag, raw, check) in enumerate(fetched):
             try:
                 payload = self._screened(raw, queue, key, tag)
                 if payload is not None:
-                    tag_header = tag if self.acks_on_own_connection else ""
+                    tag_header = tag if tag_header_wanted else ""
                     self.connection._deliver(with_fetch_headers(payload, check, tag_header), queue)
             except BaseException:
                 # Not delivered: back at the head of their lists now, not after the timeout.
@@ -549,8 +662,18 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             self._no_ack_queues = self._no_ack_queues | {queue}
         else:
             self._no_ack_queues = self._no_ack_queues - {queue}
+            if self.carry_results and self.carried is None:
+                self._start_carrying()
         self._maybe_ready = True
         return super().basic_consume(queue, *args, **kwargs)
+
+    def _start_carrying(self) -> None:
+        """A channel that delivers tasks to acknowledge (the worker's task consumer; not a
+        producer's, nor pidbox's) carries their final states, from the consuming thread."""
+        sentinel = getattr(self, "sentinel", None)
+        identity = result_carry.redis_identity(self._connparams(), sentinel)
+        self.carried = CarriedStates(identity)
+        result_carry.register(self)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         for payload in self._fetch_now(queue, record=not no_ack):
@@ -574,7 +697,7 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             reply = self.fetch_script(keys=keys, args=args, client=client)
             self._maybe_update_queues_expire(client, queue)
         delivered = []
-        for i in range(0, len(reply), FETCHED_FIELDS):
+        for i in range(FETCHED_FROM, len(reply), FETCHED_FIELDS):
             key, tag, raw = lists[int(reply[i]) - 1][0], bytes_to_str(reply[i + 1]), reply[i + 2]
             payload = self._screened(raw, queue, key, tag)
             if payload is not None:
@@ -675,6 +798,9 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             self._take_back_fetch()
         with contextlib.suppress(*self.connection_errors):  # else: back after the timeout
             self.flush_acks()
+        if self.carried is not None:  # the acks' call failed: their states are stored again
+            result_carry.unregister(self)
+            self._store_again(self.carried.take_pending())
         for key in list(self._waiters):
             with contextlib.suppress(*self.connection_errors):
                 self._drop_waiter(key)
@@ -688,6 +814,6 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         except (*self.connection_errors, redis.ResponseError):
             self._resend_acks()
             return  # whatever it took is in unacked: the sweep restores it
-        self._fetch_acks = []
-        replied = range(0, len(reply or []), FETCHED_FIELDS)
+        self._fetch_replied(reply)
+        replied = range(FETCHED_FROM, len(reply), FETCHED_FIELDS)
         self._restore_tags([bytes_to_str(reply[i + 1]) for i in replied])

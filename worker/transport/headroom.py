@@ -19,9 +19,9 @@ OutOfMemoryError``) or lost a task; what the channel (``channel.py``) does inste
   died while Redis was full) stay in ``unacked``, not lost, until Redis is below maxmemory.
 - *the blocking peek* (``BLMOVE list list``) is refused at once, empty list or not: the
   channel takes the refusal for "something may be waiting" and fetches (``FETCH`` still runs:
-  its RPOP comes before its writes); it peeks again only after ``REFUSED_PEEK_PAUSE_SECONDS``,
-  so an idle worker polls while Redis is full instead of spinning, and a busy one, whose
-  fetches return messages, never peeks.
+  it is ``allow-oom``, and its writes record what its RPOP took); it peeks again only after
+  ``REFUSED_PEEK_PAUSE_SECONDS``, so an idle worker polls while Redis is full instead of
+  spinning, and a busy one, whose fetches return messages, never peeks.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
-"""The consumer's Redis scripts: an atomic fetch, and acknowledgements in one step.
+"""The consumer's Redis scripts: an atomic fetch, and acknowledgements in one step; both also
+write the final states of the tasks they acknowledge (``worker/core/result_carry.py``).
 
 Both keep kombu's own bookkeeping format, so kombu's restore sweep, ``celery inspect``,
 ``worker/core/queue_stats.py`` and ``worker/core/dead_letters.py`` read what they write:
 ``unacked`` maps a delivery tag to ``[message, exchange, routing key]`` (JSON), ``unacked_index``
 maps it to the time it was delivered (the worker's clock, as kombu's ``QoS.append`` writes it).
-No shebang: a script without flags is not refused up front by a full Redis (``noeviction``), and
-once its first RPOP took something, its writes are allowed, so a full Redis still drains.
+Flagged ``allow-oom``: a full Redis (``noeviction``) must still take a finished task's state, as
+the result backend's own script does (``redis_client.ALLOW_OOM`` says why that is bounded), and
+still drain: the fetch's other writes only record what its RPOP took (a script without flags
+was let through by Redis for the same reason, once its RPOP had written).
 """
 
 from __future__ import annotations
@@ -13,17 +16,42 @@ from __future__ import annotations
 from hashlib import sha1
 
 from worker.core.records import STAMP_START_LUA
+from worker.core.redis_client import ALLOW_OOM
 from worker.core.result_backend import LUA_STATE_HELPERS
+
+# The final states carried by a call (``result_carry.CarriedState``), written before the
+# acknowledgements that follow them in the same call, with the result backend's own helper
+# (never over a finished state, same TTL, same PUBLISH). KEYS[1] is the unacked hash. From
+# ARGV[first]: their number n, then per state its key, value, TTL and the delivery tag whose
+# ``unacked`` entry it needs ('' for none: Sentinel's rule, ``CourierSentinelBackend``).
+# Returns the index of the first ARGV after them, and the tags of the states not stored.
+_STORE_CARRIED_LUA = """
+local function store_carried(first)
+  local n = tonumber(ARGV[first]) or 0
+  local unstored = {}
+  local last = first + 4 * n
+  for i = first + 1, last, 4 do
+    local needs = ARGV[i + 3]
+    if needs ~= '' and redis.call('HEXISTS', KEYS[1], needs) == 0 then
+      unstored[#unstored + 1] = needs
+    else
+      store_state_unless_finished(ARGV[i], ARGV[i + 1], ARGV[i + 2])
+    end
+  end
+  return last + 1, unstored
+end
+"""
 
 # KEYS[1] unacked hash, KEYS[2] unacked index, KEYS[3..] the lists to take from, in order
 # (priority first, then queue). ARGV[1] how many messages at most, ARGV[2] the delivery time;
 # ARGV[i] for 3 <= i <= #KEYS describes KEYS[i]: '+<queue>' when its messages are recorded as
 # unacknowledged (a consumer that acknowledges), '-<queue>' when not (no_ack: control replies).
 # ARGV[#KEYS + 1]: the start stamp's settings ('' or absent: none; ``stamp.StartStamp``).
-# ARGV[#KEYS + 2 ..]: delivery tags acknowledged, removed first (ACK's work, carried by the
-# fetch the freed credit asks for: one call and one round trip instead of two).
-# Returns {list position (1 = KEYS[3]), delivery tag ('' when not recorded), raw message,
-# start check ('' when not stamped), ...}.
+# ARGV[#KEYS + 2 ..]: the final states carried (``_STORE_CARRIED_LUA``; absent: none), then the
+# delivery tags acknowledged, removed first (ACK's work, carried by the fetch the freed credit
+# asks for: one call and one round trip instead of two).
+# Returns {tags of carried states not stored, list position (1 = KEYS[3]), delivery tag (''
+# when not recorded), raw message, start check ('' when not stamped), ...}.
 # A message without a usable delivery tag (not JSON, not kombu's shape) is recorded under a tag
 # of its own, its entry holding the raw text as a string, so it is never in no place at all.
 # redis.pcall: a key of another type is skipped, not an error after earlier pops.
@@ -38,8 +66,10 @@ from worker.core.result_backend import LUA_STATE_HELPERS
 # time then (it reads the record anyway), so a status never reads started before enqueued.
 # Redis's TIME did the same for one more command per fetch.
 FETCH = (
-    LUA_STATE_HELPERS
+    ALLOW_OOM
+    + LUA_STATE_HELPERS
     + STAMP_START_LUA
+    + _STORE_CARRIED_LUA
     + """
 local now = ARGV[2]
 local stamp = ARGV[#KEYS + 1]
@@ -51,9 +81,10 @@ if stamp ~= nil and stamp ~= '' then
 else
   stamp = nil
 end
-if #ARGV > #KEYS + 1 then
-  redis.call('ZREM', KEYS[2], unpack(ARGV, #KEYS + 2))
-  redis.call('HDEL', KEYS[1], unpack(ARGV, #KEYS + 2))
+local acks, unstored = store_carried(#KEYS + 2)
+if #ARGV >= acks then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, acks))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, acks))
 end
 local function absent(value)
   return value == nil or value == cjson.null
@@ -92,7 +123,7 @@ local function stamp_message(message, routing_key)
   return 'started'
 end
 local limit = tonumber(ARGV[1])
-local out = {}
+local out = {unstored}
 local taken = 0
 for i = 3, #KEYS do
   if taken >= limit then break end
@@ -138,11 +169,22 @@ return out
 """
 )
 
-# KEYS[1] unacked hash, KEYS[2] unacked index; ARGV the delivery tags acknowledged.
-ACK = """
-redis.call('ZREM', KEYS[2], unpack(ARGV))
-redis.call('HDEL', KEYS[1], unpack(ARGV))
+# KEYS[1] unacked hash, KEYS[2] unacked index; ARGV: the final states carried
+# (``_STORE_CARRIED_LUA``), then the delivery tags acknowledged. Returns the tags of the carried
+# states not stored.
+ACK = (
+    ALLOW_OOM
+    + LUA_STATE_HELPERS
+    + _STORE_CARRIED_LUA
+    + """
+local acks, unstored = store_carried(1)
+if #ARGV >= acks then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, acks))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, acks))
+end
+return unstored
 """
+)
 
 FETCH_SHA = sha1(FETCH.encode()).hexdigest()
 ACK_SHA = sha1(ACK.encode()).hexdigest()

@@ -49,7 +49,26 @@ def test_a_packed_fetch_is_byte_for_byte_what_redis_py_sends(
 ) -> None:
     packed = FetchPacking(KEYS, constants).command(limit, now, acks)
     expected = _redis_py(
-        "EVALSHA", scripts.FETCH_SHA, len(KEYS), *KEYS, limit, now, *constants, *acks
+        "EVALSHA", scripts.FETCH_SHA, len(KEYS), *KEYS, limit, now, *constants, 0, *acks
+    )
+    assert packed == expected
+
+
+def test_carried_states_are_packed_between_the_constants_and_the_acks() -> None:
+    carried: list[str | bytes | int] = [
+        2,
+        "celery-task-meta-a",
+        b'{"status": "SUCCESS"}',
+        300,
+        "",
+        "k",
+        "v\xe9",
+        0,
+        "t",
+    ]
+    packed = FetchPacking(KEYS, ["+q"] * 4 + [STAMP]).command(3, 2.5, ["t"], carried)
+    expected = _redis_py(
+        "EVALSHA", scripts.FETCH_SHA, 6, *KEYS, 3, 2.5, *["+q"] * 4, STAMP, *carried, "t"
     )
     assert packed == expected
 
@@ -59,5 +78,5 @@ def test_one_packing_serves_every_fetch_of_its_lists() -> None:
     first, second = packing.command(1, 10.0, ["x"]), packing.command(2, 11.0, [])
     assert first != second
     assert second == _redis_py(
-        "EVALSHA", scripts.FETCH_SHA, 6, *KEYS, 2, 11.0, *["+courier"] * 4, STAMP
+        "EVALSHA", scripts.FETCH_SHA, 6, *KEYS, 2, 11.0, *["+courier"] * 4, STAMP, 0
     )
