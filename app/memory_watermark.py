@@ -3,7 +3,9 @@
 Reading ``INFO memory`` on every submit would add a round trip to the hottest path. Each API
 process keeps the last reading instead, refreshed by an asyncio task of its own on the event
 loop (started by the lifespan, so after gunicorn forks; no reading yet refuses nothing): every
-second while Redis is well below the watermark, every 50 ms once it is within ``NEAR`` of it,
+second while Redis is well below the watermark, every 50 ms once it is within ``NEAR`` of it or
+filling fast enough to get there before the next slow reading (a burst from a fast client filled
+a small Redis from 79 % to maxmemory within one second: its OOM refused before the watermark),
 so a burst of submits cannot run far past it between two readings. A reading older than
 ``MAX_AGE_SECONDS`` (Redis not answering) refuses nothing: the submit's own write then fails,
 or not, on its own.
@@ -26,6 +28,7 @@ logger = logging.getLogger("courier.api")
 SLOW_SECONDS = 1.0
 FAST_SECONDS = 0.05
 NEAR = 0.1  # of maxmemory, below the watermark: poll fast from here on
+AHEAD_SECONDS = 2 * SLOW_SECONDS  # ... or from when Redis would get there this soon
 MAX_AGE_SECONDS = 3.0
 # How long ``close`` waits for a poll under way (bounded by Redis's socket timeout) to end.
 CLOSE_SECONDS = 5.0
@@ -86,9 +89,9 @@ class MemoryWatermark:
             except redis.RedisError as exc:  # away or refusing: the last reading ages out
                 logger.debug("redis memory unreadable", extra={"error": str(exc)})
             else:
-                self._reading = (time.monotonic(), memory)
-                if memory.maxmemory and memory.fraction >= self.watermark - NEAR:
-                    interval = FAST_SECONDS
+                reading = (time.monotonic(), memory)
+                interval = next_interval(self._reading, reading, self.watermark)
+                self._reading = reading
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), interval)
 
@@ -101,3 +104,19 @@ class MemoryWatermark:
             _, pending = await asyncio.wait({poller}, timeout=CLOSE_SECONDS)
             for stuck in pending:
                 stuck.cancel()
+
+
+def next_interval(
+    previous: tuple[float, RedisMemory] | None, reading: tuple[float, RedisMemory], watermark: float
+) -> float:
+    """Seconds to the next reading: fast once Redis is within ``NEAR`` of the watermark, or
+    would be within ``AHEAD_SECONDS`` at the pace it filled since the previous reading (two slow
+    readings: a burst that began between the last two shows only part of its pace)."""
+    at, memory = reading
+    if not memory.maxmemory:
+        return SLOW_SECONDS
+    fraction = memory.fraction
+    if previous is not None and at > previous[0]:
+        pace = (fraction - previous[1].fraction) / (at - previous[0])
+        fraction += max(0.0, pace) * AHEAD_SECONDS
+    return FAST_SECONDS if fraction >= watermark - NEAR else SLOW_SECONDS

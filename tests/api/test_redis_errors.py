@@ -5,6 +5,8 @@ Before, any error reply (a full or read-only Redis among them) escaped as a text
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -96,3 +98,53 @@ def test_submits_are_refused_above_the_memory_watermark_and_accepted_below_it(
             "submits accepted again once Redis has room",
             0.05,
         )
+
+
+def test_a_redis_filling_fast_is_refused_by_the_watermark_before_it_is_full(
+    api: TestClient, own_redis: RedisServer
+) -> None:
+    """Another producer fills a small Redis at ~40 % of its maxmemory a second (a burst, a
+    client looping without pause). The API read INFO memory once a second below 80 %, so a
+    reading of 50-80 % could be followed by one past maxmemory: Redis's own OOM refused first,
+    leaving the workers no room (seen in the full-Redis chaos scenario: its first 503 was
+    Redis's). Now the pace between the last two readings counts: the API polls fast when Redis
+    would reach 80 % within two seconds. Four fills, a quarter of the API's reading cycle apart
+    (each had even odds of failing before)."""
+    with redis.Redis.from_url(own_redis.url) as client:
+        for offset in (0.0, 0.25, 0.5, 0.75):
+            for key in client.scan_iter("filler:*"):
+                client.delete(key)
+            client.config_set("maxmemory", 0)
+            wait_until(lambda: api.post("/v1/tasks/noop", json={}).status_code == 202, 10, "room")
+            used = int(client.info("memory")["used_memory"])
+            client.config_set("maxmemory", used + 16 * 1024 * 1024)
+            time.sleep(1.5 + offset)  # a slow reading or two of an idle Redis first
+            stop, full = threading.Event(), threading.Event()
+
+            def fill(stop: threading.Event, full: threading.Event) -> None:
+                n = 0
+                while not stop.is_set():
+                    try:
+                        client.set(f"filler:{n}", b"x" * 65536)
+                    except redis.ResponseError:
+                        full.set()  # Redis refused: no room left for the workers either
+                        return
+                    n += 1
+                    time.sleep(0.0097)  # ~6.4 MB/s: ~40 % of 16 MB a second
+
+            filler = threading.Thread(target=fill, args=(stop, full), daemon=True)
+            filler.start()
+            try:
+
+                def first_refusal(full: threading.Event = full) -> tuple[str, bool] | None:
+                    response = api.post("/v1/tasks/noop", json={})
+                    if response.status_code != 503:
+                        return None
+                    return str(response.json()["detail"]), full.is_set()
+
+                detail, was_full = wait_until(first_refusal, 30, "a submit refused", 0.02)
+            finally:
+                stop.set()
+                filler.join(10)
+            assert "submits are refused above" in detail, (offset, detail)
+            assert not was_full, f"Redis was full before the API refused (at {offset}): {detail}"
