@@ -20,13 +20,14 @@ flush keep the replies they got.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import weakref
 from typing import Any
 
 import redis
 
-from app.kept_connections import give_back, send, take_connection
+from app.kept_connections import NotReached, give_back, send, take_connection
 
 Address = tuple[str, int]
 
@@ -54,52 +55,66 @@ async def pipelined_call(pool: Any, packed: bytes) -> tuple[Any, Address]:
     pending = _PENDING.get(pool)
     if pending is None:
         pending = _PENDING[pool] = _Pending()
-        _FLUSHING.add(loop.create_task(_flush(pool)))
+        flush = loop.create_task(_flush(pool, pending))
+        _FLUSHING.add(flush)
+        flush.add_done_callback(functools.partial(_after_flush, pool, pending))
     reply: asyncio.Future[tuple[Any, Address]] = loop.create_future()
     pending.commands.append(packed)
     pending.replies.append(reply)
     return await reply
 
 
-async def _flush(pool: Any) -> None:
+def _after_flush(pool: Any, pending: _Pending, flush: asyncio.Task[None]) -> None:
+    """Whatever ended the flush, no caller waits for ever: a flush cancelled before it ran (the
+    loop shutting down) sent nothing, and no later command joins its batch."""
+    _FLUSHING.discard(flush)
+    if _PENDING.get(pool) is pending:
+        del _PENDING[pool]
+    _fail(pending.replies, NotReached(redis.ConnectionError("the write was cancelled unsent")))
+
+
+async def _flush(pool: Any, pending: _Pending) -> None:
     """Send the pool's pending commands on one connection and settle each caller's reply."""
-    pending = _PENDING.pop(pool)
-    replies = pending.replies
-    try:
-        connection = await take_connection(pool)
-    except BaseException as exc:
-        _FLUSHING.discard(asyncio.current_task())
-        _fail(replies, exc)
-        if not isinstance(exc, Exception):
-            raise
+    if _PENDING.get(pool) is pending:
+        del _PENDING[pool]
+    # A caller cancelled meanwhile (its client went away): its command is not sent.
+    live = [(command, reply) for command, reply in zip(pending.commands, pending.replies)]
+    live = [(command, reply) for command, reply in live if not reply.done()]
+    if not live:
         return
+    replies = [reply for _, reply in live]
+    connection = await take_connection(pool)  # NotReached: settled by _after_flush, unsent
     address = (str(connection.host), int(connection.port))
     read = 0
     try:
-        await send(connection, b"".join(pending.commands))
+        # One deadline for the health check's PING, the write and every reply.
         async with asyncio.timeout(connection.socket_timeout):
+            await send(connection, b"".join(command for command, _ in live))
             for reply in replies:
                 try:
                     outcome = (await connection.read_response(timeout=_UNTIMED), address)
                 except redis.ResponseError as exc:  # its error reply; the link is fine
-                    _settle_error(reply, exc)
+                    _fail([reply], exc)
                 else:
                     if not reply.done():  # its caller may have been cancelled
                         reply.set_result(outcome)
                 read += 1
-    except TimeoutError:
-        # As redis-py says it when a read outlasts the socket timeout.
-        await connection.disconnect()
-        _fail(replies[read:], redis.TimeoutError(f"Timeout reading from {address[0]}:{address[1]}"))
     except BaseException as exc:
-        # No answer for replies[read] and after: a late reply must not be read as the answer to
-        # the next command sent on this connection.
-        await connection.disconnect()
-        _fail(replies[read:], exc)
+        # No answer for replies[read] and after, which may have been applied: answered first,
+        # then the connection dropped, so a late reply is never read as the next command's.
+        if isinstance(exc, TimeoutError):  # as redis-py says it when a read outlasts its timeout
+            _fail(
+                replies[read:],
+                redis.TimeoutError(f"Timeout reading from {address[0]}:{address[1]}"),
+            )
+        elif isinstance(exc, Exception):
+            _fail(replies[read:], exc)
+        else:  # the flush cancelled: its callers were not, and their writes may have been applied
+            _fail(replies[read:], redis.ConnectionError("the write's reply was not read"))
+        await connection.disconnect(nowait=True)
         if not isinstance(exc, Exception):
             raise
     finally:
-        _FLUSHING.discard(asyncio.current_task())
         await give_back(pool, connection)
 
 
@@ -109,15 +124,8 @@ async def _flush(pool: Any) -> None:
 _UNTIMED = math.inf
 
 
-def _settle_error(reply: asyncio.Future[Any], exc: BaseException) -> None:
-    if not reply.done():
-        reply.set_exception(exc)
-
-
 def _fail(replies: list[asyncio.Future[Any]], exc: BaseException) -> None:
-    """Every caller in ``replies`` gets ``exc`` (cancelled, if the flush itself was)."""
+    """Every caller in ``replies`` not answered yet gets ``exc``."""
     for reply in replies:
-        if isinstance(exc, asyncio.CancelledError):
-            reply.cancel()
-        else:
-            _settle_error(reply, exc)
+        if not reply.done():
+            reply.set_exception(exc)

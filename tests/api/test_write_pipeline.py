@@ -250,3 +250,45 @@ def test_a_refusing_redis_refuses_every_write_of_the_flush_and_stores_none(
     answers = run_with(own_redis.url, refused)
     assert all(refusal_code(a) == refusal for a in answers), answers
     assert client.llen("q") == 1  # the warm-up's
+
+
+def test_a_flush_cancelled_before_it_runs_leaves_no_caller_waiting_and_sends_nothing(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    """The loop shutting down cancels the flush task before its first step: its callers are
+    answered "not reached" (nothing was sent), and the next write starts a batch of its own
+    instead of joining the dead one (found by review: both waited for ever)."""
+
+    async def body(aclient: AsyncRedis) -> tuple[Any, Any]:
+        pool = aclient.connection_pool
+        caller = asyncio.ensure_future(pipelined_call(pool, resp("SET", "cancelled", "1")))
+        await asyncio.sleep(0)  # the caller joined a batch, whose flush has not run yet
+        flushing = [task for task in asyncio.all_tasks() if "_flush" in repr(task.get_coro())]
+        assert len(flushing) == 1
+        flushing[0].cancel()
+        outcome = await asyncio.wait_for(asyncio.gather(caller, return_exceptions=True), 2)
+        later = await asyncio.wait_for(pipelined_call(pool, resp("SET", "later", "1")), 2)
+        return outcome[0], later[0]
+
+    error, later = run_with(own_redis.url, body)
+    assert isinstance(error, NotReached), error
+    assert later == b"OK"
+    assert client.get("cancelled") is None
+
+
+def test_a_caller_cancelled_before_the_flush_has_its_write_left_unsent(
+    own_redis: RedisServer, client: redis.Redis
+) -> None:
+    """A client that went away before its write left (its request cancelled): nothing of it
+    is sent, as before the writes were pipelined; the others of its batch are."""
+
+    async def body(aclient: AsyncRedis) -> Any:
+        pool = aclient.connection_pool
+        gone = asyncio.ensure_future(pipelined_call(pool, resp("SET", "gone", "1")))
+        kept = asyncio.ensure_future(pipelined_call(pool, resp("SET", "kept", "1")))
+        await asyncio.sleep(0)  # both joined one batch
+        gone.cancel()
+        return await asyncio.wait_for(kept, 2)
+
+    assert run_with(own_redis.url, body)[0] == b"OK"
+    assert (client.get("gone"), client.get("kept")) == (None, b"1")

@@ -21,10 +21,11 @@ from tests.conftest import wait_for_status
 from tests.utils.processes import RedisServer, wait_until
 from tests.utils.redis_link import RedisLink, linked_stack
 from tests.worker.stack import worker_stack
-from tests.worker.test_transport import channel_of, consuming, publish
+from tests.worker.test_transport import QUEUE, channel_of, consuming, publish
 from worker.core import result_carry
 from worker.core.names import CELERY_RESULT_KEY, DEFAULT_QUEUE, NOOP_TASK
 from worker.core.result_carry import CarriedState
+from worker.transport import scripts
 
 TASKS = 200
 # In the value of a SUCCESS the result backend stores (kombu's JSON): no other write has it.
@@ -140,6 +141,44 @@ def test_states_of_a_carrying_call_whose_connection_died_are_stored_again_then_a
             connection.drain_events(timeout=10)
         assert again == [success("carried")]
         assert not client.hexists("unacked", messages[0].delivery_tag)
+    client.close()
+
+
+def test_a_state_that_could_not_be_stored_never_has_its_acknowledgement_sent(
+    own_redis: RedisServer,
+) -> None:
+    """The fetch's connection is lost with a state carried and its acknowledgement made; the
+    backend's own path cannot store the state either (Redis away through all its retries), so
+    the message goes back to its queue. Another worker takes it, recording it in ``unacked``
+    under the same delivery tag. The stale acknowledgement, sent by this channel's next call,
+    removed that record: the task then had no state, no message and no delivery (it would read
+    ``started`` for good). Found by review; the acknowledgement is now withdrawn."""
+    client = redis.Redis.from_url(own_redis.url)
+    with one_delivered(own_redis.url) as (connection, channel, messages):
+        tag = messages[0].delivery_tag
+
+        def refused() -> None:
+            raise redis.ConnectionError("Redis away through the backend's retries")
+
+        state = CarriedState(
+            key=CELERY_RESULT_KEY.format(task_id="carried"),
+            value=success("carried"),
+            ttl=300,
+            delivery_tag=tag,
+            where_delivered=False,
+            identity=channel.carried.identity,
+            store_again=refused,
+        )
+        assert result_carry.offer(state)
+        messages[0].ack()  # the task's acknowledgement, made after its state was offered
+        channel.client.connection.disconnect()  # the fetch's connection lost
+        assert not client.hexists("unacked", tag)  # its message went back to the queue
+        keys = ["unacked", "unacked_index", QUEUE.name]  # another worker's fetch takes it
+        client.eval(scripts.FETCH, len(keys), *keys, 10, time.time(), f"+{QUEUE.name}")
+        assert client.hexists("unacked", tag)
+        with contextlib.suppress(TimeoutError, *connection.connection_errors):
+            connection.drain_events(timeout=2)  # this channel's next call
+        assert client.hexists("unacked", tag), "the other worker's delivery was acknowledged"
     client.close()
 
 

@@ -110,7 +110,11 @@ class QoS(_KombuQoS):  # type: ignore[misc]
         # Sent at the event loop's next tick (``Channel.flush_acks``, the poller's poll start:
         # microseconds later, never after a wait), with every ack of the same tick, inside the
         # fetch their freed credit asks for when messages may be waiting, else in one ACK call.
-        if self.channel.closed or self.channel._detached():
+        if delivery_tag in self.channel.not_to_ack:
+            # Its final state could not be stored and its message went back (``_store_again``):
+            # an acknowledgement now could remove the entry of the worker that fetched it next.
+            self.channel.not_to_ack.discard(delivery_tag)
+        elif self.channel.closed or self.channel._detached():
             # No tick will come for this channel: sent now (a connection error when it is gone).
             self.channel.send_acks([delivery_tag])
         else:
@@ -250,6 +254,8 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         self._fetch_acks: list[str] = []  # acknowledgements carried by the fetch in flight
         # Acknowledged since the last poll start: sent by the next fetch or flush_acks.
         self.pending_acks: list[str] = []
+        # Deliveries whose final state was not stored: never acknowledged (``_store_again``).
+        self.not_to_ack: set[str] = set()
         self._fetch_sent_at: float | None = None
         self._maybe_ready = True  # messages may be waiting: fetch before waiting
         # Replaced, never changed in place: the fetch's packing compares it (``_fetch_packing``).
@@ -401,6 +407,12 @@ class Channel(_KombuChannel):  # type: ignore[misc]
             return set()
         lost = self.carried.store_again(states)
         if lost:
+            # Their acknowledgements are withdrawn, made or to come: applied, one would leave
+            # the task with no state and no message (it would read ``started`` for good).
+            self.pending_acks = [tag for tag in self.pending_acks if tag not in lost]
+            self._fetch_acks = [tag for tag in self._fetch_acks if tag not in lost]
+            # Acks still to come: delivered, not yet acknowledged (kombu's dirty set).
+            self.not_to_ack |= (lost & self.qos._delivered.keys()) - self.qos._dirty
             with contextlib.suppress(redis.RedisError):  # left in unacked: the sweep's
                 self._restore_tags(sorted(lost))
         return lost
@@ -794,13 +806,14 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         return params
 
     def close(self) -> None:
+        if self.carried is not None:  # no state is offered to a closing channel
+            result_carry.unregister(self)
         if self._fetch_sent_at is not None:
             self._take_back_fetch()
-        with contextlib.suppress(*self.connection_errors):  # else: back after the timeout
+        # A failed call stores its carried states again itself (``send_acks``); its messages
+        # come back after the visibility timeout.
+        with contextlib.suppress(*self.connection_errors):
             self.flush_acks()
-        if self.carried is not None:  # the acks' call failed: their states are stored again
-            result_carry.unregister(self)
-            self._store_again(self.carried.take_pending())
         for key in list(self._waiters):
             with contextlib.suppress(*self.connection_errors):
                 self._drop_waiter(key)
@@ -809,9 +822,11 @@ class Channel(_KombuChannel):  # type: ignore[misc]
     def _take_back_fetch(self) -> None:
         """A fetch in flight at close: read what it took and put it back at once."""
         self._fetch_sent_at = self._fetching = None
+        connection = self.client.connection
         try:
-            reply = self.client.parse_response(self.client.connection, "EVALSHA")
-        except (*self.connection_errors, redis.ResponseError):
+            reply = self.client.parse_response(connection, "EVALSHA")
+        except (*self.connection_errors, redis.ResponseError, redis.exceptions.InvalidResponse):
+            connection.disconnect()  # a reply it did not read must not be read as the next one
             self._resend_acks()
             return  # whatever it took is in unacked: the sweep restores it
         self._fetch_replied(reply)
