@@ -28,7 +28,7 @@ from redis._parsers import Encoder
 from redis.asyncio import Redis as AsyncRedis
 from redis.commands.core import CoreCommands
 
-from app.kept_connections import give_back, send, take_connection
+from app.kept_connections import address, give_back, send, take_connection
 from app.write_pipeline import pipelined_call
 from worker.core.redis_client import Command
 from worker.core.settings import Settings
@@ -273,10 +273,6 @@ def _outcome(reply: Any, error: Exception | None, acked: Any, replication: Repli
     return True
 
 
-def _address(connection: Any) -> tuple[str, int]:
-    return str(connection.host), int(connection.port)
-
-
 async def write_all(
     client: AsyncRedis,
     commands: Sequence[Command],
@@ -324,10 +320,10 @@ async def write_script(
                 error = _NOSCRIPT
             except redis.ResponseError as exc:
                 error = exc
-            acked = await connection.read_response() if replication.replicas else 0
+            acked = await connection.read_response()  # WAIT's: only a write with replicas gets here
             if error is not _NOSCRIPT:
                 applied = _outcome(reply, error, acked, replication)
-                return Written(_address(connection), applied)
+                return Written(address(connection), applied)
     except (redis.ResponseError, NotReplicated):
         raise  # an error reply, or WAIT's count: the connection is fine
     except BaseException:
@@ -347,15 +343,15 @@ async def _pipelined(pool: Any, script: Script, keys: list[Any], argv: list[Any]
     replicas answer or its timeout, which would add up over the writes behind it."""
     encoder = _encoder(pool)
     try:
-        reply, address = await pipelined_call(
+        reply, where = await pipelined_call(
             pool, _request(script, keys, argv, NO_WAIT, encoder, False)
         )
     except redis.exceptions.NoScriptError:
         # Nothing ran: the script in full, which also caches it.
-        reply, address = await pipelined_call(
+        reply, where = await pipelined_call(
             pool, _request(script, keys, argv, NO_WAIT, encoder, True)
         )
-    return Written(address, _outcome(reply, None, 0, NO_WAIT))
+    return Written(where, reply != -1)  # -1: its condition did not hold
 
 
 def _encoder(pool: Any) -> Encoder:

@@ -109,3 +109,8 @@ async def send(connection: Any, packed: bytes) -> None:
         await connection.send_packed_command(packed)
         return
     writer.write(packed)
+
+
+def address(connection: Any) -> tuple[str, int]:
+    """Where a connection's writes went: the server a ``Written`` names."""
+    return str(connection.host), int(connection.port)

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from app.kept_connections import NotReached, give_back, send, take_connection
+from app.kept_connections import NotReached, address, give_back, send, take_connection
 
 Address = tuple[str, int]
 
@@ -78,13 +78,16 @@ async def _flush(pool: Any, pending: _Pending) -> None:
     if _PENDING.get(pool) is pending:
         del _PENDING[pool]
     # A caller cancelled meanwhile (its client went away): its command is not sent.
-    live = [(command, reply) for command, reply in zip(pending.commands, pending.replies)]
-    live = [(command, reply) for command, reply in live if not reply.done()]
+    live = [
+        (command, reply)
+        for command, reply in zip(pending.commands, pending.replies, strict=True)
+        if not reply.done()
+    ]
     if not live:
         return
     replies = [reply for _, reply in live]
     connection = await take_connection(pool)  # NotReached: settled by _after_flush, unsent
-    address = (str(connection.host), int(connection.port))
+    where = address(connection)
     read = 0
     try:
         # One deadline for the health check's PING, the write and every reply.
@@ -92,7 +95,7 @@ async def _flush(pool: Any, pending: _Pending) -> None:
             await send(connection, b"".join(command for command, _ in live))
             for reply in replies:
                 try:
-                    outcome = (await connection.read_response(timeout=_UNTIMED), address)
+                    outcome = (await connection.read_response(timeout=_UNTIMED), where)
                 except redis.ResponseError as exc:  # its error reply; the link is fine
                     _fail([reply], exc)
                 else:
@@ -102,15 +105,7 @@ async def _flush(pool: Any, pending: _Pending) -> None:
     except BaseException as exc:
         # No answer for replies[read] and after, which may have been applied: answered first,
         # then the connection dropped, so a late reply is never read as the next command's.
-        if isinstance(exc, TimeoutError):  # as redis-py says it when a read outlasts its timeout
-            _fail(
-                replies[read:],
-                redis.TimeoutError(f"Timeout reading from {address[0]}:{address[1]}"),
-            )
-        elif isinstance(exc, Exception):
-            _fail(replies[read:], exc)
-        else:  # the flush cancelled: its callers were not, and their writes may have been applied
-            _fail(replies[read:], redis.ConnectionError("the write's reply was not read"))
+        _fail(replies[read:], _unanswered(exc, where))
         await connection.disconnect(nowait=True)
         if not isinstance(exc, Exception):
             raise
@@ -122,6 +117,15 @@ async def _flush(pool: Any, pending: _Pending) -> None:
 # covers all its replies, instead of a timer armed and cancelled per reply (~40 K instructions
 # each, docs/performance/submit.md). No reply waits longer than redis-py's would have.
 _UNTIMED = math.inf
+
+
+def _unanswered(exc: BaseException, where: Address) -> Exception:
+    """What a caller whose reply was not read is told: its write may have been applied."""
+    if isinstance(exc, TimeoutError):  # as redis-py says it when a read outlasts its timeout
+        return redis.TimeoutError(f"Timeout reading from {where[0]}:{where[1]}")
+    if isinstance(exc, Exception):
+        return exc
+    return redis.ConnectionError("the write's reply was not read")  # the flush was cancelled
 
 
 def _fail(replies: list[asyncio.Future[Any]], exc: BaseException) -> None:
