@@ -62,12 +62,17 @@ class CarriedStates:
         self._storing_again = True
         try:
             for state in states:
+                if lost:
+                    # The first ran out of the backend's retries (minutes, on the event loop):
+                    # the others would too, one after another. Their messages run again.
+                    lost.add(state.delivery_tag)
+                    continue
                 try:
                     state.store_again()
                 except Exception as exc:
                     lost.add(state.delivery_tag)
                     logger.error(
-                        "carried task state not stored; its message stays unacknowledged: %r",
+                        "carried task state not stored; its message goes back: %r",
                         exc,
                         extra={"key": state.key},
                     )
