@@ -89,7 +89,9 @@ def offer(state: CarriedState) -> bool:
 
 
 def flush_all() -> None:
-    """Before a task runs: every state carried so far is written first, so that the task (or
-    whoever it reports to) never reads a predecessor's result missing while it runs."""
+    """Before a task runs: every state carried so far is sent first (or stored through the
+    backend's path), so that the task (or whoever it reports to) does not wait on a
+    predecessor's result for the whole run. One still in a fetch awaiting its reply is sent,
+    not yet confirmed: its acknowledgement waits for that reply."""
     for carrier in list(_carriers):
         carrier.flush_carried()

@@ -82,7 +82,8 @@ class CarriedStates:
 
     def store_unstored(self, states: list[CarriedState], replied: Iterable[bytes | str]) -> None:
         """The states a call did not store (their delivery not recorded on that server:
-        Sentinel's rule): stored again as the backend does then (on a new connection)."""
+        Sentinel's rule): stored again through the backend's own path, whose rule asks the
+        Sentinels again when its connection reaches a server without the delivery."""
         tags = {tag.decode() if isinstance(tag, bytes) else tag for tag in replied}
         if tags:
             self.store_again(state for state in states if state.delivery_tag in tags)
