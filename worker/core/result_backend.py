@@ -201,11 +201,10 @@ class CourierRedisBackend(RedisBackend):
             return False
         value = self.encode_meta(task_id, self.encode_result(result, state), state, traceback,
                                  request)  # fmt: skip
-        ttl = getattr(self, "expires", None)
         carried = result_carry.CarriedState(
             key=self.get_key_for_task(task_id),
             value=value,
-            ttl=int(ttl or 0),
+            ttl=self._ttl_seconds(),
             delivery_tag=tag,
             where_delivered=self._where_delivered,
             identity=self.redis_identity(),
@@ -325,8 +324,15 @@ class CourierRedisBackend(RedisBackend):
         )  # fmt: skip
 
     def _set(self, key: str | bytes, value: str | bytes, expires: int | None = None) -> None:
+        Call(script=_GUARDED_SET, keys=(key,), args=(value, self._ttl_seconds(expires))).run(
+            self.client
+        )
+
+    def _ttl_seconds(self, expires: int | None = None) -> int:
+        """A stored state's time to live as the scripts take it: ``result_expires`` unless
+        the caller gives one; 0 for none."""
         ttl = getattr(self, "expires", None) if expires is None else expires
-        Call(script=_GUARDED_SET, keys=(key,), args=(value, int(ttl or 0))).run(self.client)
+        return int(ttl or 0)
 
 
 # KEYS[1] the result, KEYS[2] kombu's unacked hash; ARGV: the state, its TTL, the delivery tag.
@@ -390,11 +396,10 @@ class CourierSentinelBackend(CourierRedisBackend):
         if delivery is None:
             super()._set(key, value, expires)
             return
-        ttl = getattr(self, "expires", None) if expires is None else expires
         stored: Any = Call(
             script=_WHERE_DELIVERED,
             keys=(key, UNACKED_KEY),
-            args=(value, int(ttl or 0), delivery),
+            args=(value, self._ttl_seconds(expires), delivery),
         ).run(self.client)
         if stored != -1:
             return
