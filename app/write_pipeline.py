@@ -86,7 +86,11 @@ async def _flush(pool: Any, pending: _Pending) -> None:
     if not live:
         return
     replies = [reply for _, reply in live]
-    connection = await take_connection(pool)  # NotReached: settled by _after_flush, unsent
+    try:
+        connection = await take_connection(pool)
+    except Exception as exc:  # NotReached: nothing was sent
+        _fail(replies, exc)
+        return  # not raised: a task's exception nobody awaits is logged by asyncio as an error
     where = address(connection)
     read = 0
     try:
