@@ -282,22 +282,27 @@ class SentinelStack:
     def _sweep_lock_ms(self) -> int | None:
         """What is left of the restore sweep's lock on the named primary (ms; -2: none): a
         lock a failover carried over without its release stops every sweep while it lives."""
-        with (
-            contextlib.suppress(redis.RedisError, RuntimeError),
-            self.cluster.data_client(self.cluster.primary_port()) as client,
-        ):
-            return int(client.pttl("unacked_mutex"))
-        return None
+        return self._on_primary(lambda client: int(client.pttl("unacked_mutex")))
 
     def in_flight(self) -> int:
-        """Messages queued or delivered and not acknowledged, on the named primary."""
+        """Messages queued or delivered and not acknowledged, on the named primary; -1 when it
+        did not answer."""
+
+        def count(client: redis.Redis) -> int:
+            (queue,) = QueueInspector(client, [DEFAULT_QUEUE], PRIORITY_STEPS).stats()
+            return queue.waiting + queue.reserved + queue.delayed
+
+        answer = self._on_primary(count)
+        return -1 if answer is None else answer
+
+    def _on_primary(self, read: Callable[[redis.Redis], int]) -> int | None:
+        """``read`` on the primary the Sentinels name; None when it did not answer."""
         with (
             contextlib.suppress(redis.RedisError, RuntimeError),
             self.cluster.data_client(self.cluster.primary_port()) as client,
         ):
-            (queue,) = QueueInspector(client, [DEFAULT_QUEUE], PRIORITY_STEPS).stats()
-            return queue.waiting + queue.reserved + queue.delayed
-        return -1  # not known: the primary did not answer
+            return read(client)
+        return None
 
     def statuses(self, ids: list[str]) -> dict[str, str]:
         result: dict[str, str] = {}

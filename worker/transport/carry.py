@@ -80,14 +80,6 @@ class CarriedStates:
             self._storing_again = False
         return lost
 
-    def store_unstored(self, states: list[CarriedState], replied: Iterable[bytes | str]) -> None:
-        """The states a call did not store (their delivery not recorded on that server:
-        Sentinel's rule): stored again through the backend's own path, whose rule asks the
-        Sentinels again when its connection reaches a server without the delivery."""
-        tags = {tag.decode() if isinstance(tag, bytes) else tag for tag in replied}
-        if tags:
-            self.store_again(state for state in states if state.delivery_tag in tags)
-
 
 def carried_arguments(states: list[CarriedState]) -> list[str | bytes | int]:
     """The arguments ``scripts._STORE_CARRIED_LUA`` reads: the count, then per state its key,

@@ -418,8 +418,11 @@ class Channel(_KombuChannel):  # type: ignore[misc]
         return lost
 
     def _store_unstored(self, states: list[CarriedState], unstored: Any) -> None:
-        if self.carried is not None and unstored:
-            self.carried.store_unstored(states, unstored)
+        """The states a call did not store (their delivery not recorded on that server:
+        Sentinel's rule): stored again through the backend's own path, as any other."""
+        if unstored:
+            tags = {bytes_to_str(tag) for tag in unstored}
+            self._store_again([state for state in states if state.delivery_tag in tags])
 
     def _own_connection(self) -> Any:
         """The connection the fetches use, once they have used it (None before)."""
